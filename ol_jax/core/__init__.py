@@ -1,0 +1,37 @@
+"""The pure core: the state pytree, ``make_step`` and our optax transforms."""
+
+from ol_jax.core._cache import default_cache_dir as default_cache_dir
+from ol_jax.core._cache import enable_compilation_cache as enable_compilation_cache
+from ol_jax.core._state import OnlineState as OnlineState
+from ol_jax.core._state import init_state as init_state
+from ol_jax.core._step import make_step as make_step
+from ol_jax.core._transforms import (
+    DEFAULT_CONTEXT_MULTIPLIERS as DEFAULT_CONTEXT_MULTIPLIERS,
+)
+from ol_jax.core._transforms import ClampParamsState as ClampParamsState
+from ol_jax.core._transforms import clamp_params as clamp_params
+from ol_jax.core._transforms import context_lr_multiplier as context_lr_multiplier
+from ol_jax.core._transforms import freeze_all_but as freeze_all_but
+from ol_jax.core._transforms import get_learning_rate as get_learning_rate
+from ol_jax.core._transforms import online_optimizer as online_optimizer
+from ol_jax.core._transforms import path_labels as path_labels
+from ol_jax.core._transforms import path_str as path_str
+from ol_jax.core._transforms import set_learning_rate as set_learning_rate
+
+__all__ = [
+    "DEFAULT_CONTEXT_MULTIPLIERS",
+    "ClampParamsState",
+    "OnlineState",
+    "clamp_params",
+    "context_lr_multiplier",
+    "default_cache_dir",
+    "enable_compilation_cache",
+    "freeze_all_but",
+    "get_learning_rate",
+    "init_state",
+    "make_step",
+    "online_optimizer",
+    "path_labels",
+    "path_str",
+    "set_learning_rate",
+]
