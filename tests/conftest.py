@@ -31,6 +31,6 @@ def rng_key():
 
 @pytest.fixture
 def standard_promotion():
-    """For tests that call optax's Adam directly, which is not strict-promotion clean."""
+    """For tests that call optax's Adam directly: it is not strict-promotion clean."""
     with jax.numpy_dtype_promotion("standard"):
         yield

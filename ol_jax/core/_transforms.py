@@ -223,13 +223,14 @@ def get_learning_rate(opt_state: optax.OptState) -> jax.Array:
     if len(found) != 1:
         raise ValueError(
             "expected exactly one injected learning_rate in the optimizer state "
-            f"(build tx with online_optimizer or optax.inject_hyperparams), found {len(found)}"
+            "(build tx with online_optimizer or optax.inject_hyperparams), "
+            f"found {len(found)}"
         )
     return found[0][1]
 
 
 def set_learning_rate(state, learning_rate: jax.typing.ArrayLike):
-    """Returns ``state`` (an ``OnlineState`` or an optax state) with a new learning rate.
+    """Returns ``state`` (an ``OnlineState`` or optax state) with a new learning rate.
 
     The learning rate is an array in the optimizer state, so a jitted step does not
     recompile when it changes.

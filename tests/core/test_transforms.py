@@ -75,7 +75,7 @@ def test_jit_equals_nojit_and_state_is_stable(opt, dtype):
     jstate = jax.jit(tx.init)(params)
     shapes = jax.tree.map(lambda x: (x.shape, x.dtype), state)
     for i in range(3):
-        g = jax.tree.map(lambda x: jnp.full_like(x, 0.5 * (i + 1)), params)
+        g = jax.tree.map(lambda x, c=0.5 * (i + 1): jnp.full_like(x, c), params)
         u, state = tx.update(g, state, params)
         ju, jstate = jax.jit(tx.update)(g, jstate, params)
         jax.tree.map(
