@@ -1,0 +1,293 @@
+"""Text generation for ``Llama``: jit-compiled prefill plus a KV-cache decode loop.
+
+Prompts are left-padded to a power-of-two bucket so that a new prompt length does
+not recompile; a padded row gets rotary positions ``cumsum(mask) - 1`` and its
+padding keys are masked, so its logits equal the unpadded ones. The prompt is run
+once (prefill) to fill the cache ``[L, B, P + N, KV, hd]``; then one token per
+step is decoded inside a ``jax.lax.while_loop`` that ends after ``N`` tokens or
+when every row has produced an end-of-sequence id. Sampling is greedy, or from
+``softmax(logits / temperature)`` restricted to the top-p nucleus.
+
+References:
+    Holtzman et al., `The Curious Case of Neural Text Degeneration
+    <https://arxiv.org/abs/1904.09751>`_, 2020 (nucleus / top-p sampling).
+    Pope et al., `Efficiently Scaling Transformer Inference
+    <https://arxiv.org/abs/2211.05102>`_, 2022 (KV caching).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ol_jax.models._llama import Llama, _base_arrays, _forward, _lora_arrays
+
+__all__ = ["generate", "sample_logits", "prompt_bucket", "chat_token_ids"]
+
+
+def prompt_bucket(length: int, *, min_bucket: int = 16) -> int:
+    """The padded prompt length: the next power of two, at least ``min_bucket``.
+
+    Args:
+        length: the longest prompt in the batch (>= 1).
+        min_bucket: smallest bucket.
+
+    Returns:
+        ``max(min_bucket, 2**ceil(log2(length)))``.
+    """
+    if length < 1:
+        raise ValueError(f"prompt length must be >= 1, got {length}")
+    return max(int(min_bucket), 1 << (int(length) - 1).bit_length())
+
+
+def sample_logits(
+    logits: jax.Array,
+    *,
+    key: jax.Array,
+    temperature: jax.typing.ArrayLike = 1.0,
+    top_p: jax.typing.ArrayLike = 1.0,
+) -> jax.Array:
+    """Draws one token per row from temperature-scaled, top-p-truncated logits.
+
+    The nucleus keeps the most probable tokens whose probabilities, sorted in
+    decreasing order, have a cumulative sum before them below ``top_p`` (so the
+    most probable token is always kept); the rest get probability zero.
+
+    Args:
+        logits: ``[..., V]`` float logits.
+        key: PRNG key.
+        temperature: > 0; divides the logits.
+        top_p: in (0, 1]; 1 keeps every token.
+
+    Returns:
+        int32 token ids ``logits.shape[:-1]``.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    top_p = jnp.asarray(top_p, jnp.float32)
+    scaled = logits / jnp.maximum(temperature, jnp.float32(1e-6))
+    ordered = -jnp.sort(-scaled, axis=-1)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.where(before < top_p, ordered, jnp.float32(jnp.inf))
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    masked = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    return jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
+
+
+def _pick(logits, key, temperature, top_p, greedy: bool):
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return sample_logits(logits, key=key, temperature=temperature, top_p=top_p)
+
+
+def _generate_impl(
+    graphdef,
+    state,
+    tokens,
+    mask,
+    eos_ids,
+    pad_id,
+    temperature,
+    top_p,
+    key,
+    *,
+    max_new_tokens: int,
+    greedy: bool,
+    use_lora: bool,
+):
+    model = nnx.merge(graphdef, state)
+    config, lora_config = model.config, model.lora_config
+    params = _base_arrays(model)
+    lora = _lora_arrays(model) if use_lora else {}
+    B, P = tokens.shape
+    N = max_new_tokens
+    L, KV, hd = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+    dtype = params["embed_tokens"].dtype
+    cache = (
+        jnp.zeros((L, B, P + N, KV, hd), dtype),
+        jnp.zeros((L, B, P + N, KV, hd), dtype),
+    )
+    kv_valid = jnp.concatenate([mask, jnp.zeros((B, N), jnp.bool_)], axis=1)
+    lengths = jnp.sum(mask.astype(jnp.int32), axis=1)
+    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    logits, cache = _forward(
+        config,
+        lora_config,
+        params,
+        lora,
+        tokens,
+        positions,
+        kv_valid,
+        cache=cache,
+        cache_index=jnp.zeros((), jnp.int32),
+        last_only=True,
+    )
+    key, sub = jax.random.split(key)
+    tok = _pick(logits[:, 0, :], sub, temperature, top_p, greedy)
+    out = jnp.full((B, N), pad_id, jnp.int32)
+    out = out.at[:, 0].set(tok)
+    done = jnp.isin(tok, eos_ids)
+
+    def cond(carry):
+        i, _, _, _, done, _ = carry
+        return (i < N) & ~jnp.all(done)
+
+    def body(carry):
+        i, cache, kv_valid, out, done, key = carry
+        prev = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)  # [B, 1]
+        slot = P + i - 1
+        kv_valid = jax.lax.dynamic_update_slice_in_dim(
+            kv_valid, jnp.ones((B, 1), jnp.bool_), slot, axis=1
+        )
+        pos = (lengths + i - 1)[:, None]
+        logits, cache = _forward(
+            config,
+            lora_config,
+            params,
+            lora,
+            prev,
+            pos,
+            kv_valid,
+            cache=cache,
+            cache_index=slot,
+        )
+        key, sub = jax.random.split(key)
+        tok = _pick(logits[:, 0, :], sub, temperature, top_p, greedy)
+        tok = jnp.where(done, pad_id, tok)
+        out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
+        done = done | jnp.isin(tok, eos_ids)
+        return i + 1, cache, kv_valid, out, done, key
+
+    init = (jnp.ones((), jnp.int32), cache, kv_valid, out, done, key)
+    _, _, _, out, done, _ = jax.lax.while_loop(cond, body, init)
+    return out
+
+
+_generate_jit = jax.jit(
+    _generate_impl, static_argnames=("max_new_tokens", "greedy", "use_lora")
+)
+
+
+def generate(
+    model: Llama,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    key: jax.Array | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    use_lora: bool = True,
+    min_bucket: int = 16,
+) -> list[list[int]]:
+    """Continues a batch of prompts with the KV-cache decoder.
+
+    One compiled program per (batch size, prompt bucket, ``max_new_tokens``,
+    greedy or sampling, LoRA on or off); temperature and top-p are traced values.
+
+    Args:
+        model: a ``Llama`` (with or without adapters).
+        prompts: token-id lists, each non-empty.
+        max_new_tokens: tokens to generate per row at most (>= 1).
+        key: PRNG key, required when ``temperature > 0``.
+        temperature: 0 for greedy decoding, > 0 to sample.
+        top_p: nucleus mass in (0, 1] when sampling.
+        eos_token_id: id or ids that end a row; defaults to the config's.
+        pad_token_id: id used for left padding (default: the first EOS id or 0).
+        use_lora: decode with the adapters (``False``: the base model).
+        min_bucket: smallest padded prompt length.
+
+    Returns:
+        The new tokens of each row, up to and including its first EOS id.
+
+    Raises:
+        ValueError: for empty prompts, ``max_new_tokens < 1``, a negative
+            temperature, ``top_p`` outside (0, 1], or sampling without a key.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty id lists")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    greedy = temperature == 0.0
+    if not greedy and key is None:
+        raise ValueError("key is required when temperature > 0, got None")
+    if eos_token_id is None:
+        eos = model.config.eos_token_ids
+    elif isinstance(eos_token_id, int):
+        eos = (eos_token_id,)
+    else:
+        eos = tuple(int(e) for e in eos_token_id)
+    if pad_token_id is None:
+        pad_token_id = eos[0] if eos else 0
+    bucket = prompt_bucket(max(len(p) for p in prompts), min_bucket=min_bucket)
+    B = len(prompts)
+    tokens = np.full((B, bucket), pad_token_id, np.int32)
+    mask = np.zeros((B, bucket), np.bool_)
+    for row, prompt in enumerate(prompts):
+        tokens[row, bucket - len(prompt) :] = np.asarray(prompt, np.int32)
+        mask[row, bucket - len(prompt) :] = True
+    graphdef, state = nnx.split(model)
+    out = _generate_jit(
+        graphdef,
+        state,
+        jnp.asarray(tokens),
+        jnp.asarray(mask),
+        jnp.asarray(eos if eos else (-1,), jnp.int32),
+        jnp.int32(pad_token_id),
+        jnp.float32(temperature),
+        jnp.float32(top_p),
+        jax.random.key(0) if key is None else key,
+        max_new_tokens=int(max_new_tokens),
+        greedy=greedy,
+        use_lora=use_lora,
+    )
+    out = np.asarray(out)
+    results = []
+    for row in out:
+        ids = [int(t) for t in row]
+        for j, t in enumerate(ids):
+            if t in eos:
+                ids = ids[: j + 1]
+                break
+        results.append(ids)
+    return results
+
+
+def chat_token_ids(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template.
+
+    Args:
+        tokenizer: a transformers tokenizer with a ``chat_template``.
+        messages: ``[{"role": "user", "content": "..."}, ...]``.
+        add_generation_prompt: end with the assistant turn's opening.
+
+    Returns:
+        The prompt's token ids, ready for ``generate``.
+
+    Raises:
+        ValueError: when the tokenizer has no chat template.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat_template")
+    out = tokenizer.apply_chat_template(
+        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt
+    )
+    if hasattr(out, "keys"):
+        out = out["input_ids"]
+    return [int(t) for t in out]
