@@ -34,6 +34,7 @@ __all__ = [
     "expected_tensor_names",
     "load_gguf",
     "load_hf_folder",
+    "load_llama",
     "load_pretrained",
 ]
 
@@ -72,7 +73,8 @@ def expected_tensor_names(config: dict[str, Any]) -> list[str]:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, got {model_type!r}"
+            f"model_type must be one of {list(SUPPORTED_MODEL_TYPES)}, "
+            f"got {model_type!r}"
         )
     qkv_bias = model_type == "qwen2" or bool(config.get("attention_bias", False))
     o_bias = model_type == "llama" and bool(config.get("attention_bias", False))
@@ -294,3 +296,43 @@ def load_pretrained(
         f"name_or_path must be one of {sorted(PRETRAINED)}, a .gguf file or a Hugging "
         f"Face model folder, got {str(name_or_path)!r}"
     )
+
+
+def load_llama(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: str = "float32",
+    lora_config: Any = None,
+    key: Any = None,
+) -> tuple[Any, Any]:
+    """Build an :class:`ol_jax.models.Llama` from an alias, GGUF file or HF folder.
+
+    :func:`load_pretrained` followed by ``LlamaConfig.from_hf_dict`` and
+    ``llama_params_from_hf``.
+
+    Args:
+        name_or_path: as for :func:`load_pretrained` (e.g. ``"smollm2-135m"``).
+        dtype: parameter dtype, ``"float32"`` or ``"bfloat16"``.
+        lora_config: a ``LoRAConfig`` to add adapters (``B = 0``), or None.
+        key: PRNG key for the adapters' ``A`` init.
+
+    Returns:
+        ``(model, tokenizer)``.
+
+    Examples:
+        >>> model, tok = load_llama("smollm2-135m")  # doctest: +SKIP
+        >>> model(jnp.asarray(tok("Hello").input_ids)).shape  # doctest: +SKIP
+        (1, 49152)
+
+    References:
+        Touvron et al., `LLaMA: Open and Efficient Foundation Language Models
+        <https://arxiv.org/abs/2302.13971>`_, 2023.
+    """
+    from ol_jax.models._llama import LlamaConfig, llama_params_from_hf
+
+    loaded = load_pretrained(name_or_path)
+    config = LlamaConfig.from_hf_dict(loaded.config, dtype=dtype)
+    model = llama_params_from_hf(
+        config, loaded.tensors, lora_config=lora_config, key=key
+    )
+    return model, loaded.tokenizer

@@ -36,6 +36,8 @@ __all__ = [
     "PEFT_MODULE_PARENTS",
     "PeftAdapter",
     "load_peft_adapter",
+    "lora_from_peft",
+    "lora_to_peft",
     "save_peft_adapter",
 ]
 
@@ -98,7 +100,8 @@ def _check_adapter(adapter: PeftAdapter) -> None:
     for name in adapter.target_modules:
         if name not in PEFT_MODULE_PARENTS:
             raise ValueError(
-                f"target module must be one of {list(PEFT_MODULE_PARENTS)}, got {name!r}"
+                f"target module must be one of {list(PEFT_MODULE_PARENTS)}, "
+                f"got {name!r}"
             )
     for (layer, module), (a, b) in adapter.weights.items():
         if module not in adapter.target_modules:
@@ -213,7 +216,8 @@ def load_peft_adapter(path: str | os.PathLike[str]) -> PeftAdapter:
         value = config.get(key, default)
         if value != default and not (default == {} and not value):
             raise ValueError(
-                f"{config_file}: {key}={value!r} is not supported (expected {default!r})"
+                f"{config_file}: {key}={value!r} is not supported "
+                f"(expected {default!r})"
             )
     targets = config.get("target_modules")
     if isinstance(targets, str):
@@ -249,3 +253,134 @@ def load_peft_adapter(path: str | os.PathLike[str]) -> PeftAdapter:
     )
     _check_adapter(adapter)
     return adapter
+
+
+def _stacked_adapters(lora: Any) -> dict[str, tuple[Any, Any]]:
+    from flax import nnx
+
+    if isinstance(lora, nnx.State):
+        lora = nnx.to_pure_dict(lora)
+    layers = dict(lora).get("layers")
+    if layers is None:
+        raise ValueError(
+            "lora must be a LoRA state or pure dict {'layers': {proj: {'lora_a', "
+            f"'lora_b'}}}}}}, got keys {sorted(dict(lora))}"
+        )
+    return {name: (e["lora_a"], e["lora_b"]) for name, e in layers.items()}
+
+
+def _projection_shapes(config: Any) -> dict[str, tuple[int, int]]:
+    """(in, out) of each projection of a Llama-family block."""
+    d, f = config.hidden_size, config.intermediate_size
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    return {
+        "q_proj": (d, q),
+        "k_proj": (d, kv),
+        "v_proj": (d, kv),
+        "o_proj": (q, d),
+        "gate_proj": (d, f),
+        "up_proj": (d, f),
+        "down_proj": (f, d),
+    }
+
+
+def lora_to_peft(lora: Any, lora_config: Any) -> PeftAdapter:
+    """Convert layer-stacked adapters of :class:`ol_jax.models.Llama` to PEFT's layout.
+
+    Ours apply ``x A_l B_l`` with ``A [L, in, r]`` and ``B [L, r, out]``; PEFT's
+    per-layer ``lora_A.weight`` is ``A_l^T`` (``[r, in]``) and ``lora_B.weight``
+    is ``B_l^T`` (``[out, r]``), so ``x A_l B_l = x lora_A^T lora_B^T`` and the
+    scale ``alpha / r`` is the same on both sides.
+
+    Args:
+        lora: the LoRA state from ``split_lora`` or its pure dict
+            ``{"layers": {proj: {"lora_a": A, "lora_b": B}}}``.
+        lora_config: the model's ``LoRAConfig`` (rank, alpha, dropout, targets).
+
+    Returns:
+        A :class:`PeftAdapter` with float32 arrays, ready for
+        :func:`save_peft_adapter`.
+
+    References:
+        Hu et al., `LoRA: Low-Rank Adaptation of Large Language Models
+        <https://arxiv.org/abs/2106.09685>`_, 2021.
+    """
+    weights = {}
+    for name, (a, b) in sorted(_stacked_adapters(lora).items()):
+        a = np.asarray(a, dtype=np.float32)
+        b = np.asarray(b, dtype=np.float32)
+        if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0]:
+            raise ValueError(
+                f"{name}: expected A [L, in, r] and B [L, r, out], got A {a.shape} "
+                f"and B {b.shape}"
+            )
+        for layer in range(a.shape[0]):
+            weights[(layer, name)] = (a[layer].T.copy(), b[layer].T.copy())
+    adapter = PeftAdapter(
+        weights=weights,
+        rank=int(lora_config.rank),
+        alpha=float(lora_config.alpha),
+        target_modules=tuple(lora_config.target_modules),
+        dropout=float(lora_config.dropout),
+    )
+    _check_adapter(adapter)
+    return adapter
+
+
+def lora_from_peft(adapter: PeftAdapter, config: Any) -> tuple[dict[str, Any], Any]:
+    """Convert a PEFT-layout adapter to :class:`ol_jax.models.Llama`'s stacked one.
+
+    The inverse of :func:`lora_to_peft`: ``A_l = lora_A^T`` (``[in, r]``) and
+    ``B_l = lora_B^T`` (``[r, out]``) stacked over layers. A layer the adapter does
+    not cover (PEFT's ``layers_to_transform``) gets ``A = B = 0``, which adds
+    nothing, as in PEFT.
+
+    Args:
+        adapter: from :func:`load_peft_adapter`.
+        config: the ``LlamaConfig`` of the model it goes on.
+
+    Returns:
+        ``(lora, lora_config)``: the pure dict ``{"layers": {proj: {"lora_a":
+        [L, in, r], "lora_b": [L, r, out]}}}`` (float32 numpy arrays) to pass as
+        ``lora`` to ``llama_apply`` or into a LoRA state with
+        ``nnx.replace_by_pure_dict``, and the matching ``LoRAConfig``.
+
+    References:
+        Hu et al., `LoRA: Low-Rank Adaptation of Large Language Models
+        <https://arxiv.org/abs/2106.09685>`_, 2021.
+    """
+    from ol_jax.models._llama import LoRAConfig
+
+    _check_adapter(adapter)
+    shapes = _projection_shapes(config)
+    n_layers, r = config.num_hidden_layers, adapter.rank
+    for layer, _ in adapter.weights:
+        if not 0 <= layer < n_layers:
+            raise ValueError(
+                f"adapter has layer {layer}, expected 0..{n_layers - 1} for this model"
+            )
+    layers = {}
+    for name in adapter.target_modules:
+        fan_in, fan_out = shapes[name]
+        a = np.zeros((n_layers, fan_in, r), np.float32)
+        b = np.zeros((n_layers, r, fan_out), np.float32)
+        for layer in range(n_layers):
+            if (layer, name) not in adapter.weights:
+                continue
+            la, lb = adapter.weights[(layer, name)]
+            if la.shape != (r, fan_in) or lb.shape != (fan_out, r):
+                raise ValueError(
+                    f"layer {layer} {name}: expected lora_A {(r, fan_in)} and "
+                    f"lora_B {(fan_out, r)}, got {la.shape} and {lb.shape}"
+                )
+            a[layer] = np.asarray(la, np.float32).T
+            b[layer] = np.asarray(lb, np.float32).T
+        layers[name] = {"lora_a": a, "lora_b": b}
+    lora_config = LoRAConfig(
+        rank=r,
+        alpha=adapter.alpha,
+        dropout=adapter.dropout,
+        target_modules=tuple(adapter.target_modules),
+    )
+    return {"layers": layers}, lora_config
