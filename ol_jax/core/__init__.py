@@ -13,7 +13,9 @@ from ol_jax.core._transforms import clamp_params as clamp_params
 from ol_jax.core._transforms import context_lr_multiplier as context_lr_multiplier
 from ol_jax.core._transforms import freeze_all_but as freeze_all_but
 from ol_jax.core._transforms import get_learning_rate as get_learning_rate
+from ol_jax.core._transforms import merge_params as merge_params
 from ol_jax.core._transforms import online_optimizer as online_optimizer
+from ol_jax.core._transforms import partition_params as partition_params
 from ol_jax.core._transforms import path_labels as path_labels
 from ol_jax.core._transforms import path_str as path_str
 from ol_jax.core._transforms import set_learning_rate as set_learning_rate
@@ -30,7 +32,9 @@ __all__ = [
     "get_learning_rate",
     "init_state",
     "make_step",
+    "merge_params",
     "online_optimizer",
+    "partition_params",
     "path_labels",
     "path_str",
     "set_learning_rate",

@@ -297,3 +297,52 @@ def context_lr_multiplier(
 
 
 LossFn = Callable[..., Any]
+
+
+def partition_params(params: Mapping[str, Any], prefixes: Sequence[str]):
+    """Splits a nested dict of parameters by dotted path prefix.
+
+    ``partition_params({"a": {"0": x, "1": y}}, ["a.1"]) == ({"a": {"1": y}},
+    {"a": {"0": x}})``. The first part holds the leaves under ``prefixes`` (the
+    trainable ones, say), the second the rest; :func:`merge_params` joins them
+    again. Unlike :func:`freeze_all_but` the frozen part is then not a parameter
+    at all: no gradient is computed for it and no optimizer state is kept.
+
+    Raises:
+      ValueError: a prefix selects nothing.
+    """
+
+    def split(tree, path):
+        if not isinstance(tree, Mapping):
+            name = ".".join(path)
+            hit = any(_has_prefix(name, q) for q in prefixes)
+            return (tree, None) if hit else (None, tree)
+        picked, rest = {}, {}
+        for k, v in tree.items():
+            a, b = split(v, (*path, str(k)))
+            if a is not None:
+                picked[k] = a
+            if b is not None:
+                rest[k] = b
+        return (picked or None), (rest or None)
+
+    picked, rest = split(params, ())
+    picked, rest = picked or {}, rest or {}
+    flat = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(picked)]
+    for q in prefixes:
+        if not any(_has_prefix(name, q) for name in flat):
+            raise ValueError(f"path prefix {q!r} selects no parameter")
+    return picked, rest
+
+
+def merge_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Joins two disjoint nested dicts, the inverse of :func:`partition_params`."""
+    out = dict(b)
+    for k, v in a.items():
+        if k in out:
+            if not (isinstance(v, Mapping) and isinstance(out[k], Mapping)):
+                raise ValueError(f"parameter {k!r} is in both trees")
+            out[k] = merge_params(v, out[k])
+        else:
+            out[k] = v
+    return out

@@ -166,3 +166,22 @@ def test_context_multiplier_table():
     ] == [1.0, 2.0, 5.0, 0.5]
     with pytest.raises(ValueError, match="context must be one of"):
         context_lr_multiplier("gossip")
+
+
+def test_partition_and_merge_params_round_trip():
+    from ol_jax.core import merge_params, partition_params
+
+    params = {
+        "policy": {"mean": jnp.zeros(2), "log_std": jnp.ones(2)},
+        "decoder": {str(i): {"kernel": jnp.full(2, float(i))} for i in range(12)},
+    }
+    picked, rest = partition_params(params, ["policy", "decoder.1"])
+    assert set(picked) == {"policy", "decoder"} and set(picked["decoder"]) == {"1"}
+    assert "10" in rest["decoder"] and "policy" not in rest
+    merged = merge_params(picked, rest)
+    assert jax.tree.structure(merged) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, merged, params)
+    with pytest.raises(ValueError, match="selects no parameter"):
+        partition_params(params, ["decoder.99"])
+    with pytest.raises(ValueError, match="in both trees"):
+        merge_params({"a": jnp.ones(1)}, {"a": jnp.ones(1)})
