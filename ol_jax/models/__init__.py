@@ -1,6 +1,12 @@
 """Models: the Llama-family decoder with LoRA, generation, weight loaders, and the
 glyph decoder with its style policy."""
 
+from ol_jax.models._formats import FLOAT_DTYPES as FLOAT_DTYPES
+from ol_jax.models._formats import convert_dtype as convert_dtype
+from ol_jax.models._formats import load_weights as load_weights
+from ol_jax.models._formats import register_weight_format as register_weight_format
+from ol_jax.models._formats import save_weights as save_weights
+from ol_jax.models._formats import weight_formats as weight_formats
 from ol_jax.models._generate import chat_token_ids as chat_token_ids
 from ol_jax.models._generate import generate as generate
 from ol_jax.models._generate import prompt_bucket as prompt_bucket
@@ -48,6 +54,7 @@ from ol_jax.models._pretrained import model_cache_dir as model_cache_dir
 from ol_jax.models._pretrained import resolve_pretrained as resolve_pretrained
 
 __all__ = [
+    "FLOAT_DTYPES",
     "GGUF_ARCHITECTURES",
     "GGUF_QUANT_TYPES",
     "LLAMA_PROJECTIONS",
@@ -63,6 +70,7 @@ __all__ = [
     "PeftAdapter",
     "PretrainedSpec",
     "chat_token_ids",
+    "convert_dtype",
     "decode_glyph",
     "expected_tensor_names",
     "generate",
@@ -77,6 +85,7 @@ __all__ = [
     "load_llama",
     "load_peft_adapter",
     "load_pretrained",
+    "load_weights",
     "lora_from_hf",
     "lora_from_peft",
     "lora_to_hf",
@@ -84,13 +93,16 @@ __all__ = [
     "merge_lora",
     "model_cache_dir",
     "prompt_bucket",
+    "register_weight_format",
     "resolve_pretrained",
     "reverse_permute_qk",
     "sample_logits",
     "sample_style_z",
     "save_adapter",
     "save_peft_adapter",
+    "save_weights",
     "split_lora",
     "style_z_log_prob",
     "unmerge_lora",
+    "weight_formats",
 ]
