@@ -1,0 +1,40 @@
+"""Run persistence: network configs, versioned Orbax checkpoints, run metadata.
+
+All Orbax usage in ol_jax lives in this package.
+"""
+
+from ol_jax.store._config import ConfigError as ConfigError
+from ol_jax.store._config import ModelConfig as ModelConfig
+from ol_jax.store._config import NetworkConfig as NetworkConfig
+from ol_jax.store._config import OnlineLearningConfig as OnlineLearningConfig
+from ol_jax.store._config import StoreConfig as StoreConfig
+from ol_jax.store._config import load_config as load_config
+from ol_jax.store._config import load_network_config as load_network_config
+from ol_jax.store._config import validate_config as validate_config
+from ol_jax.store._run_store import CheckpointWriteError as CheckpointWriteError
+from ol_jax.store._run_store import RunStore as RunStore
+from ol_jax.store._run_store import new_run_id as new_run_id
+from ol_jax.store._tree_file import is_pytree_checkpoint as is_pytree_checkpoint
+from ol_jax.store._tree_file import load_pytree as load_pytree
+from ol_jax.store._tree_file import save_pytree as save_pytree
+from ol_jax.store._writer import CheckpointWriter as CheckpointWriter
+from ol_jax.store._writer import WriteJob as WriteJob
+
+__all__ = [
+    "CheckpointWriteError",
+    "CheckpointWriter",
+    "ConfigError",
+    "ModelConfig",
+    "NetworkConfig",
+    "OnlineLearningConfig",
+    "RunStore",
+    "StoreConfig",
+    "WriteJob",
+    "is_pytree_checkpoint",
+    "load_config",
+    "load_network_config",
+    "load_pytree",
+    "new_run_id",
+    "save_pytree",
+    "validate_config",
+]

@@ -1,0 +1,443 @@
+"""Network configuration: pydantic schemas and a YAML loader with readable errors.
+
+A network folder ``networks/<network_id>/`` holds a ``config.yaml`` that names the
+model architecture, the online-learning hyperparameters and the checkpoint store
+settings. Every section is a pydantic v2 model with ``extra="forbid"``, so a typo in
+a key is an error rather than a silently ignored setting.
+
+Errors are reported as :class:`ConfigError` (a :class:`ValueError`) with one line per
+problem, each naming the dotted key path::
+
+    invalid config networks/glyph-demo/config.yaml:
+      online_learning.learning_rate: must be > 0, got -1
+      online_learning.lr: unknown key (did you mean 'learning_rate'?)
+
+Other learners reuse :func:`load_config` / :func:`validate_config` with their own
+pydantic model to get the same error formatting.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "NetworkConfig",
+    "OnlineLearningConfig",
+    "StoreConfig",
+    "load_config",
+    "load_network_config",
+    "validate_config",
+]
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+_NETWORK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class ConfigError(ValueError):
+    """A configuration file or mapping failed validation.
+
+    Attributes:
+      problems: ``(dotted_key_path, message)`` pairs, one per problem, in the order
+        pydantic reported them. The key path is ``"<root>"`` for problems with the
+        document as a whole (not a mapping, unreadable file).
+      source: the file path or label the configuration came from, if any.
+    """
+
+    def __init__(
+        self, problems: Sequence[tuple[str, str]], *, source: str | None = None
+    ):
+        self.problems = list(problems)
+        self.source = source
+        header = f"invalid config {source}" if source else "invalid config"
+        lines = [f"  {key}: {msg}" for key, msg in self.problems]
+        super().__init__(header + ":\n" + "\n".join(lines))
+
+
+class _Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class OnlineLearningConfig(_Strict):
+    """The ``online_learning`` block of a glyph network (seed 000).
+
+    The REINFORCE update on ``style_z`` is ``theta <- clip(theta + lr * g)``, with
+    ``g = clip_norm((r - b) * grad log pi(z) + entropy_coef * grad H)``, where the
+    baseline is ``b <- baseline_decay * b + (1 - baseline_decay) * r`` and older
+    ratings are weighted by ``2 ** (-age / recency_half_life)``.
+
+    Attributes:
+      enabled: whether feedback updates the weights at all.
+      learning_rate: step size, > 0.
+      gradient_clip_norm: global L2 norm the gradient is clipped to, > 0.
+      finetune_layers: parameter-path prefixes that are trained; all others frozen.
+      feedback_scale: ``"linear"`` maps rating 1..10 to [-1, 1] linearly,
+        ``"nonlinear"`` emphasizes the extremes.
+      update_frequency: ``"per_rating"`` updates after every rating, ``"batched"``
+        after ``batch_size`` ratings.
+      batch_size: ratings per update when batched, >= 1.
+      min_ratings_before_update: cold-start threshold, >= 0.
+      weight_clamp: ``[lo, hi]`` box the fine-tuned weights stay in, lo < hi.
+      weight_decay: L2 regularization on the fine-tuned weights, >= 0.
+      baseline_decay: EMA decay of the reward baseline, in [0, 1).
+      recency_half_life: ratings this many updates old count half, > 0.
+      entropy_coef: weight of the entropy bonus on the ``style_z`` policy, >= 0.
+      min_log_std: lower bound on the policy's log standard deviation.
+      pixel_noise_std: std ``tau`` of the pixel noise of a sampled glyph, > 0; the
+        fine-tuned decoder layers learn through ``log N(x; decoder(z), tau^2)``.
+      feedback_window: recent ratings each update revisits (recency-weighted).
+
+    References:
+      Williams, `Simple statistical gradient-following algorithms for
+      connectionist reinforcement learning
+      <https://doi.org/10.1007/BF00992696>`_, 1992.
+    """
+
+    enabled: bool = True
+    learning_rate: float = Field(default=1e-3, gt=0)
+    gradient_clip_norm: float = Field(default=1.0, gt=0)
+    finetune_layers: list[str] = Field(
+        default_factory=lambda: ["decoder.3", "decoder.4"]
+    )
+    feedback_scale: Literal["linear", "nonlinear"] = "linear"
+    update_frequency: Literal["per_rating", "batched"] = "per_rating"
+    batch_size: int = Field(default=4, ge=1)
+    min_ratings_before_update: int = Field(default=3, ge=0)
+    weight_clamp: tuple[float, float] = (-5.0, 5.0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    baseline_decay: float = Field(default=0.9, ge=0, lt=1)
+    recency_half_life: float = Field(default=20.0, gt=0)
+    entropy_coef: float = Field(default=1e-3, ge=0)
+    min_log_std: float = -5.0
+    pixel_noise_std: float = Field(default=0.05, gt=0)
+    feedback_window: int = Field(default=16, ge=1)
+
+    @field_validator(
+        "learning_rate",
+        "gradient_clip_norm",
+        "weight_decay",
+        "recency_half_life",
+        "entropy_coef",
+        "min_log_std",
+        "pixel_noise_std",
+    )
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"must be finite, got {value}")
+        return value
+
+    @field_validator("finetune_layers")
+    @classmethod
+    def _layers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one layer, got []")
+        for name in value:
+            if not name.strip():
+                raise ValueError(f"layer names must be non-empty, got {value!r}")
+        return value
+
+    @field_validator("weight_clamp")
+    @classmethod
+    def _clamp_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
+        if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+            raise ValueError(f"must be [lo, hi] with finite lo < hi, got [{lo}, {hi}]")
+        return value
+
+
+class ModelConfig(_Strict):
+    """Architecture of the glyph decoder (see ``ol_jax.models.GlyphConfig``).
+
+    A coordinate network: ``decoder.0`` and ``decoder.1`` map ``style_z`` to a
+    modulation vector, ``decoder.2`` mixes it with each pixel's coordinates,
+    ``decoder.3`` and ``decoder.4`` map each pixel to a stroke field.
+
+    Attributes:
+      style_z_dim: dimension of the style latent, >= 1.
+      image_size: side of the square output image in pixels, >= 4.
+      hidden: widths ``[H0, H1, H2]`` of decoder.0, decoder.1 and the per-pixel
+        layers, each >= 1.
+      coord_scale: scale of the pixel coordinates, > 0 (larger: curvier strokes).
+      stroke_sharpness: stroke profile sharpness, > 0 (larger: thinner strokes).
+    """
+
+    style_z_dim: int = Field(default=64, ge=1)
+    image_size: int = Field(default=32, ge=4)
+    hidden: tuple[int, int, int] = (128, 256, 32)
+    coord_scale: float = Field(default=6.0, gt=0)
+    stroke_sharpness: float = Field(default=10.0, gt=0)
+
+    @field_validator("hidden")
+    @classmethod
+    def _sizes(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(size < 1 for size in value):
+            raise ValueError(f"must be three widths >= 1, got {list(value)}")
+        return value
+
+
+class StoreConfig(_Strict):
+    """Checkpoint store settings.
+
+    Attributes:
+      max_to_keep: number of most recent weight versions kept per run; ``None``
+        keeps all.
+      async_writes: write checkpoints on a background thread (``save`` returns
+        after a host copy) instead of in the caller.
+      queue_size: saves that may wait for the background writer before ``save``
+        blocks (back-pressure; no version is ever dropped), >= 1.
+    """
+
+    max_to_keep: int | None = Field(default=None, ge=1)
+    async_writes: bool = True
+    queue_size: int = Field(default=8, ge=1)
+
+
+class NetworkConfig(_Strict):
+    """A network's ``config.yaml``.
+
+    Attributes:
+      network_id: the folder name under ``networks/``; letters, digits, ``.``,
+        ``_`` and ``-``.
+      model: decoder architecture.
+      online_learning: online-learning hyperparameters.
+      store: checkpoint store settings.
+      seed: root PRNG seed of the network, >= 0.
+    """
+
+    network_id: str = Field(pattern=_NETWORK_ID_PATTERN)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    online_learning: OnlineLearningConfig = Field(default_factory=OnlineLearningConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    seed: int = Field(default=0, ge=0)
+
+
+# --- error formatting ------------------------------------------------------------
+
+_OPERATORS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    """``("a", 0, "b")`` -> ``"a[0].b"``; empty -> ``"<root>"``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def _fields_at(model_cls: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """Field names of the pydantic model found by following ``loc`` from the root."""
+    cls: Any = model_cls
+    for part in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return []
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        cls = field.annotation
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return list(cls.model_fields)
+    return []
+
+
+def _number(x: Any) -> Any:
+    """``0.0`` -> ``0`` so that bounds read as written in the schema."""
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _describe(error: Mapping[str, Any], model_cls: type[BaseModel]) -> str:
+    """One human sentence for one pydantic error, with the offending value."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        *parent, name = error["loc"]
+        known = _fields_at(model_cls, parent)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key{hint}; allowed keys: {', '.join(known)}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in _OPERATORS:
+        key, symbol = _OPERATORS[kind]
+        return f"must be {symbol} {_number(ctx.get(key))}, got {value!r}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {value!r}"
+    if kind in _TYPE_NAMES:
+        return f"expected {_TYPE_NAMES[kind]}, got {value!r}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}, got {value!r}"
+    if kind == "value_error":
+        # Our validators already put the value in the message.
+        return str(ctx.get("error", error["msg"]))
+    if kind in ("too_short", "too_long"):
+        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
+
+
+def _problems(
+    exc: pydantic.ValidationError, model_cls: type[BaseModel]
+) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [part for part in error["loc"] if part not in ("function-after",)]
+        problems.append((_dotted(loc), _describe(error, model_cls)))
+    return problems
+
+
+def validate_config(
+    data: Any, model_cls: type[ModelT], *, source: str | None = None
+) -> ModelT:
+    """Validates a plain mapping against a pydantic model.
+
+    Args:
+      data: the parsed document, normally a ``dict``; ``None`` (an empty YAML file)
+        is treated as ``{}``.
+      model_cls: the pydantic v2 model to validate with. Use ``extra="forbid"`` in
+        its ``model_config`` so unknown keys are reported.
+      source: label for error messages (usually the file path).
+
+    Returns:
+      The validated model instance.
+
+    Raises:
+      ConfigError: naming every bad or unknown key by its dotted path.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            [("<root>", f"expected a mapping, got {type(data).__name__}")],
+            source=source,
+        )
+    try:
+        return model_cls.model_validate(dict(data))
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_problems(exc, model_cls), source=source) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last)."""
+
+
+def _construct_unique_mapping(
+    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {line})", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+# YAML 1.1 reads `1e-4` (no dot) as a string; accept it as a float like YAML 1.2.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_config(path: str | os.PathLike[str], model_cls: type[ModelT]) -> ModelT:
+    """Loads a YAML file and validates it against ``model_cls``.
+
+    Args:
+      path: the YAML file.
+      model_cls: the pydantic v2 model (with ``extra="forbid"``) to validate with.
+
+    Returns:
+      The validated model instance.
+
+    Raises:
+      ConfigError: the file is missing or unreadable, is not valid YAML, is not a
+        mapping, or any key is unknown or has a bad value. The message names each
+        key by its dotted path, e.g. ``online_learning.learning_rate: must be > 0,
+        got -1``.
+
+    Examples:
+      >>> from ol_jax.store import NetworkConfig, load_config
+      >>> cfg = load_config("networks/glyph-demo/config.yaml", NetworkConfig)
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(
+            [("<root>", "config file not found")], source=source
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [("<root>", f"cannot read file: {exc.strerror}")], source=source
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            [("<root>", f"invalid YAML{where}: {problem}")], source=source
+        ) from None
+    return validate_config(data, model_cls, source=source)
+
+
+def load_network_config(path: str | os.PathLike[str]) -> NetworkConfig:
+    """Loads and validates a network's ``config.yaml``.
+
+    Args:
+      path: path to ``networks/<network_id>/config.yaml``.
+
+    Returns:
+      The validated :class:`NetworkConfig`.
+
+    Raises:
+      ConfigError: see :func:`load_config`.
+    """
+    return load_config(path, NetworkConfig)

@@ -1,0 +1,882 @@
+"""Versioned, crash-safe weight storage for online-learning runs (Orbax-backed).
+
+Layout on disk::
+
+    networks/<network_id>/config.yaml
+    networks/<network_id>/runs/<run_id>/run_metadata.json
+    networks/<network_id>/runs/<run_id>/weights_v0/    (an Orbax checkpoint)
+    networks/<network_id>/runs/<run_id>/weights_v1/
+    ...
+
+Guarantees:
+
+* A weight version is written by Orbax into a temporary folder and renamed into
+  place when complete, so a process killed mid-save leaves the previous versions
+  intact (the temporary folder is removed when the run is next opened).
+* ``run_metadata.json`` is replaced atomically (write, fsync, rename) and only
+  after the version it mentions is finalized; retention deletes a version only
+  after the metadata has stopped listing it. Every version the file lists can be
+  restored.
+* ``save`` copies the arrays to host memory in the caller (so buffers donated to
+  the next step cannot change what is written) and hands the copy to a single
+  background :class:`~ol_jax.store.CheckpointWriter`. When ``queue_size`` saves are
+  waiting, ``save`` blocks; no version is ever dropped. A failed write is raised by
+  the next call on the store.
+* One process at a time writes a run: the run folder is locked with ``flock``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import fcntl
+import functools
+import json
+import math
+import os
+import re
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from ol_jax.store._config import ConfigError, NetworkConfig, load_network_config
+from ol_jax.store._writer import CheckpointWriter, WriteJob
+
+__all__ = ["CheckpointWriteError", "RunStore", "new_run_id"]
+
+METADATA_FILE = "run_metadata.json"
+WEIGHTS_PREFIX = "weights_v"
+_FORMAT_VERSION = 1
+_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RESERVED_ENTRY_KEYS = ("version", "parent_version", "event")
+
+
+class CheckpointWriteError(RuntimeError):
+    """A background checkpoint write failed; raised by the next call on the store."""
+
+
+def new_run_id() -> str:
+    """A fresh run id that sorts by creation time: ``YYYYmmdd-HHMMSS-ffffff-<hex>``."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y%m%d-%H%M%S-%f") + "-" + secrets.token_hex(3)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class _VersionNameFormat:
+    """Orbax step naming ``weights_v<N>`` (Orbax's ``step_prefix`` adds a ``_``).
+
+    Implements ``orbax.checkpoint.path.step.NameFormat``: only finalized folders
+    whose name is exactly ``weights_v<N>`` count as steps, so Orbax's temporary
+    folders (``weights_v3.orbax-checkpoint-tmp-...``) are never restored.
+    """
+
+    prefix: str = WEIGHTS_PREFIX
+
+    def build_name(self, step: int) -> str:
+        return f"{self.prefix}{step}"
+
+    def _metadata(self, path: epath.Path) -> ocp.path.step.Metadata | None:
+        match = re.fullmatch(rf"{re.escape(self.prefix)}(0|[1-9][0-9]*)", path.name)
+        if match is None or not path.is_dir():
+            return None
+        if not ocp.path.step.is_path_finalized(path):
+            return None
+        return ocp.path.step.Metadata(step=int(match.group(1)), path=path)
+
+    def find_all(self, base_path: epath.PathLike) -> Any:
+        base = epath.Path(base_path)
+        if not base.is_dir():
+            return iter([])
+        return ocp.path.step.build_step_metadatas(list(base.iterdir()), self._metadata)
+
+    def find_step(self, base_path: epath.PathLike, step: int) -> Any:
+        path = epath.Path(base_path) / self.build_name(step)
+        found = self._metadata(path) if path.exists() else None
+        if found is None:
+            raise ValueError(f"no finalized checkpoint {path}")
+        return found
+
+
+def _manager(run_dir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        step_name_format=_VersionNameFormat(),
+        # Writes already run on our own background thread; doing them synchronously
+        # there means "save returned" == "version finalized".
+        enable_async_checkpointing=False,
+        # Retention is applied by RunStore after the metadata stops listing a
+        # version, so the metadata never names a deleted one.
+        max_to_keep=None,
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+    )
+    return ocp.CheckpointManager(run_dir, options=options)
+
+
+def _atomic_write_json(path: str, document: Mapping[str, Any]) -> None:
+    """Writes JSON to ``path`` so readers see the old or the new file, never a mix."""
+    directory = os.path.dirname(path)
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    data = json.dumps(document, separators=(",", ":"), allow_nan=False)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _jsonable(value: Any, path: str = "metadata_entry") -> Any:
+    """Converts arrays and numpy scalars to JSON values; non-finite floats to text."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        array = np.asarray(jax.device_get(value))
+        if array.dtype.kind == "f" or str(array.dtype) == "bfloat16":
+            array = array.astype(np.float64)
+        elif array.dtype.kind not in "biu":
+            raise ValueError(
+                f"{path} must hold numeric arrays, got dtype {array.dtype}"
+            )
+        return _jsonable(array.tolist(), path)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return (
+            "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        )
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    raise ValueError(
+        f"{path} must be JSON-like (dict, list, str, number, bool, None, array), "
+        f"got {type(value).__name__}"
+    )
+
+
+def _host_snapshot(tree: Any) -> Any:
+    """A host copy of ``tree`` that nothing else references.
+
+    ``jax.device_get`` may return a zero-copy view of a CPU buffer (or the very
+    numpy array passed in); such leaves are copied so that donating or mutating
+    the caller's arrays afterwards cannot change what is written.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    if not leaves:
+        raise ValueError("params tree must have at least one array leaf, got none")
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree.flatten_with_path(tree)[0]]
+    for name, leaf in zip(paths, leaves, strict=True):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            raise ValueError(
+                f"leaf {name} is a PRNG key array; save jax.random.key_data(key)"
+            )
+    for leaf in leaves:
+        if isinstance(leaf, jax.Array):
+            leaf.copy_to_host_async()
+    host = jax.device_get(leaves)
+    out = []
+    for name, original, leaf in zip(paths, leaves, host, strict=True):
+        array = np.asarray(leaf)
+        if array is original or array.base is not None or not array.flags.owndata:
+            array = np.array(array, copy=True)
+        if array.dtype.kind in "OUSMm" or array.dtype.fields is not None:
+            raise ValueError(
+                f"leaf {name} must be a numeric array, got dtype {array.dtype}"
+            )
+        out.append(array)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _entry_ratings(entry: Mapping[str, Any]) -> list[float]:
+    """Ratings recorded in a metadata entry under ``rating`` or ``ratings``."""
+    found: list[float] = []
+    for key in ("rating", "ratings"):
+        value = entry.get(key)
+        values = value if isinstance(value, list) else [value]
+        found.extend(
+            float(v)
+            for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
+    return [v for v in found if math.isfinite(v)]
+
+
+def _quality(entries: list[Mapping[str, Any]], version: int) -> float | None:
+    """Mean rating over the entries on ``version``'s lineage (parent links)."""
+    by_version = {e["version"]: e for e in entries if "version" in e}
+    if version not in by_version:
+        raise ValueError(f"version {version} has no metadata entry in this run")
+    ratings: list[float] = []
+    seen = set()
+    current: int | None = version
+    while current is not None and current in by_version and current not in seen:
+        seen.add(current)
+        entry = by_version[current]
+        ratings.extend(_entry_ratings(entry))
+        current = entry.get("parent_version")
+    return sum(ratings) / len(ratings) if ratings else None
+
+
+class _Run:
+    """Everything RunStore keeps for one open run."""
+
+    def __init__(self, run_id: str, run_dir: str, lock_fd: int):
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.metadata_path = os.path.join(run_dir, METADATA_FILE)
+        self.lock_fd = lock_fd
+        self.manager: ocp.CheckpointManager | None = None
+        self.meta: dict[str, Any] = {}
+        # alloc_lock orders version numbers and submissions; io_lock serializes
+        # Orbax calls on this run's manager; meta_lock guards `meta`.
+        self.alloc_lock = threading.Lock()
+        self.io_lock = threading.Lock()
+        self.meta_lock = threading.Lock()
+        self.next_version = 0
+        self.head: int | None = None
+        self.pending: list[WriteJob] = []
+        self.error: BaseException | None = None
+        self.failed_versions: list[int] = []
+
+
+class RunStore:
+    """Versioned weights and feedback metadata for the runs of one network.
+
+    ``RunStore(root, network_id)`` reads and validates
+    ``<root>/<network_id>/config.yaml``; :meth:`start_run` then opens a run (new,
+    resumed, or started from another run's version) and :meth:`save` writes weight
+    versions ``weights_v0, weights_v1, ...`` with one metadata entry each.
+
+    Every version has a metadata entry with ``version``, ``parent_version``,
+    ``event`` (``"save"``, ``"rollback"``, ``"start_from"`` or ``"recovered"``) and
+    ``timestamp``, plus the caller's ``metadata_entry`` fields (ratings, losses,
+    gradient norms, ``style_z`` values...). A version's *feedback quality* is the
+    mean of the ``rating`` / ``ratings`` values on its lineage: the entries that
+    produced it, following ``parent_version`` links (so a rollback's quality is
+    that of the version it restored).
+
+    Args:
+      root: the folder holding network folders.
+      network_id: the network's folder name.
+      config: a validated config to use instead of reading ``config.yaml``.
+      writer: a :class:`CheckpointWriter` shared with other stores. Without one, a
+        private writer is made when ``config.store.async_writes`` is true; when it
+        is false, saves are written in the caller.
+
+    Raises:
+      ConfigError: ``config.yaml`` is missing or invalid, or its ``network_id``
+        does not match the folder.
+
+    Examples:
+      >>> with RunStore("networks", "glyph-demo") as store:  # doctest: +SKIP
+      ...     run_id = store.start_run()
+      ...     v = store.save(params, metadata_entry={"rating": 7, "loss": 0.3})
+      ...     params = store.restore(like=params)
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "networks",
+        network_id: str | None = None,
+        *,
+        config: NetworkConfig | None = None,
+        writer: CheckpointWriter | None = None,
+    ):
+        if network_id is None:
+            if config is None:
+                raise ValueError("network_id is required when no config is given")
+            network_id = config.network_id
+        if not _RUN_ID_PATTERN.match(network_id):
+            raise ValueError(
+                f"network_id must be letters, digits, '.', '_', '-', got {network_id!r}"
+            )
+        self._network_dir = os.path.abspath(os.path.join(os.fspath(root), network_id))
+        if config is None:
+            config = load_network_config(os.path.join(self._network_dir, "config.yaml"))
+        if config.network_id != network_id:
+            raise ConfigError(
+                [
+                    (
+                        "network_id",
+                        f"must match the folder name {network_id!r}, "
+                        f"got {config.network_id!r}",
+                    )
+                ],
+                source=os.path.join(self._network_dir, "config.yaml"),
+            )
+        self._config = config
+        self._owns_writer = False
+        if writer is None and config.store.async_writes:
+            writer = CheckpointWriter(queue_size=config.store.queue_size)
+            self._owns_writer = True
+        self._writer = writer
+        self._run: _Run | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> NetworkConfig:
+        """The network's validated configuration."""
+        return self._config
+
+    @property
+    def network_id(self) -> str:
+        return self._config.network_id
+
+    @property
+    def network_dir(self) -> str:
+        return self._network_dir
+
+    @property
+    def runs_dir(self) -> str:
+        return os.path.join(self._network_dir, "runs")
+
+    @property
+    def run_id(self) -> str | None:
+        """The open run's id, or ``None`` before :meth:`start_run`."""
+        return self._run.run_id if self._run else None
+
+    @property
+    def run_dir(self) -> str | None:
+        return self._run.run_dir if self._run else None
+
+    def runs(self) -> list[str]:
+        """Ids of this network's runs that have metadata, oldest first."""
+        if not os.path.isdir(self.runs_dir):
+            return []
+        return sorted(
+            name
+            for name in os.listdir(self.runs_dir)
+            if os.path.isfile(os.path.join(self.runs_dir, name, METADATA_FILE))
+        )
+
+    # ------------------------------------------------------------------ run life
+
+    def start_run(
+        self,
+        run_id: str | None = None,
+        *,
+        from_version: tuple[str, int | None] | None = None,
+    ) -> str:
+        """Opens a run: a new one, an existing one (resume), or a copy of a version.
+
+        Any run already open on this store is flushed and closed first.
+
+        Args:
+          run_id: the run to resume, or a new id; ``None`` makes a fresh
+            time-sortable id (see :func:`new_run_id`).
+          from_version: ``(source_run_id, version)`` of this network to start from
+            (``version=None`` means that run's latest). The source weights are
+            copied into this run as ``weights_v0`` and ``started_from`` records the
+            source run, version and its feedback quality. Only for new runs.
+
+        Returns:
+          The run id.
+
+        Raises:
+          ValueError: bad run id, ``from_version`` with an existing run, or an
+            unknown source run or version.
+          RuntimeError: another process (or store) has the run open.
+        """
+        self._check_open()
+        run_id = new_run_id() if run_id is None else run_id
+        if not isinstance(run_id, str) or not _RUN_ID_PATTERN.match(run_id):
+            raise ValueError(
+                f"run_id must be letters, digits, '.', '_', '-', got {run_id!r}"
+            )
+        run_dir = os.path.join(self.runs_dir, run_id)
+        exists = os.path.isfile(os.path.join(run_dir, METADATA_FILE))
+        source = None
+        if from_version is not None:
+            if exists:
+                raise ValueError(
+                    f"from_version is only for new runs; run {run_id!r} exists"
+                )
+            # Read the source before closing the open run: it may be the source.
+            source = self._read_source(from_version)
+        if self._run is not None:
+            self._close_run()
+        os.makedirs(run_dir, exist_ok=True)
+        run = _Run(run_id, run_dir, self._lock_run(run_dir))
+        try:
+            run.manager = _manager(run_dir)
+            if exists:
+                with open(run.metadata_path, encoding="utf-8") as f:
+                    run.meta = json.load(f)
+                if run.meta.get("network_id") != self.network_id:
+                    raise ValueError(
+                        f"run {run_id!r} belongs to network "
+                        f"{run.meta.get('network_id')!r}, not {self.network_id!r}"
+                    )
+            else:
+                run.meta = {
+                    "format_version": _FORMAT_VERSION,
+                    "network_id": self.network_id,
+                    "run_id": run_id,
+                    "created_at": _now(),
+                    "updated_at": _now(),
+                    "started_from": None,
+                    "current_version": None,
+                    "versions": [],
+                    "entries": [],
+                }
+            self._reconcile(run)
+            if source is not None:
+                run.meta["started_from"] = source["started_from"]
+            _atomic_write_json(run.metadata_path, run.meta)
+        except BaseException:
+            self._release(run)
+            raise
+        self._run = run
+        if source is not None:
+            started = source["started_from"]
+            self._enqueue(
+                source["tree"],
+                version=None,
+                entry={
+                    "event": "start_from",
+                    "source_run_id": started["run_id"],
+                    "source_version": started["version"],
+                },
+                parent=None,
+            )
+        return run_id
+
+    def flush(self) -> None:
+        """Waits until every save submitted to this store is on disk.
+
+        Raises:
+          CheckpointWriteError: a background write failed.
+        """
+        self._check_open()
+        run = self._run
+        if run is None:
+            return
+        for job in list(run.pending):
+            job.wait()
+        with run.alloc_lock:
+            run.pending = [job for job in run.pending if not job.done()]
+        self._raise_write_error(run)
+
+    def close(self) -> None:
+        """Flushes, then releases the run lock and the writer (if private).
+
+        Raises:
+          CheckpointWriteError: a background write failed (resources are still
+            released).
+        """
+        if self._closed:
+            return
+        try:
+            if self._run is not None:
+                self._close_run()
+        finally:
+            self._closed = True
+            if self._owns_writer and self._writer is not None:
+                self._writer.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ weights
+
+    def save(
+        self,
+        params: Any,
+        *,
+        version: int | None = None,
+        metadata_entry: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Saves a new weight version (asynchronously) with its metadata entry.
+
+        The arrays are copied to host memory before this returns, so the caller
+        may donate or overwrite them at once. The version's directory and its
+        metadata entry appear when the background writer has finished it.
+
+        Args:
+          params: a pytree of numeric arrays (jax or numpy; any dtype including
+            bfloat16).
+          version: the version number; ``None`` takes the next one. Must be greater
+            than every version already saved in this run.
+          metadata_entry: JSON-like fields for this version's entry (``rating`` or
+            ``ratings``, ``loss``, ``grad_norm``, ``style_z``...). Arrays are
+            converted to lists. Keys ``version``, ``parent_version`` and ``event``
+            are reserved; ``timestamp`` defaults to now.
+
+        Returns:
+          The version number.
+
+        Raises:
+          CheckpointWriteError: an earlier background write failed.
+          ValueError: bad version, tree or metadata.
+        """
+        run = self._require_run()
+        self._raise_write_error(run)
+        entry = dict(metadata_entry or {})
+        for key in _RESERVED_ENTRY_KEYS:
+            if key in entry:
+                raise ValueError(f"metadata_entry key {key!r} is reserved")
+        entry["event"] = "save"
+        tree = _host_snapshot(params)
+        return self._enqueue(tree, version=version, entry=entry, parent="head")
+
+    def restore(
+        self, version: int | None = None, *, like: Any = None, run_id: str | None = None
+    ) -> Any:
+        """Loads a weight version, bit-exact.
+
+        Waits for pending saves first, so the latest version is the last saved.
+
+        Args:
+          version: the version; ``None`` means the latest.
+          like: a pytree with the target structure; leaves that are ``jax.Array``
+            (or ``jax.ShapeDtypeStruct`` with a sharding) restore as jax arrays on
+            that sharding, numpy leaves as numpy. ``None`` restores numpy arrays.
+          run_id: another run of this network to read from (read-only); ``None``
+            is the open run.
+
+        Returns:
+          The restored pytree.
+
+        Raises:
+          ValueError: no such version.
+        """
+        if run_id is not None and (self._run is None or run_id != self._run.run_id):
+            self._check_open()
+            return self._restore_other(run_id, version, like)
+        run = self._require_run()
+        self.flush()
+        with run.io_lock:
+            return self._restore_with(run.manager, run.run_id, version, like)
+
+    def versions(self) -> list[int]:
+        """Versions of the open run present on disk, ascending (after a flush)."""
+        run = self._require_run()
+        self.flush()
+        with run.meta_lock:
+            return list(run.meta["versions"])
+
+    def latest_version(self) -> int | None:
+        """The highest version on disk of the open run, or ``None`` (after a flush)."""
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def rollback(
+        self, version: int, *, metadata_entry: Mapping[str, Any] | None = None
+    ) -> int:
+        """Makes ``version`` current again by saving a copy of it as a new version.
+
+        Numbering continues after the latest version; the new entry has
+        ``event="rollback"``, ``rolled_back_to=version`` and
+        ``parent_version=version``, so its feedback quality is that of
+        ``version``. Later saves descend from it.
+
+        Args:
+          version: a version present on disk.
+          metadata_entry: extra fields for the rollback entry (e.g. a reason).
+
+        Returns:
+          The new version number (whose weights equal ``version``'s).
+
+        Raises:
+          ValueError: ``version`` is not on disk.
+        """
+        run = self._require_run()
+        available = self.versions()
+        if version not in available:
+            raise ValueError(
+                f"cannot roll back run {run.run_id!r} to version {version}: "
+                f"available versions are {available}"
+            )
+        entry = dict(metadata_entry or {})
+        for key in _RESERVED_ENTRY_KEYS:
+            entry.pop(key, None)
+        entry.update(event="rollback", rolled_back_to=version)
+        with run.io_lock:
+            tree = self._restore_with(run.manager, run.run_id, version, None)
+        return self._enqueue(tree, version=None, entry=entry, parent=version)
+
+    # ------------------------------------------------------------------ metadata
+
+    def feedback_quality(self, version: int | None = None) -> float | None:
+        """Mean rating on the lineage of ``version`` (``None``: latest).
+
+        Returns ``None`` when no entry on the lineage carries a rating.
+
+        Raises:
+          ValueError: the version has no metadata entry in the open run.
+        """
+        run = self._require_run()
+        self.flush()
+        with run.meta_lock:
+            if version is None:
+                version = run.meta["current_version"]
+                if version is None:
+                    return None
+            return _quality(run.meta["entries"], version)
+
+    def metadata(self, run_id: str | None = None) -> dict[str, Any]:
+        """A copy of a run's ``run_metadata.json`` (the open run after a flush)."""
+        if run_id is None or (self._run is not None and run_id == self._run.run_id):
+            run = self._require_run()
+            self.flush()
+            with run.meta_lock:
+                return copy.deepcopy(run.meta)
+        path = os.path.join(self.runs_dir, run_id, METADATA_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"run {run_id!r} of network {self.network_id!r} has no {METADATA_FILE}"
+            )
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"RunStore for {self.network_id!r} is closed")
+
+    def _require_run(self) -> _Run:
+        self._check_open()
+        if self._run is None:
+            raise RuntimeError("no open run: call start_run() first")
+        return self._run
+
+    def _lock_run(self, run_dir: str) -> int:
+        fd = os.open(os.path.join(run_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"run folder {run_dir} is open for writing by another RunStore"
+            ) from None
+        return fd
+
+    def _release(self, run: _Run) -> None:
+        try:
+            if run.manager is not None:
+                run.manager.close()
+        finally:
+            fcntl.flock(run.lock_fd, fcntl.LOCK_UN)
+            os.close(run.lock_fd)
+
+    def _close_run(self) -> None:
+        run = self._run
+        try:
+            self.flush()
+        finally:
+            for job in list(run.pending):
+                job.wait()
+            self._run = None
+            self._release(run)
+
+    def _reconcile(self, run: _Run) -> None:
+        """Brings metadata and disk into agreement after an interrupted process.
+
+        A finalized version newer than any the metadata knows was saved but its
+        entry was lost (killed between the two writes): it is kept with a
+        ``"recovered"`` entry. An older unlisted one was awaiting retention's
+        delete: it is deleted.
+        """
+        meta = run.meta
+        on_disk = sorted(run.manager.all_steps())
+        listed = set(meta["versions"])
+        known = [e["version"] for e in meta["entries"] if "version" in e]
+        newest_known = max(known + list(listed), default=-1)
+        for v in on_disk:
+            if v in listed:
+                continue
+            if v > newest_known:
+                parent = meta["current_version"]
+                meta["entries"].append(
+                    {
+                        "version": v,
+                        "parent_version": parent,
+                        "event": "recovered",
+                        "timestamp": _now(),
+                        "note": "checkpoint was finalized but its metadata entry "
+                        "was lost (process stopped before the metadata write)",
+                    }
+                )
+                meta["current_version"] = v
+                listed.add(v)
+            else:
+                run.manager.delete(v)
+        meta["versions"] = sorted(v for v in listed if v in set(on_disk))
+        run.head = meta["current_version"]
+        run.next_version = max([newest_known, *on_disk], default=-1) + 1
+        meta["updated_at"] = _now()
+
+    def _read_source(self, from_version: tuple[str, int | None]) -> dict[str, Any]:
+        try:
+            source_run, source_version = from_version
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"from_version must be (run_id, version), got {from_version!r}"
+            ) from None
+        meta = self.metadata(source_run)
+        if source_version is None:
+            source_version = meta.get("current_version")
+        if source_version not in meta.get("versions", []):
+            raise ValueError(
+                f"run {source_run!r} has no version {source_version}; "
+                f"available: {meta.get('versions', [])}"
+            )
+        tree = self._restore_other(source_run, source_version, None)
+        quality = _quality(meta["entries"], source_version)
+        return {
+            "tree": tree,
+            "started_from": {
+                "run_id": source_run,
+                "version": source_version,
+                "feedback_quality": quality,
+            },
+        }
+
+    def _restore_other(self, run_id: str, version: int | None, like: Any) -> Any:
+        run_dir = os.path.join(self.runs_dir, run_id)
+        if not os.path.isdir(run_dir):
+            raise ValueError(f"network {self.network_id!r} has no run {run_id!r}")
+        manager = _manager(run_dir, read_only=True)
+        try:
+            return self._restore_with(manager, run_id, version, like)
+        finally:
+            manager.close()
+
+    @staticmethod
+    def _restore_with(
+        manager: ocp.CheckpointManager, run_id: str, version: int | None, like: Any
+    ) -> Any:
+        available = sorted(manager.all_steps())
+        if version is None:
+            if not available:
+                raise ValueError(f"run {run_id!r} has no saved versions")
+            version = available[-1]
+        if version not in available:
+            raise ValueError(
+                f"run {run_id!r} has no version {version}; available: {available}"
+            )
+        args = ocp.args.StandardRestore(like) if like is not None else None
+        return manager.restore(version, args=args or ocp.args.StandardRestore())
+
+    def _enqueue(
+        self,
+        tree: Any,
+        *,
+        version: int | None,
+        entry: dict[str, Any],
+        parent: int | str | None,
+    ) -> int:
+        run = self._require_run()
+        entry.setdefault("timestamp", _now())
+        with run.alloc_lock:
+            if version is None:
+                version = run.next_version
+            elif isinstance(version, bool) or not isinstance(version, int):
+                raise ValueError(f"version must be an int, got {version!r}")
+            elif version < run.next_version:
+                raise ValueError(
+                    f"version must be >= {run.next_version} (numbers only grow "
+                    f"within a run), got {version}"
+                )
+            head = {
+                "version": version,
+                "parent_version": run.head if parent == "head" else parent,
+                "event": entry.pop("event"),
+                "timestamp": entry.pop("timestamp"),
+            }
+            document = _jsonable({**head, **entry})
+            run.next_version = version + 1
+            run.head = version
+            work = functools.partial(self._write_version, run, version, tree, document)
+            if self._writer is None:
+                job = WriteJob(work)
+                job.run()
+            else:
+                job = self._writer.submit(work)
+                run.pending = [j for j in run.pending if not j.done()]
+                run.pending.append(job)
+        if self._writer is None:
+            self._raise_write_error(run)
+        return version
+
+    def _raise_write_error(self, run: _Run) -> None:
+        if run.error is None:
+            return
+        # Let the remaining queued writes of this run drain (they are skipped), so
+        # the run's state is settled before the caller continues.
+        for job in list(run.pending):
+            job.wait()
+        with run.alloc_lock:
+            error, failed = run.error, list(run.failed_versions)
+            run.error = None
+            run.failed_versions = []
+            run.pending = []
+            with run.meta_lock:
+                run.head = run.meta["current_version"]
+        raise CheckpointWriteError(
+            f"writing checkpoint(s) {failed} of run {run.run_id!r} "
+            f"(network {self.network_id!r}) failed: {error!r}; the run continues "
+            f"from version {run.head}"
+        ) from error
+
+    def _write_version(
+        self, run: _Run, version: int, tree: Any, entry: dict[str, Any]
+    ) -> None:
+        """Runs on the writer thread: checkpoint, then metadata, then retention."""
+        if run.error is not None:
+            run.failed_versions.append(version)
+            return
+        try:
+            with run.io_lock:
+                saved = run.manager.save(
+                    version, args=ocp.args.StandardSave(tree), force=True
+                )
+                run.manager.wait_until_finished()
+                if not saved:
+                    raise RuntimeError(f"Orbax declined to save version {version}")
+                on_disk = sorted(run.manager.all_steps())
+            keep = self._config.store.max_to_keep
+            kept = on_disk if keep is None else on_disk[-keep:]
+            with run.meta_lock:
+                run.meta["entries"].append(entry)
+                run.meta["current_version"] = version
+                run.meta["versions"] = kept
+                run.meta["updated_at"] = _now()
+                _atomic_write_json(run.metadata_path, run.meta)
+            with run.io_lock:
+                for old in on_disk:
+                    if old not in kept:
+                        run.manager.delete(old)
+        except BaseException as exc:
+            run.error = exc
+            run.failed_versions.append(version)
+            raise

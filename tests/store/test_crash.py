@@ -1,0 +1,105 @@
+"""Crash safety: SIGKILL a process that is saving; the store must stay consistent."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from ol_jax.store import RunStore
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+from crash_child import expected_tree  # noqa: E402
+
+NETWORK = "crash"
+RUN = "crash-run"
+_TMP = "orbax-checkpoint-tmp"
+
+
+def _listed(meta_path: pathlib.Path) -> list[int]:
+    try:
+        with open(meta_path) as f:
+            return json.load(f)["versions"]
+    except FileNotFoundError:
+        return []
+
+
+def _run_child_and_kill(
+    root: pathlib.Path, meta_path: pathlib.Path, *, extra: int, mid_save: bool
+):
+    """Starts the child, waits until `extra` more versions are listed, SIGKILLs it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    target = len(_listed(meta_path)) + extra
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "crash_child.py"), str(root), NETWORK, RUN],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_listed(meta_path)) < target:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "child saved too slowly"
+            time.sleep(0.005)
+        if mid_save:
+            # Kill while Orbax is writing the next version's temporary folder.
+            run_dir = meta_path.parent
+            while not any(_TMP in n for n in os.listdir(run_dir)):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.001)
+        # Otherwise kill right after a metadata write.
+        assert proc.poll() is None
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -9
+
+
+def _assert_tree_equal(actual, expected):
+    import jax
+
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert np.asarray(a).dtype == e.dtype
+        assert np.asarray(a).tobytes() == e.tobytes()
+
+
+def test_sigkill_during_saves_keeps_store_consistent(tmp_path, make_network):
+    root = make_network(tmp_path, NETWORK, queue_size=2)
+    run_dir = root / NETWORK / "runs" / RUN
+    meta_path = run_dir / "run_metadata.json"
+    last = -1
+    for mid_save in (True, False):
+        _run_child_and_kill(root, meta_path, extra=3, mid_save=mid_save)
+        # What the killed process left: valid JSON listing restorable versions.
+        with open(meta_path) as f:
+            meta = json.load(f)
+        listed = meta["versions"]
+        assert listed == sorted(listed) and listed[-1] > last
+        assert meta["current_version"] == listed[-1]
+        entry_versions = [e["version"] for e in meta["entries"]]
+        assert set(listed) <= set(entry_versions)
+        assert entry_versions == sorted(entry_versions)
+        with RunStore(root, NETWORK) as reader:
+            # Read-only access (no reconciliation): every listed version restores
+            # bit-exactly to what the child saved under that number.
+            for v in listed:
+                _assert_tree_equal(reader.restore(v, run_id=RUN), expected_tree(v))
+
+        # Reopening the run cleans up and continues the numbering.
+        with RunStore(root, NETWORK) as store:
+            store.start_run(RUN)
+            versions = store.versions()
+            assert set(listed) <= set(versions)
+            latest = store.latest_version()
+            assert latest >= listed[-1]
+            _assert_tree_equal(store.restore(), expected_tree(latest))
+            assert not [n for n in os.listdir(run_dir) if _TMP in n]
+            last = latest
