@@ -1,0 +1,26 @@
+"""Safety for online updates: canary gate, drift measures, between-prompts policy.
+
+A candidate update is evaluated on canary sets and rejected if any canary
+regresses (:func:`canary_gate`); accepted updates are watched for drift from the
+last good version (:func:`output_kl`, :func:`param_norm_ratio`,
+:func:`drift_check`), which triggers a rollback in the learner; and updates are
+applied only between prompts (:class:`BetweenPromptsPolicy`).
+"""
+
+from ol_jax.safety._canary import CanaryDecision as CanaryDecision
+from ol_jax.safety._canary import canary_gate as canary_gate
+from ol_jax.safety._drift import DriftReport as DriftReport
+from ol_jax.safety._drift import drift_check as drift_check
+from ol_jax.safety._drift import output_kl as output_kl
+from ol_jax.safety._drift import param_norm_ratio as param_norm_ratio
+from ol_jax.safety._policy import BetweenPromptsPolicy as BetweenPromptsPolicy
+
+__all__ = [
+    "BetweenPromptsPolicy",
+    "CanaryDecision",
+    "DriftReport",
+    "canary_gate",
+    "drift_check",
+    "output_kl",
+    "param_norm_ratio",
+]
