@@ -33,6 +33,7 @@ import datetime
 import fcntl
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -56,6 +57,7 @@ WEIGHTS_PREFIX = "weights_v"
 _FORMAT_VERSION = 1
 _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RESERVED_ENTRY_KEYS = ("version", "parent_version", "event")
+_LOG = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -124,11 +126,14 @@ def _manager(run_dir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(run_dir, options=options)
 
 
-def _atomic_write_json(path: str, document: Mapping[str, Any]) -> None:
-    """Writes JSON to ``path`` so readers see the old or the new file, never a mix."""
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _atomic_write_text(path: str, data: str) -> None:
+    """Writes ``path`` so readers see the old or the new file, never a mix."""
     directory = os.path.dirname(path)
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    data = json.dumps(document, separators=(",", ":"), allow_nan=False)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(data)
         f.flush()
@@ -260,6 +265,22 @@ class _Run:
         self.pending: list[WriteJob] = []
         self.error: BaseException | None = None
         self.failed_versions: list[int] = []
+        # Serialized entries, so a metadata write encodes only the new entry.
+        self.entry_json: list[str] = []
+
+    def load_metadata(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self.entry_json = [_dumps(e) for e in meta["entries"]]
+
+    def add_entry(self, entry: dict[str, Any]) -> None:
+        self.meta["entries"].append(entry)
+        self.entry_json.append(_dumps(entry))
+
+    def write_metadata(self) -> None:
+        """Atomically replaces ``run_metadata.json`` with ``meta``."""
+        header = {k: v for k, v in self.meta.items() if k != "entries"}
+        text = _dumps(header)[:-1] + ',"entries":[' + ",".join(self.entry_json) + "]}"
+        _atomic_write_text(self.metadata_path, text)
 
 
 class RunStore:
@@ -426,28 +447,30 @@ class RunStore:
             run.manager = _manager(run_dir)
             if exists:
                 with open(run.metadata_path, encoding="utf-8") as f:
-                    run.meta = json.load(f)
+                    run.load_metadata(json.load(f))
                 if run.meta.get("network_id") != self.network_id:
                     raise ValueError(
                         f"run {run_id!r} belongs to network "
                         f"{run.meta.get('network_id')!r}, not {self.network_id!r}"
                     )
             else:
-                run.meta = {
-                    "format_version": _FORMAT_VERSION,
-                    "network_id": self.network_id,
-                    "run_id": run_id,
-                    "created_at": _now(),
-                    "updated_at": _now(),
-                    "started_from": None,
-                    "current_version": None,
-                    "versions": [],
-                    "entries": [],
-                }
+                run.load_metadata(
+                    {
+                        "format_version": _FORMAT_VERSION,
+                        "network_id": self.network_id,
+                        "run_id": run_id,
+                        "created_at": _now(),
+                        "updated_at": _now(),
+                        "started_from": None,
+                        "current_version": None,
+                        "versions": [],
+                        "entries": [],
+                    }
+                )
             self._reconcile(run)
             if source is not None:
                 run.meta["started_from"] = source["started_from"]
-            _atomic_write_json(run.metadata_path, run.meta)
+            run.write_metadata()
         except BaseException:
             self._release(run)
             raise
@@ -716,7 +739,7 @@ class RunStore:
                 continue
             if v > newest_known:
                 parent = meta["current_version"]
-                meta["entries"].append(
+                run.add_entry(
                     {
                         "version": v,
                         "parent_version": parent,
@@ -867,11 +890,11 @@ class RunStore:
             keep = self._config.store.max_to_keep
             kept = on_disk if keep is None else on_disk[-keep:]
             with run.meta_lock:
-                run.meta["entries"].append(entry)
+                run.add_entry(entry)
                 run.meta["current_version"] = version
                 run.meta["versions"] = kept
                 run.meta["updated_at"] = _now()
-                _atomic_write_json(run.metadata_path, run.meta)
+                run.write_metadata()
             with run.io_lock:
                 for old in on_disk:
                     if old not in kept:
@@ -879,4 +902,8 @@ class RunStore:
         except BaseException as exc:
             run.error = exc
             run.failed_versions.append(version)
+            # Also logged, in case the process ends before the caller calls again.
+            _LOG.error(
+                "writing version %d of run %s failed", version, run.run_id, exc_info=exc
+            )
             raise
