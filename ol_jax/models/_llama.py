@@ -31,6 +31,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -738,10 +739,20 @@ def _call(config, lora_config, params, lora, tokens, *, positions, attention_mas
             None if attention_mask is None else jnp.asarray(attention_mask)[None]
         )
     positions, mask = _positions_and_mask(tokens, positions, attention_mask)
+    logits = _forward_jit(
+        config, lora_config, params, lora, tokens, positions, mask, key
+    )
+    return logits[0] if single else logits
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _forward_jit(config, lora_config, params, lora, tokens, positions, mask, key):
+    # One compiled program per shape even when the module is called eagerly; under
+    # an outer jit this is inlined.
     logits, _ = _forward(
         config, lora_config, params, lora, tokens, positions, mask, key=key
     )
-    return logits[0] if single else logits
+    return logits
 
 
 # ------------------------------------------------------------------ functional API
