@@ -1,0 +1,118 @@
+"""Tests for the routed model (frozen base + experts, trainable controller)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ol_jax.core import init_state, make_step, online_optimizer
+from ol_jax.models import init_routed_mlp, routed_mlp_apply
+
+_KW = dict(d_in=5, d_hidden=6, d_out=3, num_experts=4, rank=2)
+
+
+def _params(controller_hidden=0):
+    return init_routed_mlp(
+        jax.random.key(0), controller_hidden=controller_hidden, **_KW
+    )
+
+
+@pytest.mark.parametrize("controller_hidden", [0, 7])
+def test_shapes_and_uniform_initial_routing(controller_hidden):
+    params = _params(controller_hidden)
+    out = routed_mlp_apply(params, jnp.ones((5,), jnp.float32))
+    assert out.output.shape == (3,) and out.route_logits.shape == (4,)
+    assert out.expert_outputs.shape == (4, 3)
+    # Zero-initialised controller: uniform routing, output = mean of experts.
+    np.testing.assert_allclose(
+        np.asarray(out.output),
+        np.asarray(out.expert_outputs).mean(0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_one_hot_routing_selects_expert():
+    params = _params()
+    x = jnp.linspace(-1.0, 1.0, 5, dtype=jnp.float32)
+    for k in range(4):
+        ctrl = {
+            "w": jnp.zeros((6, 4), jnp.float32),
+            "b": jnp.zeros((4,), jnp.float32).at[k].set(50.0),
+        }
+        out = routed_mlp_apply({**params, "controller": ctrl}, x)
+        np.testing.assert_allclose(
+            np.asarray(out.output), np.asarray(out.expert_outputs[k]), atol=1e-5
+        )
+
+
+@settings(max_examples=10)
+@given(
+    x=st.lists(st.floats(-5, 5, width=32), min_size=5, max_size=5),
+    t=st.floats(0.1, 5.0),
+)
+def test_jit_equals_eager_finite_and_vmap(x, t):
+    params = _params(3)
+    x = jnp.asarray(x, jnp.float32)
+    eager = routed_mlp_apply(params, x, temperature=t)
+    jitted = jax.jit(lambda p, v: routed_mlp_apply(p, v, temperature=t))(params, x)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        eager,
+        jitted,
+    )
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in eager)
+    assert eager.output.dtype == jnp.float32
+    batched = jax.vmap(lambda v: routed_mlp_apply(params, v, temperature=t))(
+        jnp.stack([x, x])
+    )
+    np.testing.assert_allclose(
+        np.asarray(batched.output[1]), np.asarray(eager.output), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_only_controller_changes_under_the_optax_mask():
+    params = _params(3)
+    before = jax.tree.map(np.array, params)
+    tx = online_optimizer(1e-1, trainable=["controller"])
+
+    def loss_fn(p, batch, *, frozen, extras, key):
+        del frozen, extras, key
+        out = jax.vmap(lambda v: routed_mlp_apply(p, v))(batch["x"])
+        return jnp.mean(jnp.square(out.output - batch["y"]))
+
+    step = make_step(loss_fn, tx)
+    state = init_state(params, tx, key=jax.random.key(1))
+    batch = {
+        "x": jax.random.normal(jax.random.key(2), (8, 5)),
+        "y": jax.random.normal(jax.random.key(3), (8, 3)),
+    }
+    for _ in range(5):
+        state, metrics = step(state, batch)
+    assert bool(metrics["applied"])
+    for part in ("base", "experts"):
+        jax.tree.map(np.testing.assert_array_equal, state.params[part], before[part])
+    changed = jax.tree.map(
+        lambda a, b: not np.array_equal(a, b),
+        state.params["controller"],
+        before["controller"],
+    )
+    assert any(jax.tree.leaves(changed))
+    # The optimizer keeps no moments for frozen leaves.
+    assert optax.tree.size(state.opt_state) < optax.tree.size(params) * 3
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="rank"):
+        init_routed_mlp(
+            jax.random.key(0), d_in=2, d_hidden=2, d_out=2, num_experts=2, rank=3
+        )
+    with pytest.raises(ValueError, match="num_experts"):
+        init_routed_mlp(jax.random.key(0), d_in=2, d_hidden=2, d_out=2, num_experts=0)
+    with pytest.raises(ValueError, match="shape"):
+        routed_mlp_apply(_params(), jnp.ones((2, 5), jnp.float32))
+    with pytest.raises(ValueError, match="temperature"):
+        routed_mlp_apply(_params(), jnp.ones((5,), jnp.float32), temperature=0.0)
