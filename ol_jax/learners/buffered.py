@@ -1,0 +1,878 @@
+"""``BufferedLearner``: a model that keeps learning while it serves (seed 004).
+
+Training examples (an input text with an optional target, and a weight) go into a
+bounded buffer. Every ``update_frequency`` examples one update is queued; a single
+background thread runs the jit-compiled ``step`` of :func:`ol_jax.core.make_step`
+on the newest ``batch_size`` buffered examples and then swaps the new parameters
+in with one reference assignment. Inference (:meth:`BufferedLearner.generate`,
+:meth:`BufferedLearner.evaluate`) reads that reference once per call, so every
+call sees one complete parameter tree and never waits for an update.
+
+The step is not given donated buffers: a generation may still be reading the
+previous parameters while the next update runs, so those buffers must stay alive
+until the last reader lets go of them.
+
+References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2015.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ol_jax.core import (
+    get_learning_rate,
+    init_state,
+    make_step,
+    online_optimizer,
+    set_learning_rate,
+)
+from ol_jax.learners._buffered_loss import LOSSES, example_loss, make_batch_loss
+from ol_jax.models import (
+    Llama,
+    LlamaConfig,
+    convert_dtype,
+    generate,
+    llama_params_from_hf,
+    load_weights,
+    prompt_bucket,
+    save_weights,
+)
+from ol_jax.store import RunStore
+
+__all__ = [
+    "BufferedLearner",
+    "ByteTokenizer",
+    "Generation",
+    "LearningConfig",
+    "LearningStats",
+    "byte_llama_config",
+]
+
+_STOP = object()
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens 0-255, plus ``BOS`` 256, ``EOS`` 257 and ``PAD`` 258."""
+
+    vocab_size = 259
+    bos_token_id = 256
+    eos_token_id = 257
+    pad_token_id = 258
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode(
+            "utf-8", errors="replace"
+        )
+
+
+def byte_llama_config(**overrides: Any) -> LlamaConfig:
+    """A Llama of about 0.9M parameters over :class:`ByteTokenizer` ids.
+
+    Width 128, 4 layers of 4 heads, SwiGLU width 384, 259 token ids; keyword
+    arguments override any field.
+    """
+    fields: dict[str, Any] = dict(
+        vocab_size=ByteTokenizer.vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        bos_token_id=ByteTokenizer.bos_token_id,
+        eos_token_id=ByteTokenizer.eos_token_id,
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningConfig:
+    """Settings of a :class:`BufferedLearner` (the document's ``LearningConfig``).
+
+    Attributes:
+      buffer_size: most examples kept; the oldest are dropped first.
+      update_frequency: an update is queued after every this many examples.
+      batch_size: examples per update (the newest ones); default
+        ``update_frequency``.
+      learning_rate: initial step size (change it with ``set_learning_rate``).
+      optimizer: ``"adam"`` (L2 weight decay), ``"adamw"`` (decoupled) or ``"sgd"``.
+      clip_norm: global gradient-norm clip, or ``None``.
+      weight_decay: decay coefficient.
+      loss: ``"cross_entropy"``, ``"mse"`` or ``"contrastive"``, or a callable
+        ``loss_fn(params, batch, *, frozen, extras, key)`` over the padded batch
+        described in ``ol_jax.learners._buffered_loss``.
+      enabled: learning starts enabled.
+      checkpoint_frequency: save to the store every this many updates (``None``:
+        never).
+      max_length: longest token sequence; longer examples keep their end.
+      contrastive_temperature: InfoNCE temperature.
+    """
+
+    buffer_size: int = 1000
+    update_frequency: int = 10
+    batch_size: int | None = None
+    learning_rate: float = 1e-4
+    optimizer: str = "adam"
+    clip_norm: float | None = 1.0
+    weight_decay: float = 0.01
+    loss: str | Callable[..., Any] = "cross_entropy"
+    enabled: bool = True
+    checkpoint_frequency: int | None = 100
+    max_length: int = 64
+    contrastive_temperature: float = 0.1
+
+    def __post_init__(self):
+        for name in ("buffer_size", "update_frequency", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.max_length < 4:
+            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
+        if self.batch_size is not None and not (
+            isinstance(self.batch_size, int) and 1 <= self.batch_size
+        ):
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+        every = self.checkpoint_frequency
+        if every is not None and not (isinstance(every, int) and every >= 1):
+            raise ValueError(
+                "checkpoint_frequency must be >= 1 or None, got "
+                f"{self.checkpoint_frequency!r}"
+            )
+        if not callable(self.loss) and self.loss not in LOSSES:
+            raise ValueError(
+                f"loss must be one of {LOSSES} or a callable, got {self.loss!r}"
+            )
+        _check_learning_rate(self.learning_rate)
+        if not self.contrastive_temperature > 0:
+            raise ValueError(
+                "contrastive_temperature must be > 0, got "
+                f"{self.contrastive_temperature}"
+            )
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or self.update_frequency
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningStats:
+    """A snapshot of a learner's counters (the document's ``get_learning_stats``).
+
+    Attributes:
+      total_examples: examples added since the start.
+      total_updates: updates finished (automatic and forced).
+      forced_updates: of those, the ones asked for with ``force_update``.
+      buffer_size: examples in the buffer now.
+      average_loss: mean batch loss of the last 100 updates (``None`` before any).
+      learning_rate: the current learning rate.
+      enabled: whether automatic updates are on.
+      version: parameter version served now (the number of updates applied, or
+        reset by loading weights).
+      pending_updates: updates queued or running.
+      checkpoints: checkpoints written.
+    """
+
+    total_examples: int
+    total_updates: int
+    forced_updates: int
+    buffer_size: int
+    average_loss: float | None
+    learning_rate: float
+    enabled: bool
+    version: int
+    pending_updates: int
+    checkpoints: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Generation(NamedTuple):
+    """A generated continuation and the parameter version that produced it."""
+
+    text: str
+    token_ids: list[int]
+    version: int
+
+
+class _Example(NamedTuple):
+    tokens: np.ndarray  # [BOS] input [target] [EOS], int32
+    mask: np.ndarray  # float32, 1 on prediction targets
+    weight: float
+    input_ids: np.ndarray  # for the contrastive loss
+    target_ids: np.ndarray
+
+
+class _Job(NamedTuple):
+    examples: tuple[_Example, ...]
+    forced: bool
+    done: threading.Event
+
+
+def _check_learning_rate(lr: Any) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ValueError(f"learning_rate must be a number, got {lr!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"learning_rate must be finite and > 0, got {lr}")
+    return float(lr)
+
+
+def _greedy_loop(apply, params, frozen, tokens, length, eos, *, max_new_tokens):
+    """Greedy decoding by re-running a causal model on a right-padded buffer.
+
+    Causality means the logits at position ``i`` ignore the padding after it, so
+    one fixed-length buffer serves every prompt length without recompiling.
+    """
+
+    def body(i, carry):
+        tokens, done = carry
+        pos = length + i - 1
+        logits = apply(params, frozen, tokens)
+        nxt = jnp.argmax(logits[pos], axis=-1).astype(jnp.int32)
+        nxt = jnp.where(done, eos, nxt)
+        tokens = tokens.at[pos + 1].set(nxt)
+        return tokens, done | (nxt == eos)
+
+    tokens, _ = jax.lax.fori_loop(
+        0, max_new_tokens, body, (tokens, jnp.zeros((), jnp.bool_))
+    )
+    return jax.lax.dynamic_slice_in_dim(tokens, length, max_new_tokens)
+
+
+class BufferedLearner:
+    """A causal language model that learns from buffered examples while serving.
+
+    Examples are added from any thread; every ``update_frequency`` of them queue
+    one update of ``online_optimizer(...)`` on the newest ``batch_size`` examples,
+    run by one background thread. The served parameters change only by an atomic
+    swap after a finished update, so ``generate`` always uses one whole tree.
+
+    Args:
+      apply_fn: ``apply_fn(params, tokens[T]) -> logits[T, V]`` of a causal model
+        (``apply_fn(params, tokens, frozen=frozen)`` when ``frozen`` is given).
+      params: the trainable parameters (any pytree).
+      tokenizer: with ``encode(text) -> ids``, ``decode(ids) -> text`` and
+        ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id``; default
+        :class:`ByteTokenizer`.
+      config: a :class:`LearningConfig`.
+      key: PRNG key of the update step.
+      frozen: arrays passed to ``apply_fn`` but never trained (a base model).
+      store: a :class:`~ol_jax.store.RunStore` for checkpoints every
+        ``checkpoint_frequency`` updates (a run is started if none is open).
+      generate_fn: ``generate_fn(params, frozen, prompt_ids, max_new_tokens) ->
+        ids``; default: greedy decoding with ``apply_fn``.
+      background: run updates on the background thread (``False``: in the
+        caller of ``add_example`` / ``force_update``).
+
+    Examples:
+      >>> learner = BufferedLearner.from_llama(  # doctest: +SKIP
+      ...     Llama(byte_llama_config(), key=jax.random.key(0)),
+      ...     config=LearningConfig(learning_rate=3e-3), key=jax.random.key(1))
+      >>> learner.add_example("2 + 2 =", " 4")  # doctest: +SKIP
+      >>> learner.generate("2 + 2 =").text  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        apply_fn: Callable[..., jax.Array],
+        params: Any,
+        *,
+        tokenizer: Any = None,
+        config: LearningConfig | None = None,
+        key: jax.Array,
+        frozen: Any = None,
+        store: RunStore | None = None,
+        generate_fn: Callable[..., Sequence[int]] | None = None,
+        background: bool = True,
+    ):
+        self._config = config = config or LearningConfig()
+        self._tokenizer = tokenizer or ByteTokenizer()
+        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(self._tokenizer, attr, None) is None:
+                raise ValueError(f"tokenizer must define {attr}, got None")
+        if frozen is None:
+            self._apply = lambda p, f, t: apply_fn(p, t)
+        else:
+            self._apply = lambda p, f, t: apply_fn(p, t, frozen=f)
+        self._frozen = frozen
+        self._store = store
+        self._generate_fn = generate_fn
+        self._background = background
+        self._tx = online_optimizer(
+            config.learning_rate,
+            optimizer=config.optimizer,
+            clip_norm=config.clip_norm,
+            weight_decay=config.weight_decay,
+        )
+        loss = config.loss
+        if not callable(loss):
+            loss = make_batch_loss(
+                self._apply, loss, temperature=config.contrastive_temperature
+            )
+        # Not donated: readers may still hold the previous parameters.
+        self._step = make_step(loss, self._tx, donate=False)
+        self._state = init_state(params, self._tx, key=key)
+        self._serving: tuple[int, Any] = (0, params)
+        self._lr = float(config.learning_rate)
+        self._applied_lr = self._lr
+        self._greedy = jax.jit(
+            functools.partial(_greedy_loop, self._apply),
+            static_argnames=("max_new_tokens",),
+        )
+        kind = config.loss if isinstance(config.loss, str) else "cross_entropy"
+        kind = "cross_entropy" if kind == "contrastive" else kind
+        self._eval = jax.jit(functools.partial(example_loss, self._apply, kind))
+
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._buffer: collections.deque[_Example] = collections.deque(
+            maxlen=config.buffer_size
+        )
+        self._enabled = config.enabled
+        self._total_examples = 0
+        self._since_update = 0
+        self._outstanding = 0
+        self._total_updates = 0
+        self._forced_updates = 0
+        self._checkpoints = 0
+        self._losses: collections.deque[jax.Array] = collections.deque(maxlen=100)
+        self._errors: list[BaseException] = []
+        self._step_lock = threading.Lock()
+        self._closed = False
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._worker = None
+        if background:
+            self._worker = threading.Thread(
+                target=self._loop, name="ol_jax-buffered-learner", daemon=True
+            )
+            self._worker.start()
+
+    # ------------------------------------------------------------- construction
+
+    @classmethod
+    def from_llama(
+        cls,
+        model: Llama,
+        *,
+        tokenizer: Any = None,
+        config: LearningConfig | None = None,
+        key: jax.Array,
+        store: RunStore | None = None,
+        background: bool = True,
+    ) -> BufferedLearner:
+        """A learner training every weight of a ``Llama``, decoding with its cache.
+
+        Args:
+          model: the ``Llama`` (its LoRA adapters, if any, are trained with the rest).
+          tokenizer: default :class:`ByteTokenizer` (the model's vocabulary must
+            cover it).
+          config, key, store, background: as for the constructor.
+        """
+        graphdef, params = nnx.split(model)
+        llama_config = model.config
+
+        def apply_fn(p, tokens):
+            return nnx.merge(graphdef, p)(tokens)
+
+        def generate_fn(p, frozen, prompt, max_new_tokens):
+            del frozen
+            tok = tokenizer or ByteTokenizer()
+            return generate(
+                nnx.merge(graphdef, p),
+                [list(prompt)],
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )[0]
+
+        learner = cls(
+            apply_fn,
+            params,
+            tokenizer=tokenizer,
+            config=config,
+            key=key,
+            store=store,
+            generate_fn=generate_fn,
+            background=background,
+        )
+        learner._llama_config = llama_config
+        return learner
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def config(self) -> LearningConfig:
+        return self._config
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def params(self) -> Any:
+        """The parameters served now (one complete tree)."""
+        return self._serving[1]
+
+    @property
+    def version(self) -> int:
+        return self._serving[0]
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def learning_rate(self) -> float:
+        return self._lr
+
+    # ------------------------------------------------------------- examples
+
+    def _encode(self, input: str, target: str | None) -> _Example:
+        tok = self._tokenizer
+        max_len = self._config.max_length
+        ids_in = np.asarray(tok.encode(input), np.int32)
+        ids_out = np.asarray(tok.encode(target) if target else [], np.int32)
+        bos = np.asarray([tok.bos_token_id], np.int32)
+        eos = np.asarray([tok.eos_token_id], np.int32)
+        tokens = np.concatenate([bos, ids_in, ids_out, eos])
+        mask = np.ones(tokens.shape, np.float32)
+        mask[0] = 0.0
+        if target is not None:
+            mask[: 1 + len(ids_in)] = 0.0
+        # Too long: keep the end, where a supervised target is.
+        tokens, mask = tokens[-max_len:], mask[-max_len:]
+        if target is not None and not mask.any():
+            raise ValueError(
+                f"target is empty after truncation to max_length={max_len} tokens"
+            )
+        input_ids = np.concatenate([bos, ids_in, eos])[-max_len:]
+        target_ids = np.concatenate([bos, ids_out, eos])[-max_len:]
+        return _Example(tokens, mask, 0.0, input_ids, target_ids)
+
+    def add_example(
+        self, input: str, target: str | None = None, *, weight: float = 1.0
+    ) -> int:
+        """Adds one example; queues an update after every ``update_frequency``.
+
+        Self-supervised (``target=None``): the model learns to predict every token
+        of ``input``. Supervised: it learns ``target`` as the continuation of
+        ``input``. While learning is disabled, examples are still buffered and
+        counted but do not count towards an automatic update.
+
+        Args:
+          input: the input text (non-empty).
+          target: the target text, or ``None`` for self-supervised.
+          weight: importance ``>= 0`` (the loss of this example is scaled by it).
+
+        Returns:
+          The number of examples added so far, this one included.
+
+        Raises:
+          ValueError: empty input, a bad weight, a missing target with the
+            contrastive loss, or a closed learner.
+        """
+        if not isinstance(input, str) or not input:
+            raise ValueError(f"input must be a non-empty string, got {input!r}")
+        if target is not None and not isinstance(target, str):
+            raise ValueError(f"target must be a string or None, got {target!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"weight must be a number, got {weight!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be finite and >= 0, got {weight}")
+        if self._config.loss == "contrastive" and not target:
+            raise ValueError("the contrastive loss needs a non-empty target")
+        example = self._encode(input, target)._replace(weight=float(weight))
+        jobs = []
+        with self._lock:
+            self._check_open()
+            self._buffer.append(example)
+            self._total_examples += 1
+            count = self._total_examples
+            if self._enabled:
+                self._since_update += 1
+                if self._since_update >= self._config.update_frequency:
+                    self._since_update -= self._config.update_frequency
+                    jobs.append(self._schedule(forced=False))
+        for job in jobs:
+            self._submit(job)
+        return count
+
+    def _schedule(self, *, forced: bool) -> _Job:
+        """Snapshots the newest batch (caller holds the lock)."""
+        n = self._config.effective_batch_size
+        newest = tuple(list(self._buffer)[-n:])
+        self._outstanding += 1
+        return _Job(newest, forced, threading.Event())
+
+    def _submit(self, job: _Job) -> None:
+        if self._background:
+            self._queue.put(job)
+        else:
+            self._run(job)
+
+    # ------------------------------------------------------------- control
+
+    def enable(self) -> None:
+        """Turns automatic updates on."""
+        self._enabled = True
+
+    def disable(self) -> None:
+        """Turns automatic updates off (examples are still buffered)."""
+        self._enabled = False
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Sets the learning rate of the next updates (no recompilation).
+
+        Raises:
+          ValueError: not a finite number ``> 0``.
+        """
+        self._lr = _check_learning_rate(learning_rate)
+
+    def force_update(self, *, wait: bool = True, timeout: float | None = 60.0) -> bool:
+        """Queues an update on the newest buffered examples now.
+
+        Args:
+          wait: block until the update has been applied.
+          timeout: seconds to wait at most.
+
+        Returns:
+          ``False`` when the buffer is empty (nothing to learn from), else ``True``.
+
+        Raises:
+          RuntimeError: the update failed.
+          TimeoutError: it did not finish within ``timeout``.
+        """
+        with self._lock:
+            self._check_open()
+            if not self._buffer:
+                return False
+            job = self._schedule(forced=True)
+        self._submit(job)
+        if wait and not job.done.wait(timeout):
+            raise TimeoutError(f"forced update did not finish within {timeout} s")
+        self._raise_errors()
+        return True
+
+    def wait(self, timeout: float | None = 60.0) -> None:
+        """Blocks until every queued update has been applied.
+
+        Raises:
+          RuntimeError: an update failed.
+          TimeoutError: updates are still running after ``timeout`` seconds.
+        """
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._outstanding == 0, timeout):
+                raise TimeoutError(
+                    f"{self._outstanding} updates still pending after {timeout} s"
+                )
+        self._raise_errors()
+
+    def stats(self) -> LearningStats:
+        """The counters now (reads the recent losses from the device)."""
+        with self._lock:
+            losses = list(self._losses)
+            snapshot = dict(
+                total_examples=self._total_examples,
+                total_updates=self._total_updates,
+                forced_updates=self._forced_updates,
+                buffer_size=len(self._buffer),
+                learning_rate=self._lr,
+                enabled=self._enabled,
+                version=self._serving[0],
+                pending_updates=self._outstanding,
+                checkpoints=self._checkpoints,
+            )
+        average = float(np.mean(jax.device_get(losses))) if losses else None
+        return LearningStats(average_loss=average, **snapshot)
+
+    # ------------------------------------------------------------- inference
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 32) -> Generation:
+        """Greedy continuation of ``prompt`` with the parameters served now.
+
+        Args:
+          prompt: the prompt text (``BOS`` is prepended).
+          max_new_tokens: tokens to generate at most, ``>= 1``.
+
+        Returns:
+          A :class:`Generation` (text without ``EOS``, the ids, the version used).
+        """
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {prompt!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
+        if not 1 <= max_new_tokens <= 1024:
+            raise ValueError(f"max_new_tokens must be in 1..1024, got {max_new_tokens}")
+        tok = self._tokenizer
+        prompt_ids = [tok.bos_token_id, *tok.encode(prompt)]
+        version, params = self._serving  # one read: one complete tree
+        if self._generate_fn is not None:
+            ids = [
+                int(i)
+                for i in self._generate_fn(
+                    params, self._frozen, prompt_ids, max_new_tokens
+                )
+            ]
+        else:
+            bucket = prompt_bucket(len(prompt_ids) + max_new_tokens)
+            buf = np.full((bucket,), tok.pad_token_id, np.int32)
+            buf[: len(prompt_ids)] = prompt_ids
+            out = self._greedy(
+                params,
+                self._frozen,
+                jnp.asarray(buf),
+                jnp.int32(len(prompt_ids)),
+                jnp.int32(tok.eos_token_id),
+                max_new_tokens=max_new_tokens,
+            )
+            ids = [int(i) for i in np.asarray(out)]
+        if tok.eos_token_id in ids:
+            ids = ids[: ids.index(tok.eos_token_id) + 1]
+        text = tok.decode([i for i in ids if i != tok.eos_token_id])
+        return Generation(text, ids, version)
+
+    def evaluate(self, input: str, target: str | None = None) -> float:
+        """The loss of one example under the parameters served now.
+
+        Cross-entropy (or MSE, with that loss) of the target tokens, or of every
+        token of ``input`` when ``target`` is ``None``.
+        """
+        example = self._encode(input, target)
+        bucket = self._bucket(len(example.tokens))
+        tokens, mask = self._pad_one(example.tokens, example.mask, bucket)
+        _, params = self._serving
+        return float(
+            self._eval(params, self._frozen, jnp.asarray(tokens), jnp.asarray(mask))
+        )
+
+    # ------------------------------------------------------------- weights
+
+    def save_weights(
+        self,
+        path: str,
+        *,
+        format: str | None = None,
+        dtype: Any = None,
+        allow_lossy: bool = False,
+    ) -> str:
+        """Writes the served parameters with :func:`ol_jax.models.save_weights`."""
+        params = self._serving[1]
+        tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+        return save_weights(
+            tree, path, format=format, dtype=dtype, allow_lossy=allow_lossy
+        )
+
+    def load_weights(
+        self, path: str, *, format: str | None = None, allow_lossy: bool = False
+    ) -> int:
+        """Replaces the parameters with a weight file and resets the optimizer.
+
+        The file must hold this model's tensors (same names and shapes, as
+        written by :meth:`save_weights`); for a learner made with
+        :meth:`from_llama`, a Hugging Face safetensors or GGUF file of the same
+        architecture works too. Floating tensors are converted to the current
+        dtypes (``allow_lossy`` permits rounding). Queued updates finish first.
+
+        Returns:
+          The number of tensors loaded.
+
+        Raises:
+          ValueError: missing file, unknown format, or tensors that do not fit.
+        """
+        self.wait()
+        current = self._serving[1]
+        like = nnx.to_pure_dict(current) if isinstance(current, nnx.State) else current
+        tree = load_weights(path, format=format)
+        llama_config = getattr(self, "_llama_config", None)
+        if (
+            llama_config is not None
+            and isinstance(tree, dict)
+            and "model.embed_tokens.weight" in tree
+        ):
+            _, tree = nnx.split(llama_params_from_hf(llama_config, tree))
+            tree = nnx.to_pure_dict(tree)
+        try:
+            leaves_like, treedef = jax.tree.flatten(like)
+            leaves = jax.tree.leaves(tree)
+            same = treedef == jax.tree.structure(tree)
+        except Exception as e:
+            raise ValueError(f"weights in {path} do not fit this model: {e}") from e
+        if not same:
+            raise ValueError(
+                f"weights in {path} do not fit this model: expected the tree "
+                f"{treedef}, got {jax.tree.structure(tree)}"
+            )
+        new_leaves = []
+        for old, new in zip(leaves_like, leaves, strict=True):
+            if tuple(np.shape(old)) != tuple(np.shape(new)):
+                raise ValueError(
+                    f"weights in {path} do not fit this model: shape "
+                    f"{np.shape(new)} where {np.shape(old)} is expected"
+                )
+            new_leaves.append(new)
+        converted = [
+            jnp.asarray(
+                convert_dtype({"x": new}, old.dtype, allow_lossy=allow_lossy)["x"]
+                if jnp.issubdtype(old.dtype, jnp.floating)
+                else new
+            )
+            for old, new in zip(leaves_like, new_leaves, strict=True)
+        ]
+        pure = jax.tree.unflatten(treedef, converted)
+        if isinstance(current, nnx.State):
+            params = jax.tree.map(lambda x: x, current)
+            nnx.replace_by_pure_dict(params, pure)
+        else:
+            params = pure
+        with self._step_lock:
+            self._state = init_state(params, self._tx, key=self._state.key)
+            self._applied_lr = float(self._config.learning_rate)
+            self._serving = (0, params)
+        return len(converted)
+
+    # ------------------------------------------------------------- updates
+
+    def _bucket(self, length: int) -> int:
+        return min(prompt_bucket(length), self._config.max_length)
+
+    def _pad_one(self, tokens, mask, length):
+        out = np.full((length,), self._tokenizer.pad_token_id, np.int32)
+        out_mask = np.zeros((length,), np.float32)
+        out[: len(tokens)] = tokens
+        out_mask[: len(mask)] = mask
+        return out, out_mask
+
+    def _batch(self, examples: Sequence[_Example]) -> dict[str, np.ndarray]:
+        n = self._config.effective_batch_size
+        contrastive = self._config.loss == "contrastive"
+        longest = max(len(e.tokens) for e in examples)
+        if contrastive:
+            longest = max(
+                longest, *(max(len(e.input_ids), len(e.target_ids)) for e in examples)
+            )
+        length = self._bucket(longest)
+        batch = {
+            "tokens": np.full((n, length), self._tokenizer.pad_token_id, np.int32),
+            "mask": np.zeros((n, length), np.float32),
+            "weight": np.zeros((n,), np.float32),
+            "valid": np.zeros((n,), np.float32),
+        }
+        if contrastive:
+            for name in ("input", "target"):
+                batch[f"{name}_tokens"] = batch["tokens"].copy()
+                batch[f"{name}_mask"] = batch["mask"].copy()
+        for row, e in enumerate(examples):
+            batch["tokens"][row], batch["mask"][row] = self._pad_one(
+                e.tokens, e.mask, length
+            )
+            batch["weight"][row] = e.weight
+            batch["valid"][row] = 1.0
+            if contrastive:
+                for name, ids in (("input", e.input_ids), ("target", e.target_ids)):
+                    t, m = self._pad_one(ids, np.ones(len(ids), np.float32), length)
+                    batch[f"{name}_tokens"][row], batch[f"{name}_mask"][row] = t, m
+        return batch
+
+    def _run(self, job: _Job) -> None:
+        try:
+            batch = self._batch(job.examples)
+            with self._step_lock:
+                state = self._state
+                if self._lr != self._applied_lr:
+                    lr = self._lr
+                    state = set_learning_rate(state, lr)
+                    self._applied_lr = lr
+                state, metrics = self._step(state, batch)
+                self._state = state
+                version = self._serving[0] + 1
+                # The swap: one reference assignment, so readers see old or new.
+                self._serving = (version, state.params)
+            with self._lock:
+                self._total_updates += 1
+                self._forced_updates += int(job.forced)
+                self._losses.append(metrics["loss"])
+                updates = self._total_updates
+            every = self._config.checkpoint_frequency
+            if self._store is not None and every and updates % every == 0:
+                self._checkpoint(state.params, metrics, updates)
+        except BaseException as e:  # reported by wait() / force_update()
+            with self._lock:
+                self._errors.append(e)
+        finally:
+            with self._idle:
+                self._outstanding -= 1
+                self._idle.notify_all()
+            job.done.set()
+
+    def _checkpoint(self, params, metrics, updates: int) -> None:
+        if self._store.run_id is None:
+            self._store.start_run()
+        tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+        self._store.save(
+            tree,
+            metadata_entry={
+                "update": updates,
+                "loss": float(metrics["loss"]),
+                "learning_rate": float(get_learning_rate(self._state.opt_state)),
+            },
+        )
+        with self._lock:
+            self._checkpoints += 1
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            self._run(job)
+
+    def _raise_errors(self) -> None:
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise RuntimeError(
+                f"{len(errors)} background update(s) failed: {errors[0]!r}"
+            ) from errors[0]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this learner is closed")
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Finishes queued updates, stops the thread and flushes the store."""
+        if self._closed:
+            return
+        try:
+            self.wait(timeout)
+        finally:
+            with self._lock:
+                self._closed = True
+            if self._worker is not None:
+                self._queue.put(_STOP)
+                self._worker.join(timeout)
+            if self._store is not None and self._store.run_id is not None:
+                self._store.flush()
+
+    def __enter__(self) -> BufferedLearner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
