@@ -3,6 +3,7 @@
 All Orbax usage in ol_jax lives in this package.
 """
 
+from ol_jax.store._config import BaseNetworkConfig as BaseNetworkConfig
 from ol_jax.store._config import ConfigError as ConfigError
 from ol_jax.store._config import ModelConfig as ModelConfig
 from ol_jax.store._config import NetworkConfig as NetworkConfig
@@ -21,6 +22,7 @@ from ol_jax.store._writer import CheckpointWriter as CheckpointWriter
 from ol_jax.store._writer import WriteJob as WriteJob
 
 __all__ = [
+    "BaseNetworkConfig",
     "CheckpointWriteError",
     "CheckpointWriter",
     "ConfigError",

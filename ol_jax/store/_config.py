@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "BaseNetworkConfig",
     "ConfigError",
     "ModelConfig",
     "NetworkConfig",
@@ -206,23 +207,44 @@ class StoreConfig(_Strict):
     queue_size: int = Field(default=8, ge=1)
 
 
-class NetworkConfig(_Strict):
-    """A network's ``config.yaml``.
+class BaseNetworkConfig(_Strict):
+    """What every network's ``config.yaml`` has; learners subclass it.
+
+    :class:`~ol_jax.store.RunStore` needs only these fields, so a learner with its
+    own sections (a chat network's ``lora``, a controller's ``router``) subclasses
+    this and passes its class as ``RunStore(..., config_cls=...)``.
 
     Attributes:
       network_id: the folder name under ``networks/``; letters, digits, ``.``,
         ``_`` and ``-``.
+      store: checkpoint store settings.
+      seed: root PRNG seed of the network, >= 0.
+
+    Examples:
+      >>> class ChatNetworkConfig(BaseNetworkConfig):
+      ...     temperature: float = 0.7
+      >>> ChatNetworkConfig(network_id="chat").store.queue_size
+      8
+    """
+
+    network_id: str = Field(pattern=_NETWORK_ID_PATTERN)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    seed: int = Field(default=0, ge=0)
+
+
+class NetworkConfig(BaseNetworkConfig):
+    """A glyph network's ``config.yaml`` (seed 000).
+
+    Attributes:
+      network_id: the folder name under ``networks/``.
       model: decoder architecture.
       online_learning: online-learning hyperparameters.
       store: checkpoint store settings.
       seed: root PRNG seed of the network, >= 0.
     """
 
-    network_id: str = Field(pattern=_NETWORK_ID_PATTERN)
     model: ModelConfig = Field(default_factory=ModelConfig)
     online_learning: OnlineLearningConfig = Field(default_factory=OnlineLearningConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    seed: int = Field(default=0, ge=0)
 
 
 # --- error formatting ------------------------------------------------------------

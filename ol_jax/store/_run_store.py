@@ -47,7 +47,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from ol_jax.store._config import ConfigError, NetworkConfig, load_network_config
+from ol_jax.store._config import (
+    BaseNetworkConfig,
+    ConfigError,
+    NetworkConfig,
+    load_config,
+)
 from ol_jax.store._writer import CheckpointWriter, WriteJob
 
 __all__ = ["CheckpointWriteError", "RunStore", "new_run_id"]
@@ -303,6 +308,9 @@ class RunStore:
       root: the folder holding network folders.
       network_id: the network's folder name.
       config: a validated config to use instead of reading ``config.yaml``.
+      config_cls: the schema ``config.yaml`` is validated with: the glyph
+        :class:`NetworkConfig` by default, or a learner's own
+        :class:`BaseNetworkConfig` subclass.
       writer: a :class:`CheckpointWriter` shared with other stores. Without one, a
         private writer is made when ``config.store.async_writes`` is true; when it
         is false, saves are written in the caller.
@@ -323,7 +331,8 @@ class RunStore:
         root: str | os.PathLike[str] = "networks",
         network_id: str | None = None,
         *,
-        config: NetworkConfig | None = None,
+        config: BaseNetworkConfig | None = None,
+        config_cls: type[BaseNetworkConfig] = NetworkConfig,
         writer: CheckpointWriter | None = None,
     ):
         if network_id is None:
@@ -336,7 +345,13 @@ class RunStore:
             )
         self._network_dir = os.path.abspath(os.path.join(os.fspath(root), network_id))
         if config is None:
-            config = load_network_config(os.path.join(self._network_dir, "config.yaml"))
+            config = load_config(
+                os.path.join(self._network_dir, "config.yaml"), config_cls
+            )
+        elif not isinstance(config, BaseNetworkConfig):
+            raise ValueError(
+                f"config must be a BaseNetworkConfig, got {type(config).__name__}"
+            )
         if config.network_id != network_id:
             raise ConfigError(
                 [
@@ -360,7 +375,7 @@ class RunStore:
     # ------------------------------------------------------------------ properties
 
     @property
-    def config(self) -> NetworkConfig:
+    def config(self) -> BaseNetworkConfig:
         """The network's validated configuration."""
         return self._config
 

@@ -176,7 +176,7 @@ def test_all_problems_reported_at_once(tmp_path):
         "network_id: n\nonline_learning:\n  learning_rate: 0\n  oops: 1\n"
         "store:\n  queue_size: -2\n",
     )
-    keys = [key for key, _ in err.problems]
+    keys = sorted(key for key, _ in err.problems)
     assert keys == [
         "online_learning.learning_rate",
         "online_learning.oops",

@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ol_jax.store import ConfigError, NetworkConfig, RunStore, new_run_id
+from ol_jax.store import (
+    BaseNetworkConfig,
+    ConfigError,
+    NetworkConfig,
+    RunStore,
+    new_run_id,
+)
 
 
 def _tree(offset: float = 0.0):
@@ -340,3 +346,28 @@ def test_recovery_after_interrupted_writes(net_root, assert_tree_bit_equal):
         assert store.metadata()["entries"][-1]["event"] == "recovered"
         assert_tree_bit_equal(store.restore(like=_tree()), _tree(2))
         assert store.save(_tree(4)) == 4
+
+
+class _ChatNetworkConfig(BaseNetworkConfig):
+    """Another learner's network schema."""
+
+    temperature: float = 0.7
+
+
+def test_other_learners_config_schema(tmp_path):
+    folder = tmp_path / "chat-1"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(
+        "network_id: chat-1\ntemperature: 0.2\nstore: {max_to_keep: 1}\n"
+    )
+    with RunStore(tmp_path, "chat-1", config_cls=_ChatNetworkConfig) as store:
+        assert store.config.temperature == 0.2
+        store.start_run()
+        store.save({"lora": np.ones(3, np.float32)})
+        store.save({"lora": np.zeros(3, np.float32)})
+        assert store.versions() == [1]
+    # The glyph schema rejects the chat network's key, naming it.
+    with pytest.raises(ConfigError, match=r"temperature: unknown key"):
+        RunStore(tmp_path, "chat-1")
+    with pytest.raises(ValueError, match=r"config must be a BaseNetworkConfig"):
+        RunStore(tmp_path, "chat-1", config={"network_id": "chat-1"})
