@@ -126,7 +126,11 @@ def info_nce(
     if normalize:
         q = _l2_normalize(q, axis=0)
         k = _l2_normalize(k, axis=1)
-    logits = (k @ q) / jnp.asarray(temperature).astype(dtype)
+    # Scale the query, not the logits: XLA on CPU contracts "logits * (1/tau) -
+    # max" inside the fused logsumexp into one FMA with an unrounded product, so
+    # at logits of 1e9 "x - max(x)" came out near +87 and exp overflowed to inf.
+    q = q / jnp.asarray(temperature).astype(dtype)
+    logits = k @ q
     loss = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.asarray(positive_index)
     )

@@ -24,6 +24,11 @@ from ol_jax.objectives import (
 D = 4
 
 
+def jgrad(fn, argnums=0, static=()):
+    """A jitted gradient: eager differentiation compiles op by op and is slow."""
+    return jax.jit(jax.grad(fn, argnums=argnums), static_argnames=static)
+
+
 def scalar(lo, hi):
     # Bounds rounded to float32 so that hypothesis accepts them at width 32.
     return st.floats(
@@ -75,7 +80,7 @@ def test_finite_jit_equal_and_unmutated(z, mean, log_std, adv):
     loss = reinforce_loss(mean, log_std, z, adv, weight=0.5, entropy_coef=0.01)
     jitted = jax.jit(reinforce_loss)(mean, log_std, z, adv, weight=0.5)
     eager = reinforce_loss(mean, log_std, z, adv, weight=0.5)
-    grads = jax.grad(reinforce_loss, argnums=(0, 1))(mean, log_std, z, adv)
+    grads = jgrad(reinforce_loss, argnums=(0, 1))(mean, log_std, z, adv)
     for a, c in zip(args, copies, strict=True):
         np.testing.assert_array_equal(a, c)
     assert bool(jnp.isfinite(loss))
@@ -93,7 +98,7 @@ def test_dtypes_preserved(dtype):
     assert gaussian_log_prob(z, mean, log_std).dtype == dtype
     assert gaussian_entropy(log_std).dtype == dtype
     assert reinforce_loss(mean, log_std, z, 1.0).dtype == dtype
-    g = jax.grad(reinforce_loss, argnums=(0, 1))(mean, log_std, z, 1.0)
+    g = jgrad(reinforce_loss, argnums=(0, 1))(mean, log_std, z, 1.0)
     assert g[0].dtype == dtype and g[1].dtype == dtype
     assert ema_baseline(jnp.zeros((), dtype), jnp.ones((), dtype), 0.9).dtype == dtype
     assert recency_weights(jnp.arange(3).astype(dtype), 2.0).dtype == dtype
@@ -102,7 +107,7 @@ def test_dtypes_preserved(dtype):
 
 
 def sgd_step(mean, log_std, z, adv, lr):
-    grads = jax.grad(reinforce_loss, argnums=(0, 1))(mean, log_std, z, adv)
+    grads = jgrad(reinforce_loss, argnums=(0, 1))(mean, log_std, z, adv)
     tx = optax.sgd(lr)
     params = (mean, log_std)
     updates, _ = tx.update(grads, tx.init(params), params)
@@ -129,24 +134,22 @@ def test_advantage_sign_moves_log_prob_of_sampled_z(mean, log_std, dz, mag, good
 
 def test_entropy_bonus_widens_the_policy():
     mean, log_std, z = jnp.zeros(D), jnp.zeros(D), jnp.zeros(D)
-    g_plain = jax.grad(reinforce_loss, argnums=1)(mean, log_std, z, 0.0)
-    g_bonus = jax.grad(reinforce_loss, argnums=1)(
-        mean, log_std, z, 0.0, entropy_coef=0.5
-    )
+    g_plain = jgrad(reinforce_loss, argnums=1)(mean, log_std, z, 0.0)
+    g_bonus = jgrad(reinforce_loss, argnums=1)(mean, log_std, z, 0.0, entropy_coef=0.5)
     close(g_plain, jnp.zeros(D))
     close(g_bonus, jnp.full(D, -0.5))  # descending raises log_std
 
 
 def test_advantage_and_weight_are_constants():
     mean, log_std, z = jnp.zeros(D), jnp.zeros(D), jnp.ones(D)
-    g_adv = jax.grad(reinforce_loss, argnums=3)(mean, log_std, z, 1.0)
-    g_w = jax.grad(lambda w: reinforce_loss(mean, log_std, z, 1.0, weight=w))(1.0)
-    g_z = jax.grad(reinforce_loss, argnums=2)(mean, log_std, z, 1.0)
+    g_adv = jgrad(reinforce_loss, argnums=3)(mean, log_std, z, 1.0)
+    g_w = jgrad(lambda w: reinforce_loss(mean, log_std, z, 1.0, weight=w))(1.0)
+    g_z = jgrad(reinforce_loss, argnums=2)(mean, log_std, z, 1.0)
     assert float(g_adv) == 0.0 and float(g_w) == 0.0
     close(g_z, jnp.zeros(D))
     # The weight scales the gradient linearly.
-    g1 = jax.grad(reinforce_loss)(mean, log_std, z, 1.0)
-    g3 = jax.grad(reinforce_loss)(mean, log_std, z, 1.0, weight=3.0)
+    g1 = jgrad(reinforce_loss)(mean, log_std, z, 1.0)
+    g3 = jgrad(reinforce_loss)(mean, log_std, z, 1.0, weight=3.0)
     close(g3, 3.0 * g1)
 
 
