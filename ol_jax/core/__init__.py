@@ -2,6 +2,9 @@
 
 from ol_jax.core._cache import default_cache_dir as default_cache_dir
 from ol_jax.core._cache import enable_compilation_cache as enable_compilation_cache
+from ol_jax.core._ewc import EwcState as EwcState
+from ol_jax.core._ewc import ewc as ewc
+from ol_jax.core._ewc import ewc_set_anchor as ewc_set_anchor
 from ol_jax.core._state import OnlineState as OnlineState
 from ol_jax.core._state import init_state as init_state
 from ol_jax.core._step import make_step as make_step
@@ -23,11 +26,14 @@ from ol_jax.core._transforms import set_learning_rate as set_learning_rate
 __all__ = [
     "DEFAULT_CONTEXT_MULTIPLIERS",
     "ClampParamsState",
+    "EwcState",
     "OnlineState",
     "clamp_params",
     "context_lr_multiplier",
     "default_cache_dir",
     "enable_compilation_cache",
+    "ewc",
+    "ewc_set_anchor",
     "freeze_all_but",
     "get_learning_rate",
     "init_state",
