@@ -1,5 +1,13 @@
 """Feedback: raters for glyphs (a deterministic simulated one and an API client)."""
 
+from ol_jax.feedback._anthropic import (
+    DEFAULT_ANTHROPIC_MODEL as DEFAULT_ANTHROPIC_MODEL,
+)
+from ol_jax.feedback._anthropic import AnthropicRater as AnthropicRater
+from ol_jax.feedback._anthropic import Rater as Rater
+from ol_jax.feedback._anthropic import RaterError as RaterError
+from ol_jax.feedback._anthropic import glyph_png as glyph_png
+from ol_jax.feedback._anthropic import parse_rating as parse_rating
 from ol_jax.feedback._features import FEATURE_NAMES as FEATURE_NAMES
 from ol_jax.feedback._features import glyph_features as glyph_features
 from ol_jax.feedback._simulated import MAX_RATING as MAX_RATING
@@ -14,15 +22,21 @@ from ol_jax.feedback._simulated import rating_from_match as rating_from_match
 from ol_jax.feedback._simulated import simulated_rating as simulated_rating
 
 __all__ = [
+    "DEFAULT_ANTHROPIC_MODEL",
     "FEATURE_NAMES",
     "MAX_RATING",
     "MIN_RATING",
     "PERSONALITIES",
+    "AnthropicRater",
     "Personality",
+    "Rater",
+    "RaterError",
     "SimulatedRater",
     "glyph_features",
+    "glyph_png",
     "image_digest",
     "match_score",
+    "parse_rating",
     "personality_profile",
     "rating_from_match",
     "simulated_rating",

@@ -125,7 +125,7 @@ def test_gradient_ascent_on_z_raises_match(glyphs, personality):
     assert float(end.mean()) > 0.75
 
 
-@settings(max_examples=10)
+@settings(max_examples=6)
 @given(
     image=hnp.arrays(np.float32, (12, 12), elements=st.floats(0.0, 1.0, width=32)),
     personality=st.sampled_from(PERSONALITIES),
