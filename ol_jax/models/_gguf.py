@@ -29,6 +29,7 @@ import hashlib
 import os
 import pathlib
 import re
+import shutil
 from typing import Any
 
 import numpy as np
@@ -253,7 +254,9 @@ def _dequantize(tensor, path: pathlib.Path) -> np.ndarray:
         )
     shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
     out = quants.dequantize(tensor.data, qtype)
-    return np.ascontiguousarray(out, dtype=np.float32).reshape(shape)
+    # F32 data comes back as a read-only view of the memory-mapped file; copy it so
+    # callers get ordinary arrays and the file can be closed.
+    return np.array(out, dtype=np.float32, copy=True).reshape(shape)
 
 
 def gguf_tensors(
@@ -349,5 +352,5 @@ def gguf_tokenizer(path: str | os.PathLike[str], cache: pathlib.Path | None = No
             tmp.rename(target)
         except OSError:
             # Another process cached it first; theirs is equivalent.
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer

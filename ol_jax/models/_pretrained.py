@@ -61,8 +61,11 @@ PRETRAINED: dict[str, PretrainedSpec] = {
 
 
 def model_cache_dir() -> pathlib.Path:
-    """The folder holding downloaded models: ``$OL_JAX_CACHE`` or
-    ``~/.cache/ol_jax/models``."""
+    """The folder holding downloaded models and converted tokenizers.
+
+    Returns:
+        ``$OL_JAX_CACHE`` when set, else ``~/.cache/ol_jax/models``.
+    """
     env = os.environ.get("OL_JAX_CACHE")
     if env:
         return pathlib.Path(env).expanduser()

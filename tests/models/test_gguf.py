@@ -238,6 +238,7 @@ def test_tensors_match_reference_dequantization(llama_gguf):
             want = reverse_permute_qk(want, cfg.num_key_value_heads)
         got = loaded.tensors[hf]
         assert got.dtype == np.float32 and got.shape == sd[hf].shape, hf
+        assert got.flags.writeable and got.flags.c_contiguous, hf
         np.testing.assert_array_equal(got, want, err_msg=f"{hf} {qtype.name}")
         # and close to the original weights, within the quantization error
         tol = {Q.F32: 0, Q.F16: 1e-3, Q.BF16: 1e-2, Q.Q8_0: 2e-2}.get(qtype, 0.1)
