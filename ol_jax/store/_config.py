@@ -329,19 +329,16 @@ def _describe(error: Mapping[str, Any], model_cls: type[BaseModel]) -> str:
     if kind == "value_error":
         # Our validators already put the value in the message.
         return str(ctx.get("error", error["msg"]))
-    if kind in ("too_short", "too_long"):
-        return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
     return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
 
 
 def _problems(
     exc: pydantic.ValidationError, model_cls: type[BaseModel]
 ) -> list[tuple[str, str]]:
-    problems = []
-    for error in exc.errors(include_url=False):
-        loc = [part for part in error["loc"] if part not in ("function-after",)]
-        problems.append((_dotted(loc), _describe(error, model_cls)))
-    return problems
+    return [
+        (_dotted(error["loc"]), _describe(error, model_cls))
+        for error in exc.errors(include_url=False)
+    ]
 
 
 def validate_config(

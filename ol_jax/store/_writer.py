@@ -13,6 +13,10 @@ so the disk sees one sequential stream of writes.
 from __future__ import annotations
 
 import atexit
+
+# Imported first so that its exit hook (which stops thread pools) is registered
+# before ours and therefore runs after it: see _close_live_writers.
+import concurrent.futures.thread  # noqa: F401
 import queue
 import threading
 import weakref
@@ -58,10 +62,20 @@ class WriteJob:
 _STOP = object()
 
 
-def _close_at_exit(ref: weakref.ref[CheckpointWriter]) -> None:
-    writer = ref()
-    if writer is not None:
+_LIVE_WRITERS: weakref.WeakSet[CheckpointWriter] = weakref.WeakSet()
+
+
+def _close_live_writers() -> None:
+    # The threads are daemons so a forgotten writer cannot hang interpreter exit;
+    # the writes already queued are still finished here.
+    for writer in list(_LIVE_WRITERS):
         writer.close()
+
+
+# Orbax writes through thread pools, which refuse work once the interpreter has
+# begun shutting down; threading's own exit hooks run before that happens (it is
+# how concurrent.futures itself drains), plain `atexit` hooks run after.
+getattr(threading, "_register_atexit", atexit.register)(_close_live_writers)
 
 
 class CheckpointWriter:
@@ -95,9 +109,7 @@ class CheckpointWriter:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
-        # The thread is a daemon so a forgotten writer cannot hang interpreter exit;
-        # queued writes are still finished at exit.
-        atexit.register(_close_at_exit, weakref.ref(self))
+        _LIVE_WRITERS.add(self)
 
     @property
     def queue_size(self) -> int:
@@ -149,6 +161,7 @@ class CheckpointWriter:
             self._closed = True
             self._queue.put(_STOP)
         self._thread.join()
+        _LIVE_WRITERS.discard(self)
 
     def __enter__(self) -> CheckpointWriter:
         return self

@@ -1,6 +1,9 @@
 """Child process for test_crash.py: saves versions in a loop until killed.
 
-Usage: python crash_child.py ROOT NETWORK_ID RUN_ID
+Usage: python crash_child.py ROOT NETWORK_ID RUN_ID [STOP_AFTER]
+
+With STOP_AFTER, the child queues that many versions and exits without closing
+the store (the queued writes must still land).
 
 Version v holds ``expected_tree(v)``, so the parent can recompute every version.
 Prints ``saved <v>`` after each ``save()`` returns (queued, not yet on disk).
@@ -33,11 +36,12 @@ def main() -> None:
     from ol_jax.store import RunStore
 
     root, network_id, run_id = sys.argv[1:4]
+    stop_after = int(sys.argv[4]) if len(sys.argv) > 4 else None
     store = RunStore(root, network_id)
     store.start_run(run_id)
     version = store.latest_version()
     version = 0 if version is None else version + 1
-    while True:
+    while stop_after is None or version < stop_after:
         store.save(
             expected_tree(version),
             version=version,

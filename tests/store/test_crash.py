@@ -103,3 +103,20 @@ def test_sigkill_during_saves_keeps_store_consistent(tmp_path, make_network):
             _assert_tree_equal(store.restore(), expected_tree(latest))
             assert not [n for n in os.listdir(run_dir) if _TMP in n]
             last = latest
+
+
+def test_exit_without_close_finishes_queued_writes(tmp_path, make_network):
+    root = make_network(tmp_path, NETWORK, queue_size=8)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    subprocess.run(
+        [sys.executable, str(HERE / "crash_child.py"), str(root), NETWORK, RUN, "6"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    with RunStore(root, NETWORK) as store:
+        store.start_run(RUN)
+        assert store.versions() == list(range(6))
+        _assert_tree_equal(store.restore(), expected_tree(5))
