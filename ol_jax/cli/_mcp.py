@@ -1,0 +1,287 @@
+"""``ol-jax mcp``: a :class:`~ol_jax.learners.BufferedLearner` behind MCP tools.
+
+The Model Context Protocol server of seed 004, built on the official ``mcp`` SDK
+(``MCPServer``), over stdio or streamable HTTP on 127.0.0.1. Its tools are the
+document's ``load_weights``, ``save_weights``, ``enable_learning``,
+``disable_learning``, ``add_training_example``, ``get_learning_stats``,
+``set_learning_rate``, ``force_update`` and ``generate``.
+
+Every tool's arguments are checked against its JSON schema (generated from the
+annotated signature, so a negative learning rate or an unknown format is refused
+before the tool runs), and every failure comes back as an MCP tool error
+(``isError: true`` with the message); the server keeps serving. File paths are
+resolved, symlinks included, inside one allowed folder; anything outside it
+(``../`` or an absolute path elsewhere) is refused.
+
+Run it with ``ol-jax mcp --root DIR`` (stdio) or ``ol-jax mcp --transport http
+--port 8765``; ``mcp_main(argv)`` is the entry point.
+
+References:
+    Anthropic, `Model Context Protocol specification
+    <https://modelcontextprotocol.io/specification>`_, 2024.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+__all__ = ["build_mcp_server", "mcp_main", "resolve_in_root"]
+
+LoadFormat = Literal["safetensors", "gguf", "binary", "custom", "ol_jax"]
+SaveFormat = Literal["safetensors", "binary", "custom", "ol_jax"]
+
+
+def resolve_in_root(root: str | os.PathLike[str], file_path: str) -> str:
+    """``file_path`` (relative to ``root``, or absolute) resolved inside ``root``.
+
+    Symlinks are resolved first, so a link pointing outside is refused too.
+
+    Raises:
+      ValueError: the path is empty, contains a NUL byte, or lies outside ``root``.
+    """
+    if not isinstance(file_path, str) or not file_path or "\x00" in file_path:
+        raise ValueError(f"file_path must be a non-empty path, got {file_path!r}")
+    base = os.path.realpath(os.fspath(root))
+    candidate = os.path.realpath(os.path.join(base, file_path))
+    if os.path.commonpath([base, candidate]) != base:
+        raise ValueError(
+            f"file_path must be inside the allowed folder {base}, got {file_path!r}"
+        )
+    return candidate
+
+
+def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax"):
+    """An ``MCPServer`` whose tools drive ``learner``.
+
+    Args:
+      learner: a :class:`~ol_jax.learners.BufferedLearner`.
+      root: the only folder ``load_weights`` / ``save_weights`` may touch.
+      name: the server name reported to clients.
+
+    Returns:
+      The ``mcp.server.mcpserver.MCPServer`` (call ``.run("stdio")``).
+    """
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    root = os.path.realpath(os.fspath(root))
+    if not os.path.isdir(root):
+        raise ValueError(f"root must be an existing folder, got {root}")
+    server = MCPServer(
+        name,
+        instructions="A language model that learns online from training examples.",
+    )
+
+    def reply(message: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "success": True,
+            "message": message,
+            **extra,
+            "stats": learner.stats().to_dict(),
+        }
+
+    def path_in_root(file_path: str) -> str:
+        try:
+            return resolve_in_root(root, file_path)
+        except ValueError as e:
+            raise ToolError(str(e)) from e
+
+    @server.tool()
+    def load_weights(
+        file_path: Annotated[str, Field(min_length=1, description="weights file")],
+        format: Annotated[
+            LoadFormat | None,
+            Field(description="weight format; default: from the file name"),
+        ] = None,
+    ) -> dict[str, Any]:
+        """Load pre-trained weights from a file in the allowed folder."""
+        path = path_in_root(file_path)
+        if not os.path.exists(path):
+            raise ToolError(f"file_path {file_path!r} does not exist")
+        try:
+            count = learner.load_weights(path, format=format)
+        except ValueError as e:
+            raise ToolError(str(e)) from e
+        return reply(f"Loaded {count} tensors from {file_path}", tensors=count)
+
+    @server.tool()
+    def save_weights(
+        file_path: Annotated[str, Field(min_length=1, description="file to write")],
+        format: Annotated[
+            SaveFormat, Field(description="weight format (custom = ol_jax/Orbax)")
+        ] = "custom",
+    ) -> dict[str, Any]:
+        """Save the current model weights to a file in the allowed folder."""
+        path = path_in_root(file_path)
+        try:
+            learner.save_weights(path, format=format)
+        except ValueError as e:
+            raise ToolError(str(e)) from e
+        return reply(f"Saved weights to {file_path}", file_path=file_path)
+
+    @server.tool()
+    def enable_learning() -> dict[str, Any]:
+        """Enable continuous online learning."""
+        learner.enable()
+        return reply("Online learning enabled")
+
+    @server.tool()
+    def disable_learning() -> dict[str, Any]:
+        """Disable online learning (examples are still buffered)."""
+        learner.disable()
+        return reply("Online learning disabled")
+
+    @server.tool()
+    def add_training_example(
+        input: Annotated[str, Field(min_length=1, description="input text")],
+        target: Annotated[
+            str | None,
+            Field(min_length=1, description="target text; omit for self-supervised"),
+        ] = None,
+        weight: Annotated[
+            float, Field(ge=0, allow_inf_nan=False, description="example weight")
+        ] = 1.0,
+    ) -> dict[str, Any]:
+        """Add a training example for the model to learn from."""
+        try:
+            learner.add_example(input, target, weight=weight)
+        except ValueError as e:
+            raise ToolError(str(e)) from e
+        return reply("Training example added")
+
+    @server.tool()
+    def get_learning_stats() -> dict[str, Any]:
+        """Get statistics about online learning."""
+        return reply("Learning statistics retrieved")
+
+    @server.tool()
+    def set_learning_rate(
+        learning_rate: Annotated[
+            float, Field(gt=0, allow_inf_nan=False, description="new learning rate")
+        ],
+    ) -> dict[str, Any]:
+        """Adjust the learning rate (takes effect at the next update)."""
+        if not math.isfinite(learning_rate):
+            raise ToolError(f"learning_rate must be finite, got {learning_rate}")
+        learner.set_learning_rate(learning_rate)
+        return reply(f"Learning rate set to {learning_rate}")
+
+    @server.tool()
+    def force_update() -> dict[str, Any]:
+        """Force an immediate weight update using the buffered examples."""
+        try:
+            done = learner.force_update()
+        except (RuntimeError, TimeoutError) as e:
+            raise ToolError(f"update failed: {e}") from e
+        if not done:
+            raise ToolError("the buffer is empty: add training examples first")
+        return reply("Weights updated")
+
+    @server.tool()
+    def generate(
+        prompt: Annotated[str, Field(description="prompt text")],
+        max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 32,
+    ) -> dict[str, Any]:
+        """Continue a prompt greedily with the current weights."""
+        out = learner.generate(prompt, max_new_tokens=max_new_tokens)
+        return {
+            "success": True,
+            "text": out.text,
+            "token_ids": out.token_ids,
+            "version": out.version,
+        }
+
+    return server
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ol-jax mcp",
+        description="MCP server: a small language model that learns online.",
+    )
+    parser.add_argument(
+        "--root", default=".", help="the only folder weight files may be read/written"
+    )
+    parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    parser.add_argument("--port", type=int, default=8765, help="HTTP port")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--update-frequency", type=int, default=10)
+    parser.add_argument("--buffer-size", type=int, default=1000)
+    parser.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    parser.add_argument(
+        "--loss",
+        choices=["cross_entropy", "mse", "contrastive"],
+        default="cross_entropy",
+    )
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument(
+        "--layers", type=int, default=4, help="layers of the byte-level Llama"
+    )
+    parser.add_argument(
+        "--hidden-size", type=int, default=128, help="width of the byte-level Llama"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def mcp_main(argv: Sequence[str] | None = None) -> int:
+    """Runs the MCP server until the client disconnects (stdio) or it is stopped.
+
+    The model is a byte-level Llama (:func:`~ol_jax.learners.byte_llama_config`)
+    trained by a :class:`~ol_jax.learners.BufferedLearner`.
+
+    Args:
+      argv: command-line arguments after ``mcp`` (see ``--help``).
+
+    Returns:
+      The exit status.
+    """
+    args = _parser().parse_args(argv)
+    import jax
+
+    from ol_jax.core import enable_compilation_cache
+    from ol_jax.learners import BufferedLearner, LearningConfig, byte_llama_config
+    from ol_jax.models import Llama
+
+    enable_compilation_cache()
+    config = LearningConfig(
+        buffer_size=args.buffer_size,
+        update_frequency=args.update_frequency,
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        loss=args.loss,
+        max_length=args.max_length,
+        checkpoint_frequency=None,
+    )
+    heads = max(1, args.hidden_size // 32)
+    model = Llama(
+        byte_llama_config(
+            hidden_size=args.hidden_size,
+            intermediate_size=3 * args.hidden_size,
+            num_hidden_layers=args.layers,
+            num_attention_heads=heads,
+        ),
+        key=jax.random.key(args.seed),
+    )
+    learner = BufferedLearner.from_llama(
+        model, config=config, key=jax.random.key(args.seed + 1)
+    )
+    server = build_mcp_server(learner, root=args.root)
+    try:
+        if args.transport == "stdio":
+            server.run("stdio")
+        else:
+            server.run("streamable-http", host="127.0.0.1", port=args.port)
+    finally:
+        learner.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(mcp_main())
