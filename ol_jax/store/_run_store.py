@@ -220,6 +220,22 @@ def _host_snapshot(tree: Any) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
+def _user_entry(metadata_entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    entry = dict(metadata_entry or {})
+    for key in _RESERVED_ENTRY_KEYS:
+        if key in entry:
+            raise ValueError(f"metadata_entry key {key!r} is reserved")
+    return entry
+
+
+def _check_run_id(run_id: Any) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID_PATTERN.match(run_id):
+        raise ValueError(
+            f"run_id must be letters, digits, '.', '_', '-', got {run_id!r}"
+        )
+    return run_id
+
+
 def _entry_ratings(entry: Mapping[str, Any]) -> list[float]:
     """Ratings recorded in a metadata entry under ``rating`` or ``ratings``."""
     found: list[float] = []
@@ -439,11 +455,7 @@ class RunStore:
           RuntimeError: another process (or store) has the run open.
         """
         self._check_open()
-        run_id = new_run_id() if run_id is None else run_id
-        if not isinstance(run_id, str) or not _RUN_ID_PATTERN.match(run_id):
-            raise ValueError(
-                f"run_id must be letters, digits, '.', '_', '-', got {run_id!r}"
-            )
+        run_id = _check_run_id(new_run_id() if run_id is None else run_id)
         run_dir = os.path.join(self.runs_dir, run_id)
         exists = os.path.isfile(os.path.join(run_dir, METADATA_FILE))
         source = None
@@ -577,10 +589,7 @@ class RunStore:
         """
         run = self._require_run()
         self._raise_write_error(run)
-        entry = dict(metadata_entry or {})
-        for key in _RESERVED_ENTRY_KEYS:
-            if key in entry:
-                raise ValueError(f"metadata_entry key {key!r} is reserved")
+        entry = _user_entry(metadata_entry)
         entry["event"] = "save"
         tree = _host_snapshot(params)
         return self._enqueue(tree, version=version, entry=entry, parent="head")
@@ -653,9 +662,7 @@ class RunStore:
                 f"cannot roll back run {run.run_id!r} to version {version}: "
                 f"available versions are {available}"
             )
-        entry = dict(metadata_entry or {})
-        for key in _RESERVED_ENTRY_KEYS:
-            entry.pop(key, None)
+        entry = _user_entry(metadata_entry)
         entry.update(event="rollback", rolled_back_to=version)
         with run.io_lock:
             tree = self._restore_with(run.manager, run.run_id, version, None)
@@ -687,7 +694,7 @@ class RunStore:
             self.flush()
             with run.meta_lock:
                 return copy.deepcopy(run.meta)
-        path = os.path.join(self.runs_dir, run_id, METADATA_FILE)
+        path = os.path.join(self.runs_dir, _check_run_id(run_id), METADATA_FILE)
         if not os.path.isfile(path):
             raise ValueError(
                 f"run {run_id!r} of network {self.network_id!r} has no {METADATA_FILE}"
@@ -800,7 +807,7 @@ class RunStore:
         }
 
     def _restore_other(self, run_id: str, version: int | None, like: Any) -> Any:
-        run_dir = os.path.join(self.runs_dir, run_id)
+        run_dir = os.path.join(self.runs_dir, _check_run_id(run_id))
         if not os.path.isdir(run_dir):
             raise ValueError(f"network {self.network_id!r} has no run {run_id!r}")
         manager = _manager(run_dir, read_only=True)

@@ -292,6 +292,13 @@ def test_run_lock_and_misuse(net_root):
                 other.start_run(run_id)
         with pytest.raises(ValueError, match=r"run_id must be"):
             store.start_run("../escape")
+        with pytest.raises(ValueError, match=r"run_id must be"):
+            store.metadata("../net")
+        with pytest.raises(ValueError, match=r"run_id must be"):
+            store.restore(0, run_id="/tmp")
+        store.save(_tree())
+        with pytest.raises(ValueError, match=r"key 'event' is reserved"):
+            store.rollback(0, metadata_entry={"event": "x"})
         with pytest.raises(ValueError, match=r"PRNG key"):
             store.save({"key": jax.random.key(0)})
         with pytest.raises(ValueError, match=r"numeric array"):
