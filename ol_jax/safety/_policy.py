@@ -48,6 +48,10 @@ class BetweenPromptsPolicy:
         """Number of queued items."""
         return len(self._queue)
 
+    def peek(self) -> list[Any]:
+        """The queued items, oldest first, without removing them."""
+        return list(self._queue)
+
     def begin_prompt(self) -> None:
         """Marks the start of serving a prompt (prompts may nest or overlap)."""
         self._in_prompt += 1

@@ -1,0 +1,1032 @@
+"""``OnlineLearner``: a safe lifelong learner for a routing controller (seed 003).
+
+Only the controller (routing head) of a routed model learns; base and expert
+weights are frozen by an optax mask. Feedback events (thumbs, tool results,
+1-10 ratings) are validated by a :class:`StreamProcessor`, turned into examples,
+queued by a :class:`~ol_jax.safety.BetweenPromptsPolicy` and, between prompts,
+batched into one jit-compiled *gated update*:
+
+1. mix the new examples with a prioritized replay batch (importance-weighted);
+2. one step of BCE on the served expert's logit plus an EWC (or proximal)
+   penalty towards the warm-up checkpoint;
+3. evaluate the candidate on canary sets (one per task family) and reject it if
+   any family regresses past its tolerance (:func:`~ol_jax.safety.canary_gate`);
+4. on acceptance, add the new examples to replay, refresh the replayed items'
+   priorities and (optionally) fold the batch into the online Fisher.
+
+After every accepted update the drift monitor compares the router's outputs and
+parameter norm with the last good (saved) version and rolls back through the
+:class:`~ol_jax.store.RunStore` when a limit is passed. :func:`run_soak` replays a
+simulated 24-hour stream with a distribution shift, noisy feedback, poisoned
+bursts and malformed events and writes a JSON + PNG report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax import tree_utils as otu
+from pydantic import BaseModel, ConfigDict, Field
+
+from ol_jax.core import init_state, make_step, online_optimizer
+from ol_jax.learners._controller_env import (
+    EnvSpec,
+    StreamSpec,
+    TaskEnv,
+    make_events,
+    make_prompts,
+    poison_windows,
+    serve,
+)
+from ol_jax.learners._stream import FeedbackProcessor, StreamProcessor
+from ol_jax.memory import prioritized_replay
+from ol_jax.models import routed_mlp_apply
+from ol_jax.objectives import (
+    binary_cross_entropy,
+    ewc_penalty,
+    fisher_diagonal,
+    online_fisher,
+    proximal_penalty,
+)
+from ol_jax.safety import (
+    BetweenPromptsPolicy,
+    canary_gate,
+    drift_check,
+    output_kl,
+    param_norm_ratio,
+)
+from ol_jax.store import NetworkConfig, RunStore, StoreConfig, load_config
+
+__all__ = [
+    "ControllerConfig",
+    "OnlineLearner",
+    "run_soak",
+    "soak_main",
+]
+
+
+# ----------------------------------------------------------------- configuration
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    """The routed model and its simulated task environment."""
+
+    d_in: int = Field(default=16, ge=1)
+    d_hidden: int = Field(default=32, ge=1)
+    d_out: int = Field(default=8, ge=1)
+    num_experts: int = Field(default=4, ge=2)
+    rank: int = Field(default=4, ge=1)
+    controller_hidden: int = Field(default=0, ge=0)
+    quality_sigma: float = Field(default=0.8, gt=0)
+    input_noise: float = Field(default=1.0, gt=0)
+
+
+class LearningSection(_Section):
+    """Update rule, replay and regularization."""
+
+    learning_rate: float = Field(default=0.02, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
+    clip_norm: float = Field(default=1.0, gt=0)
+    update_every: int = Field(default=32, ge=1)
+    replay_capacity: int = Field(default=10_000, ge=1)
+    replay_batch: int = Field(default=32, ge=1)
+    replay_weight: float = Field(default=1.0, ge=0)
+    replay_alpha: float = Field(default=0.6, ge=0, le=1)
+    replay_beta: float = Field(default=0.4, ge=0, le=1)
+    regularizer: Literal["ewc", "prox", "none"] = "ewc"
+    ewc_lambda: float = Field(default=50.0, ge=0)
+    prox_mu: float = Field(default=1.0, ge=0)
+    online_fisher: bool = False
+    fisher_decay: float = Field(default=0.99, ge=0, le=1)
+
+
+class WarmupSection(_Section):
+    """The starting checkpoint: trained on the pre-shift mix, or loaded."""
+
+    examples: int = Field(default=2048, ge=1)
+    steps: int = Field(default=200, ge=0)
+    learning_rate: float = Field(default=0.05, gt=0)
+    warmup_from: str | None = None
+
+
+class SafetySection(_Section):
+    """Canary gate and drift monitor limits."""
+
+    canary_per_family: int = Field(default=64, ge=1)
+    canary_tolerance: float = Field(default=0.002, ge=0)
+    probes: int = Field(default=128, ge=1)
+    max_kl: float = Field(default=0.5, gt=0)
+    max_norm_ratio: float = Field(default=1.5, gt=1)
+
+
+class SoakSection(_Section):
+    """The simulated stream."""
+
+    hours: float = Field(default=24.0, gt=0)
+    shift_fraction: float = Field(default=0.5, ge=0, le=1)
+    noise_rate: float = Field(default=0.05, ge=0, le=1)
+    poison_bursts: int = Field(default=6, ge=0)
+    poison_burst_length: int = Field(default=120, ge=1)
+    nan_rate: float = Field(default=0.002, ge=0, le=1)
+    malformed_rate: float = Field(default=0.002, ge=0, le=1)
+    explore_epsilon: float = Field(default=0.1, ge=0, le=1)
+    save_every_events: int = Field(default=900, ge=1)
+    eval_every_events: int = Field(default=1800, ge=1)
+    eval_per_family: int = Field(default=256, ge=1)
+
+
+class StoreSection(_Section):
+    """Where versions go."""
+
+    root: str = "networks"
+    network_id: str = "controller-soak"
+    max_to_keep: int | None = Field(default=8, ge=1)
+
+
+class ControllerConfig(_Section):
+    """``configs/controller.yaml``: the whole seed-003 learner and its soak."""
+
+    seed: int = Field(default=0, ge=0)
+    model: ModelSection = Field(default_factory=ModelSection)
+    learning: LearningSection = Field(default_factory=LearningSection)
+    warmup: WarmupSection = Field(default_factory=WarmupSection)
+    safety: SafetySection = Field(default_factory=SafetySection)
+    soak: SoakSection = Field(default_factory=SoakSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+
+
+def _env_spec(config: ControllerConfig) -> EnvSpec:
+    m = config.model
+    return EnvSpec(
+        seed=config.seed,
+        d_in=m.d_in,
+        d_hidden=m.d_hidden,
+        d_out=m.d_out,
+        num_experts=m.num_experts,
+        rank=m.rank,
+        controller_hidden=m.controller_hidden,
+        quality_sigma=m.quality_sigma,
+        input_noise=m.input_noise,
+        pre_shift_mix=_mix(m.num_experts, first_half=True),
+        post_shift_mix=_mix(m.num_experts, first_half=False),
+    )
+
+
+def _mix(k: int, *, first_half: bool) -> tuple[float, ...]:
+    """90% of prompts from one half of the families, 10% from the other."""
+    half = k // 2
+    main = range(half) if first_half else range(half, k)
+    n_main = len(main)
+    return tuple(0.9 / n_main if f in main else 0.1 / (k - n_main) for f in range(k))
+
+
+def _stream_spec(config: ControllerConfig, hours: float | None) -> StreamSpec:
+    s = config.soak
+    return StreamSpec(
+        seed=config.seed,
+        hours=s.hours if hours is None else hours,
+        shift_fraction=s.shift_fraction,
+        noise_rate=s.noise_rate,
+        poison_bursts=s.poison_bursts,
+        poison_burst_length=s.poison_burst_length,
+        nan_rate=s.nan_rate,
+        malformed_rate=s.malformed_rate,
+        epsilon=s.explore_epsilon,
+    )
+
+
+# ----------------------------------------------------------------- pure pieces
+
+
+def _example_loss(controller, frozen, x, expert, target):
+    """BCE of the served expert's success logit for one example."""
+    params = {**frozen, "controller": controller}
+    logits = routed_mlp_apply(params, x).route_logits
+    return binary_cross_entropy(logits[expert], target)
+
+
+def _quality(output, reference, scale):
+    return jnp.exp(-jnp.sum(jnp.square(output - reference)) / scale)
+
+
+def _stack(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    return {
+        "x": np.stack([e["x"] for e in examples]).astype(np.float32),
+        "expert": np.asarray([e["expert"] for e in examples], np.int32),
+        "target": np.asarray([e["target"] for e in examples], np.float32),
+        "weight": np.asarray([e["weight"] for e in examples], np.float32),
+    }
+
+
+def _frozen(params):
+    return {k: v for k, v in params.items() if k != "controller"}
+
+
+class OnlineLearner:
+    """A routing controller that learns from live feedback, safely.
+
+    Args:
+      config: the learner configuration.
+      env: the task environment (its frozen routed model and canary sets).
+      controller: the starting controller weights (the warm-up checkpoint).
+      fisher: the diagonal Fisher of the starting checkpoint, like ``controller``.
+      store: an open :class:`~ol_jax.store.RunStore` (a run started), or ``None``
+        to keep no versions (no rollback possible).
+      regularizer: override of ``config.learning.regularizer``.
+      use_replay: whether replayed examples join each update.
+      use_canary: whether the canary gate may reject updates.
+    """
+
+    def __init__(
+        self,
+        config: ControllerConfig,
+        env: TaskEnv,
+        controller: Any,
+        fisher: Any,
+        *,
+        store: RunStore | None = None,
+        regularizer: str | None = None,
+        use_replay: bool = True,
+        use_canary: bool = True,
+    ):
+        self.config = config
+        self.env = env
+        self.store = store
+        lc = config.learning
+        self.regularizer = lc.regularizer if regularizer is None else regularizer
+        if self.regularizer not in ("ewc", "prox", "none"):
+            raise ValueError(
+                f"regularizer must be 'ewc', 'prox' or 'none', got {self.regularizer!r}"
+            )
+        self.use_replay = use_replay
+        self.use_canary = use_canary
+        self.stream = StreamProcessor(config.model.d_in, config.model.num_experts)
+        self.feedback = FeedbackProcessor()
+        self.policy = BetweenPromptsPolicy()
+        self.replay = prioritized_replay(
+            capacity=lc.replay_capacity,
+            batch_size=min(lc.replay_batch, lc.replay_capacity),
+            alpha=lc.replay_alpha,
+            beta=lc.replay_beta,
+        )
+        # Own copies: the state's buffers are donated to every update.
+        params = jax.tree.map(
+            lambda a: jnp.array(a, copy=True), {**env.params, "controller": controller}
+        )
+        self.tx = online_optimizer(
+            lc.learning_rate,
+            optimizer=lc.optimizer,
+            clip_norm=lc.clip_norm,
+            trainable=["controller"],
+        )
+        extras = {
+            "anchor": jax.tree.map(lambda a: jnp.array(a, copy=True), controller),
+            "fisher": jax.tree.map(jnp.asarray, fisher),
+        }
+        online = init_state(
+            params, self.tx, key=jax.random.key(config.seed + 1), extras=extras
+        )
+        example = {
+            "x": jnp.zeros((config.model.d_in,), jnp.float32),
+            "expert": jnp.zeros((), jnp.int32),
+            "target": jnp.zeros((), jnp.float32),
+            "weight": jnp.zeros((), jnp.float32),
+        }
+        self.state = {"online": online, "replay": self.replay.init(example)}
+        self.good_controller = jax.tree.map(jnp.asarray, controller)
+        self.good_version: int | None = None
+        # Canary sets (reference answers per family) and drift probes.
+        canary = env.labelled_set(config.seed + 101, config.safety.canary_per_family)
+        self._canary = self._with_references(canary)
+        probes = env.labelled_set(
+            config.seed + 202,
+            max(1, config.safety.probes // config.model.num_experts),
+        )
+        self._probe_x = jnp.asarray(probes["x"])
+        self._update = jax.jit(self._gated_update, donate_argnums=(0,))
+        self._drift = jax.jit(self._drift_measures)
+        self.updates = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.rollbacks = 0
+        self.events_processed = 0
+        self.history: list[dict[str, Any]] = []
+        self._since_save: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------ pure pieces
+
+    def _with_references(self, labelled):
+        refs = []
+        for f in range(self.config.model.num_experts):
+            xs = labelled["x"][labelled["family"] == f]
+            out = jax.vmap(lambda v: routed_mlp_apply(self.env.params, v))(xs)
+            refs.append(np.asarray(out.expert_outputs[:, f]))
+        return {
+            "x": jnp.asarray(labelled["x"]),
+            "family": jnp.asarray(labelled["family"]),
+            "reference": jnp.asarray(np.concatenate(refs)),
+        }
+
+    def _canary_scores(self, params) -> dict[str, jax.Array]:
+        scale = jnp.float32(
+            self.config.model.d_out * self.config.model.quality_sigma**2
+        )
+        c = self._canary
+        out = jax.vmap(lambda v: routed_mlp_apply(params, v).output)(c["x"])
+        q = jax.vmap(lambda o, r: _quality(o, r, scale))(out, c["reference"])
+        scores = {}
+        for f in range(self.config.model.num_experts):
+            mask = (c["family"] == f).astype(jnp.float32)
+            scores[f"family_{f}"] = jnp.sum(q * mask) / jnp.sum(mask)
+        return scores
+
+    def _loss(self, params, batch, *, frozen, extras, key):
+        del frozen, key
+        fz = jax.lax.stop_gradient(_frozen(params))
+        ctrl = params["controller"]
+        per = jax.vmap(lambda x, e, t: _example_loss(ctrl, fz, x, e, t))(
+            batch["x"], batch["expert"], batch["target"]
+        )
+        w = batch["weight"]
+        data = jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
+        lc = self.config.learning
+        if self.regularizer == "ewc":
+            reg = ewc_penalty(ctrl, extras["anchor"], extras["fisher"], lc.ewc_lambda)
+        elif self.regularizer == "prox":
+            reg = proximal_penalty(ctrl, extras["anchor"], lc.prox_mu)
+        else:
+            reg = jnp.zeros((), jnp.float32)
+        return data + reg, {"per_example": per, "data_loss": data, "penalty": reg}
+
+    def _gated_update(self, state, new, key):
+        lc = self.config.learning
+        online, replay_state = state["online"], state["replay"]
+        step = make_step(self._loss, self.tx, has_aux=True, jit=False)
+        n_new = new["x"].shape[0]
+        if self.use_replay:
+            drawn = self.replay.sample(replay_state, key=key)
+            ready = self.replay.can_sample(replay_state).astype(jnp.float32)
+            rep = dict(drawn.experience)
+            rep["weight"] = rep["weight"] * drawn.weights * lc.replay_weight * ready
+            batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), new, rep)
+        else:
+            batch = new
+        candidate, metrics = step(online, batch)
+        before = self._canary_scores(online.params)
+        after = self._canary_scores(candidate.params)
+        gate = canary_gate(before, after, self.config.safety.canary_tolerance)
+        accept = metrics["applied"]
+        if self.use_canary:
+            accept = accept & gate.accept
+        new_online = otu.tree_where(accept, candidate, online)
+        # The step counter always moves, so the next key differs.
+        new_online = new_online._replace(step=candidate.step)
+        if lc.online_fisher and self.regularizer == "ewc":
+            fz = _frozen(online.params)
+            fresh = fisher_diagonal(
+                lambda c, ex: _example_loss(c, fz, ex["x"], ex["expert"], ex["target"]),
+                new_online.params["controller"],
+                {k: new[k] for k in ("x", "expert", "target")},
+            )
+            fisher = online_fisher(new_online.extras["fisher"], fresh, lc.fisher_decay)
+            extras = dict(new_online.extras)
+            extras["fisher"] = otu.tree_where(accept, fisher, extras["fisher"])
+            new_online = new_online._replace(extras=extras)
+        new_replay = replay_state
+        if self.use_replay:
+            per = metrics["aux"]["per_example"]
+            updated = self.replay.update_priorities(
+                self.replay.add(replay_state, new),
+                drawn.indices,
+                per[n_new:] + 1e-3,
+            )
+            new_replay = otu.tree_where(accept, updated, replay_state)
+        info = {
+            "accepted": accept,
+            "applied": metrics["applied"],
+            "loss": metrics["loss"],
+            "data_loss": metrics["aux"]["data_loss"],
+            "canary_before": before,
+            "canary_after": after,
+            "canary_worst": gate.worst,
+        }
+        return {"online": new_online, "replay": new_replay}, info
+
+    def _drift_measures(self, controller, good):
+        frozen = _frozen(self.env.params)
+
+        def logits(c):
+            p = {**frozen, "controller": c}
+            return jax.vmap(lambda v: routed_mlp_apply(p, v).route_logits)(
+                self._probe_x
+            )
+
+        kl = output_kl(logits(good), logits(controller))
+        ratio = param_norm_ratio(controller, good)
+        return drift_check(
+            kl,
+            ratio,
+            max_kl=self.config.safety.max_kl,
+            max_norm_ratio=self.config.safety.max_norm_ratio,
+        )
+
+    # ------------------------------------------------------------ the shell
+
+    @property
+    def params(self) -> Any:
+        """The deployed routed-model parameters."""
+        return self.state["online"].params
+
+    @property
+    def controller(self) -> Any:
+        return self.state["online"].params["controller"]
+
+    def begin_prompt(self) -> None:
+        """A prompt is being served: feedback now waits (updates between prompts)."""
+        self.policy.begin_prompt()
+
+    def end_prompt(self) -> None:
+        self.policy.end_prompt()
+
+    def observe(self, events: Sequence[Any]) -> int:
+        """Validates events and queues their examples; returns how many passed."""
+        passed = 0
+        for event in events:
+            self.events_processed += 1
+            signal = self.stream.process(event)
+            if signal is not None:
+                self.policy.submit(self.feedback.to_example(signal))
+                passed += 1
+        return passed
+
+    def maybe_update(self) -> list[dict[str, Any]]:
+        """Runs gated updates on full batches of queued examples (between prompts)."""
+        b = self.config.learning.update_every
+        results = []
+        while self.policy.pending >= b and not self.policy.in_prompt:
+            examples = self.policy.drain(b)
+            results.append(self.update(examples))
+        return results
+
+    def update(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """One gated update on ``examples``, then the drift check."""
+        batch = _stack(examples)
+        key = jax.random.fold_in(jax.random.key(self.config.seed + 2), self.updates)
+        self.state, info = self._update(self.state, batch, key)
+        self.updates += 1
+        info = jax.device_get(info)
+        accepted = bool(info["accepted"])
+        n_poisoned = int(sum(bool(e.get("poisoned", False)) for e in examples))
+        record = {
+            "update": self.updates,
+            "events": self.events_processed,
+            "accepted": accepted,
+            "poisoned": n_poisoned,
+            "size": len(examples),
+            "canary_worst": float(info["canary_worst"]),
+            "canary_regressed": bool(
+                float(info["canary_worst"]) > 0.0 or not bool(info["applied"])
+            ),
+            "rolled_back": False,
+            "loss": float(info["loss"]),
+        }
+        if accepted:
+            self.accepted += 1
+            drift = self.check_drift()
+            record.update(kl=drift["kl"], norm_ratio=drift["norm_ratio"])
+            self._since_save.append(record)
+            if drift["drifted"]:
+                self.rollback(reason="drift")
+        else:
+            self.rejected += 1
+        self.history.append(record)
+        return record
+
+    def check_drift(self) -> dict[str, Any]:
+        """Drift of the current controller from the last good version."""
+        report = jax.device_get(self._drift(self.controller, self.good_controller))
+        return {
+            "drifted": bool(report.drifted),
+            "kl": float(report.kl),
+            "norm_ratio": float(report.norm_ratio),
+        }
+
+    # ------------------------------------------------------------ versions
+
+    def _tree_to_save(self):
+        online = self.state["online"]
+        online = online._replace(key=jax.random.key_data(online.key))
+        return {
+            "leaves": {
+                str(i): x
+                for i, x in enumerate(
+                    jax.tree.leaves({"online": online, "replay": self.state["replay"]})
+                )
+            }
+        }
+
+    def _load_tree(self, tree):
+        template_online = self.state["online"]
+        flat_template = {
+            "online": template_online._replace(
+                key=jax.random.key_data(template_online.key)
+            ),
+            "replay": self.state["replay"],
+        }
+        leaves, treedef = jax.tree.flatten(flat_template)
+        loaded = [
+            jnp.asarray(tree["leaves"][str(i)]).astype(leaf.dtype)
+            for i, leaf in enumerate(leaves)
+        ]
+        restored = jax.tree.unflatten(treedef, loaded)
+        online = restored["online"]
+        online = online._replace(key=jax.random.wrap_key_data(online.key))
+        self.state = {"online": online, "replay": restored["replay"]}
+        self.good_controller = jax.tree.map(jnp.array, self.controller)
+
+    def _metadata(self, **extra) -> dict[str, Any]:
+        return {
+            "events_processed": self.events_processed,
+            "updates": self.updates,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "rollbacks": self.rollbacks,
+            "stream": self.stream.counters(),
+            "pending": [
+                {
+                    "x": np.asarray(e["x"]).tolist(),
+                    "expert": int(e["expert"]),
+                    "target": float(e["target"]),
+                    "weight": float(e["weight"]),
+                    "poisoned": bool(e.get("poisoned", False)),
+                }
+                for e in self.policy.peek()
+            ],
+            **extra,
+        }
+
+    def save(self, **extra) -> int | None:
+        """Saves the current state as a new (good) version; returns its number."""
+        if self.store is None:
+            return None
+        tree = self._tree_to_save()
+        version = self.store.save(tree, metadata_entry=self._metadata(**extra))
+        self.good_version = version
+        self.good_controller = jax.tree.map(jnp.array, self.controller)
+        self._since_save = []
+        return version
+
+    def rollback(self, reason: str = "drift") -> int | None:
+        """Restores the last good version from the store, bit-exactly."""
+        if self.store is None or self.good_version is None:
+            raise ValueError(
+                "rollback needs a store with a saved good version, got "
+                f"store={self.store!r}, good_version={self.good_version!r}"
+            )
+        self.rollbacks += 1
+        for record in self._since_save:
+            record["rolled_back"] = True
+        self._since_save = []
+        version = self.store.rollback(
+            self.good_version, metadata_entry=self._metadata(reason=reason)
+        )
+        tree = self.store.restore(version)
+        self._load_tree(tree)
+        self.good_version = version
+        return version
+
+    def resume(self) -> dict[str, Any]:
+        """Loads the store's latest version and its counters (after a crash)."""
+        if self.store is None:
+            raise ValueError("resume needs a store, got None")
+        version = self.store.latest_version()
+        if version is None:
+            raise ValueError("the run has no saved version to resume from, got None")
+        self._load_tree(self.store.restore(version))
+        entry = next(
+            e for e in self.store.metadata()["entries"] if e.get("version") == version
+        )
+        self.good_version = version
+        self.events_processed = int(entry["events_processed"])
+        self.updates = int(entry["updates"])
+        self.accepted = int(entry["accepted"])
+        self.rejected = int(entry["rejected"])
+        self.rollbacks = int(entry["rollbacks"])
+        self.stream.load_counters(entry["stream"])
+        self.policy = BetweenPromptsPolicy()
+        for e in entry["pending"]:
+            self.policy.submit({**e, "x": np.asarray(e["x"], np.float32)})
+        return entry
+
+    def force_params(self, controller: Any) -> None:
+        """Replaces the controller (for drills: inject drift, then check it)."""
+        online = self.state["online"]
+        params = {**online.params, "controller": jax.tree.map(jnp.asarray, controller)}
+        self.state = {**self.state, "online": online._replace(params=params)}
+
+
+# ----------------------------------------------------------------- warm-up
+
+
+def warmup(config: ControllerConfig, env: TaskEnv):
+    """The starting checkpoint: a controller trained on the pre-shift mix.
+
+    Warm-up examples serve a uniformly random expert to pre-shift prompts and
+    observe its true quality; the controller is trained on them with full-batch
+    Adam, then the diagonal Fisher of the BCE loss is computed at the result
+    (the EWC importance of each controller weight).
+
+    Returns:
+      ``(controller, fisher)``.
+    """
+    wc = config.warmup
+    rng = np.random.default_rng([config.seed, 99])
+    k = config.model.num_experts
+    # Only the pre-shift families: the post-shift ones are new to the checkpoint.
+    families = rng.integers(0, max(1, k // 2), size=wc.examples)
+    x = env.inputs(rng, families)
+    expert = rng.integers(0, k, size=wc.examples).astype(np.int32)
+    _, qk, _ = env.expert_quality(env.params, x, families.astype(np.int32))
+    target = np.asarray(qk)[np.arange(wc.examples), expert].astype(np.float32)
+    frozen = _frozen(env.params)
+    data = {
+        "x": jnp.asarray(x),
+        "expert": jnp.asarray(expert),
+        "target": jnp.asarray(target),
+    }
+
+    def loss(c):
+        per = jax.vmap(lambda a, e, t: _example_loss(c, frozen, a, e, t))(
+            data["x"], data["expert"], data["target"]
+        )
+        return jnp.mean(per)
+
+    controller = env.params["controller"]
+    tx = optax.adam(wc.learning_rate)
+    opt = tx.init(controller)
+
+    @jax.jit
+    def train(c, o):
+        def body(carry, _):
+            c, o = carry
+            g = jax.grad(loss)(c)
+            with jax.numpy_dtype_promotion("standard"):
+                u, o = tx.update(g, o, c)
+            return (optax.apply_updates(c, u), o), None
+
+        (c, o), _ = jax.lax.scan(body, (c, o), None, length=wc.steps)
+        return c
+
+    controller = train(controller, opt)
+    fisher = fisher_diagonal(
+        lambda c, ex: _example_loss(c, frozen, ex["x"], ex["expert"], ex["target"]),
+        controller,
+        data,
+    )
+    return controller, fisher
+
+
+def load_warmup(path: str, env: TaskEnv):
+    """Loads ``(controller, fisher)`` saved by :func:`save_warmup` (``warmup_from``)."""
+    with np.load(path) as data:
+        leaves = [
+            data[f"c{i}"] for i in range(len(jax.tree.leaves(env.params["controller"])))
+        ]
+        fleaves = [data[f"f{i}"] for i in range(len(leaves))]
+    treedef = jax.tree.structure(env.params["controller"])
+    return (
+        jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves]),
+        jax.tree.unflatten(treedef, [jnp.asarray(a) for a in fleaves]),
+    )
+
+
+def save_warmup(path: str, controller: Any, fisher: Any) -> None:
+    """Saves a warm-up checkpoint (controller and Fisher) as ``.npz``."""
+    arrays = {f"c{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(controller))}
+    arrays.update(
+        {f"f{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(fisher))}
+    )
+    np.savez(path, **arrays)
+
+
+# ----------------------------------------------------------------- the soak
+
+
+def _open_store(config: ControllerConfig, out_dir: str, run_id: str) -> RunStore:
+    net = NetworkConfig(
+        network_id=config.store.network_id,
+        store=StoreConfig(max_to_keep=config.store.max_to_keep),
+        seed=config.seed,
+    )
+    root = os.path.join(out_dir, config.store.root)
+    store = RunStore(root, config.store.network_id, config=net)
+    store.start_run(run_id)
+    return store
+
+
+def run_soak(
+    config: ControllerConfig | str | os.PathLike[str],
+    hours: float | None = None,
+    out_dir: str | os.PathLike[str] = "soak",
+    *,
+    run_id: str = "soak",
+    resume: bool = False,
+    plot: bool = True,
+    regularizer: str | None = None,
+    use_replay: bool = True,
+    use_canary: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Replays a simulated feedback stream through an :class:`OnlineLearner`.
+
+    One event per simulated second (``hours * 3600`` events), the family mix
+    shifting at ``soak.shift_fraction``, with noisy, poisoned and malformed
+    events. Prompts are served in turns of ``update_every`` prompts; feedback
+    arriving during a turn is queued and applied between turns. A version is
+    saved every ``save_every_events`` events. With ``resume=True`` the run
+    continues from its latest saved version (after a crash), and no event is
+    processed twice.
+
+    Args:
+      config: a :class:`ControllerConfig` or a YAML path.
+      hours: stream length; ``None`` uses ``soak.hours``.
+      out_dir: folder for the run store, ``report.json`` and ``report.png``.
+      run_id: the run's id in the store.
+      resume: continue an existing run from its latest version.
+      plot: write the PNG plot.
+      regularizer, use_replay, use_canary: ablations (see :class:`OnlineLearner`).
+      progress: print a line per evaluation.
+
+    Returns:
+      The report (also written to ``out_dir/report.json``).
+    """
+    if not isinstance(config, ControllerConfig):
+        config = load_config(config, ControllerConfig)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.perf_counter()
+    env = TaskEnv(_env_spec(config))
+    spec = _stream_spec(config, hours)
+    windows = poison_windows(spec)
+    if config.warmup.warmup_from:
+        controller, fisher = load_warmup(config.warmup.warmup_from, env)
+    else:
+        controller, fisher = warmup(config, env)
+    store = _open_store(config, out_dir, run_id)
+    learner = OnlineLearner(
+        config,
+        env,
+        controller,
+        fisher,
+        store=store,
+        regularizer=regularizer,
+        use_replay=use_replay,
+        use_canary=use_canary,
+    )
+    eval_set = env.labelled_set(config.seed + 303, config.soak.eval_per_family)
+    pre = np.arange(config.model.num_experts) < config.model.num_experts // 2
+    start_scores = env.family_scores({**env.params, "controller": controller}, eval_set)
+    timeline: list[dict[str, Any]] = []
+    if resume and store.latest_version() is not None:
+        learner.resume()
+        # Evaluations written after the last saved version are redone.
+        timeline = [
+            t
+            for t in _load_timeline(out_dir)
+            if t["events"] <= learner.events_processed
+        ]
+    else:
+        learner.save(reason="start")
+    turn = config.learning.update_every
+    n = spec.num_events
+    next_save = (learner.events_processed // config.soak.save_every_events + 1) * (
+        config.soak.save_every_events
+    )
+    next_eval = (learner.events_processed // config.soak.eval_every_events + 1) * (
+        config.soak.eval_every_events
+    )
+    pos = start_pos = learner.events_processed
+    t_loop = time.perf_counter()
+    while pos < n:
+        stop = min(pos + turn, n)
+        prompts = make_prompts(env, spec, pos, stop)
+        learner.begin_prompt()
+        served = serve(env, learner.params, prompts, spec)
+        events = make_events(prompts, served, spec, windows)
+        learner.observe(events)
+        learner.end_prompt()
+        learner.maybe_update()
+        pos = stop
+        if pos >= next_eval or pos >= n:
+            next_eval += config.soak.eval_every_events
+            scores = env.family_scores(learner.params, eval_set)
+            recent = learner.history[-50:]
+            timeline.append(
+                {
+                    "events": pos,
+                    "hours": pos / 3600.0,
+                    "task_score": float(scores.mean()),
+                    "family_scores": scores.tolist(),
+                    "canary_score": float(
+                        np.mean(
+                            list(
+                                jax.device_get(
+                                    learner._canary_scores(learner.params)
+                                ).values()
+                            )
+                        )
+                    ),
+                    "rollbacks": learner.rollbacks,
+                    "kl": float(np.mean([r.get("kl", 0.0) for r in recent] or [0.0])),
+                    "accepted": learner.accepted,
+                    "rejected": learner.rejected,
+                }
+            )
+            _write_timeline(out_dir, timeline)
+            if progress:
+                print(json.dumps(timeline[-1]), flush=True)
+        if pos >= next_save or pos >= n:
+            next_save += config.soak.save_every_events
+            learner.save(reason="periodic")
+    store.flush()
+    loop_s = time.perf_counter() - t_loop
+    final_scores = env.family_scores(learner.params, eval_set)
+    report = _report(
+        config, spec, windows, learner, start_scores, final_scores, pre, timeline
+    )
+    report["wall_s"] = time.perf_counter() - t0
+    report["loop_s"] = loop_s
+    report["events_this_process"] = n - start_pos
+    report["events_per_s"] = (n - start_pos) / max(loop_s, 1e-9)
+    report["saved_versions_finite"] = _all_versions_finite(store)
+    store.close()
+    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    if plot:
+        _plot(os.path.join(out_dir, "report.png"), timeline, learner.history)
+    return report
+
+
+def _write_timeline(out_dir: str, timeline) -> None:
+    tmp = os.path.join(out_dir, "timeline.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(timeline, f)
+    os.replace(tmp, os.path.join(out_dir, "timeline.json"))
+
+
+def _load_timeline(out_dir: str):
+    path = os.path.join(out_dir, "timeline.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _all_versions_finite(store: RunStore) -> bool:
+    for v in store.versions():
+        tree = store.restore(v)
+        for leaf in jax.tree.leaves(tree):
+            a = np.asarray(leaf)
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                return False
+    return True
+
+
+def _report(config, spec, windows, learner, start, final, pre, timeline):
+    hist = learner.history
+    bursts = []
+    for lo, hi in windows:
+        touched = [
+            r
+            for r in hist
+            if r["poisoned"] > 0
+            and lo <= r["events"]
+            and r["events"] - r["size"] < hi + 2 * config.learning.update_every
+        ]
+        kept = [r for r in touched if r["accepted"] and not r["rolled_back"]]
+        majority = [r for r in touched if 2 * r["poisoned"] >= r["size"]]
+        bursts.append(
+            {
+                "start_event": lo,
+                "end_event": hi,
+                "updates_with_poison": len(touched),
+                "majority_poisoned_updates": len(majority),
+                "rejected": sum(not r["accepted"] for r in touched),
+                "rolled_back": sum(r["accepted"] and r["rolled_back"] for r in touched),
+                "kept": len(kept),
+                "majority_poisoned_kept": sum(
+                    r["accepted"] and not r["rolled_back"] for r in majority
+                ),
+                "poisoned_examples_kept": sum(r["poisoned"] for r in kept),
+            }
+        )
+    agg_start, agg_final = float(start.mean()), float(final.mean())
+    pre_start, pre_final = float(start[pre].mean()), float(final[pre].mean())
+    accepted_regressing = sum(r["accepted"] and r["canary_regressed"] for r in hist)
+    return {
+        "events": spec.num_events,
+        "hours": spec.hours,
+        "shift_at_event": int(spec.shift_at),
+        "poison_windows": windows,
+        "stream": learner.stream.counters(),
+        "updates": learner.updates,
+        "accepted_updates": learner.accepted,
+        "rejected_updates": learner.rejected,
+        "rollbacks": learner.rollbacks,
+        "accepted_canary_regressions": accepted_regressing,
+        "bursts": bursts,
+        "all_bursts_handled": all(b["majority_poisoned_kept"] == 0 for b in bursts),
+        "start_family_scores": start.tolist(),
+        "final_family_scores": final.tolist(),
+        "aggregate_start": agg_start,
+        "aggregate_final": agg_final,
+        "aggregate_improvement_pct": 100.0 * (agg_final - agg_start) / agg_start,
+        "pre_shift_start": pre_start,
+        "pre_shift_final": pre_final,
+        "pre_shift_drop": pre_start - pre_final,
+        "regularizer": learner.regularizer,
+        "timeline": timeline,
+    }
+
+
+def _plot(path: str, timeline, history) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    h = [t["hours"] for t in timeline]
+    axes[0].plot(h, [t["task_score"] for t in timeline], label="task score")
+    axes[0].plot(h, [t["canary_score"] for t in timeline], label="canary score")
+    axes[0].set_ylabel("score")
+    axes[0].legend()
+    axes[1].step(h, [t["rollbacks"] for t in timeline], label="rollbacks (cum.)")
+    axes[1].step(h, [t["rejected"] for t in timeline], label="rejected updates (cum.)")
+    axes[1].legend()
+    hk = [r["events"] / 3600.0 for r in history if "kl" in r]
+    axes[2].plot(hk, [r["kl"] for r in history if "kl" in r], lw=0.5)
+    axes[2].set_ylabel("drift KL")
+    axes[2].set_xlabel("simulated hours")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def soak_main(argv: Sequence[str] | None = None) -> int:
+    """``ol-jax soak --config configs/controller.yaml --hours 24 [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="ol-jax soak")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--hours", type=float, default=None)
+    parser.add_argument("--out", default="soak")
+    parser.add_argument("--run-id", default="soak")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    report = run_soak(
+        args.config,
+        args.hours,
+        args.out,
+        run_id=args.run_id,
+        resume=args.resume,
+        plot=not args.no_plot,
+        progress=args.progress,
+    )
+    summary = {
+        k: report[k]
+        for k in (
+            "events",
+            "aggregate_improvement_pct",
+            "accepted_canary_regressions",
+            "all_bursts_handled",
+            "rollbacks",
+            "saved_versions_finite",
+            "loop_s",
+        )
+    }
+    print(json.dumps(summary))
+    ok = (
+        report["aggregate_improvement_pct"] >= 1.0
+        and report["accepted_canary_regressions"] == 0
+        and report["all_bursts_handled"]
+        and report["saved_versions_finite"]
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(soak_main())
