@@ -443,6 +443,11 @@ class BufferedLearner:
     def learning_rate(self) -> float:
         return self._lr
 
+    @property
+    def pending_updates(self) -> int:
+        """Updates queued or running (for back-pressure on a fast feeder)."""
+        return self._outstanding
+
     # ------------------------------------------------------------- examples
 
     def _encode(self, input: str, target: str | None) -> _Example:
@@ -801,6 +806,9 @@ class BufferedLearner:
                     state = set_learning_rate(state, lr)
                     self._applied_lr = lr
                 state, metrics = self._step(state, batch)
+                # Swap in finished arrays only: a reader handed not-yet-computed
+                # parameters would wait for this update (and every queued one).
+                jax.block_until_ready(state.params)
                 self._state = state
                 version = self._serving[0] + 1
                 # The swap: one reference assignment, so readers see old or new.
