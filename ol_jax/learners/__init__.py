@@ -9,6 +9,8 @@ from ol_jax.learners.buffered import byte_llama_config as byte_llama_config
 from ol_jax.learners.controller import ControllerConfig as ControllerConfig
 from ol_jax.learners.controller import OnlineLearner as OnlineLearner
 from ol_jax.learners.controller import run_soak as run_soak
+from ol_jax.learners.glyph import Glyph as Glyph
+from ol_jax.learners.glyph import GlyphLearner as GlyphLearner
 
 __all__ = [
     "BufferedLearner",
@@ -18,6 +20,8 @@ __all__ = [
     "LearningConfig",
     "LearningStats",
     "OnlineLearner",
+    "Glyph",
+    "GlyphLearner",
     "byte_llama_config",
     "run_soak",
 ]

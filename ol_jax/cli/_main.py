@@ -1,0 +1,71 @@
+"""``ol-jax``: subcommands dispatch to the learners; no math here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ol_jax.cli._demo import run_demo
+
+    run_demo(
+        root=args.root,
+        network_id=args.network,
+        personality=args.personality,
+        cycles=args.cycles,
+        glyphs_per_cycle=args.glyphs_per_cycle,
+        eval_samples=args.eval_samples,
+        run_id=args.run_id,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ol-jax`` with every subcommand."""
+    from ol_jax.feedback import PERSONALITIES
+
+    parser = argparse.ArgumentParser(
+        prog="ol-jax",
+        description="Online learning in JAX: weights that change after every "
+        "piece of feedback.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="glyph style learner against the simulated rater (seed 000)",
+        description="Runs a new run of the glyph network against a simulated "
+        "rater personality and writes plots into the run folder.",
+    )
+    demo.add_argument("--root", default="networks", help="networks folder")
+    demo.add_argument("--network", default="glyph-demo", help="network id")
+    demo.add_argument(
+        "--personality", default="bold", choices=[p for p in PERSONALITIES]
+    )
+    demo.add_argument("--cycles", type=int, default=20, help="feedback cycles")
+    demo.add_argument(
+        "--glyphs-per-cycle", type=int, default=8, help="glyphs rated per cycle"
+    )
+    demo.add_argument(
+        "--eval-samples", type=int, default=64, help="held-out glyphs per evaluation"
+    )
+    demo.add_argument("--run-id", default=None, help="run id (default: new)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ol-jax`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ol-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

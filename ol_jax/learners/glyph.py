@@ -1,0 +1,414 @@
+"""``GlyphLearner``: one glyph network that learns from 1-10 ratings (seed 000).
+
+A thin stateful shell around the pure step: ratings go into a queue, one writer
+thread turns them into padded batches, runs the jit-compiled REINFORCE step of
+:mod:`ol_jax.learners._glyph_loss`, swaps the new state in atomically and hands
+the new weight version to the :class:`~ol_jax.store.RunStore` writer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ol_jax.core import (
+    OnlineState,
+    init_state,
+    make_step,
+    online_optimizer,
+    partition_params,
+)
+from ol_jax.learners._glyph_loss import (
+    GlyphLossConfig,
+    glyph_extras_update,
+    glyph_loss,
+    glyph_params_stats,
+    initial_extras,
+)
+from ol_jax.models import GlyphConfig, decode_glyph, init_glyph, sample_style_z
+from ol_jax.objectives import normalize_rating
+from ol_jax.store import NetworkConfig, RunStore
+
+# Generated glyphs remembered for rating; older ones are forgotten first.
+_MAX_PENDING_GLYPHS = 10_000
+
+
+@dataclass(frozen=True)
+class Glyph:
+    """A generated glyph: its id, style latent and image (values in [0, 1])."""
+
+    id: str
+    style_z: np.ndarray
+    image: np.ndarray
+
+
+def glyph_model_config(config: NetworkConfig) -> GlyphConfig:
+    """The :class:`GlyphConfig` described by a network config."""
+    m = config.model
+    return GlyphConfig(
+        style_z_dim=m.style_z_dim,
+        image_size=m.image_size,
+        hidden=tuple(m.hidden),
+        coord_scale=m.coord_scale,
+        stroke_sharpness=m.stroke_sharpness,
+    )
+
+
+def _generate(params, frozen, key, *, n, cfg: GlyphConfig, noise_std: float):
+    """Samples ``n`` glyphs: ``z ~ pi``, ``x = clip(decoder(z) + tau eps, 0, 1)``."""
+    from ol_jax.core import merge_params
+
+    decoder = merge_params(params, frozen)["decoder"]
+    kz, kx = jax.random.split(key)
+    z = sample_style_z(params["policy"], key=kz, n=n)
+    mean = jax.vmap(lambda zi: decode_glyph(decoder, zi, cfg))(z)
+    noise = noise_std * jax.random.normal(kx, mean.shape, mean.dtype)
+    return z, jnp.clip(mean + noise, 0.0, 1.0), mean
+
+
+class GlyphLearner:
+    """A glyph network that updates after ratings, with versioned runs.
+
+    Args:
+      store: the network's run store (``RunStore(root, network_id)``); its config
+        supplies the model and ``online_learning`` settings.
+      run_id: a run to resume or a new id; ``None`` starts a fresh run.
+      from_version: ``(run_id, version)`` of an earlier run to start from (the
+        stale-weights case: the new run's metadata records that version's feedback
+        quality).
+
+    Examples:
+      >>> store = RunStore("networks", "glyph-demo")  # doctest: +SKIP
+      >>> with GlyphLearner(store) as learner:  # doctest: +SKIP
+      ...     g = learner.generate(4)
+      ...     learner.feedback(g[0].id, 8)
+    """
+
+    def __init__(
+        self,
+        store: RunStore,
+        *,
+        run_id: str | None = None,
+        from_version: tuple[str, int | None] | None = None,
+    ):
+        self.store = store
+        cfg = store.config
+        ol = cfg.online_learning
+        self.config = cfg
+        self.model_config = glyph_model_config(cfg)
+        self._ol = ol
+        key = jax.random.key(cfg.seed)
+        full = init_glyph(self.model_config, key=jax.random.fold_in(key, 0))
+        params, frozen = partition_params(full, ["policy", *ol.finetune_layers])
+        self.tx = online_optimizer(
+            ol.learning_rate,
+            optimizer="adamw",
+            clip_norm=ol.gradient_clip_norm,
+            weight_decay=ol.weight_decay,
+            clamp=tuple(ol.weight_clamp),
+        )
+        extras = initial_extras(
+            ol.feedback_window,
+            self.model_config.style_z_dim,
+            self.model_config.image_size,
+        )
+        state = init_state(
+            params, self.tx, key=jax.random.fold_in(key, 1), extras=extras
+        )
+        self._loss_cfg = GlyphLossConfig(
+            model=self.model_config,
+            pixel_noise_std=ol.pixel_noise_std,
+            recency_half_life=ol.recency_half_life,
+            entropy_coef=ol.entropy_coef,
+            min_log_std=ol.min_log_std,
+            baseline_decay=ol.baseline_decay,
+        )
+        self.loss_fn = glyph_loss(self._loss_cfg)
+        # No donation: generate() may still be reading the previous state while
+        # the writer computes the next one.
+        self._step = make_step(
+            self.loss_fn,
+            self.tx,
+            has_aux=True,
+            extras_update=glyph_extras_update(self._loss_cfg),
+            donate=False,
+        )
+        self._stats = jax.jit(glyph_params_stats)
+        self._gen = jax.jit(
+            _generate,
+            static_argnames=("n", "cfg", "noise_std"),
+        )
+        self._batch_rows = max(ol.batch_size, ol.min_ratings_before_update, 1)
+        self._per_rating = ol.update_frequency == "per_rating"
+
+        resumed = run_id is not None and run_id in store.runs()
+        self.run_id = store.start_run(run_id, from_version=from_version)
+        template = self._snapshot(state, frozen)
+        if resumed or from_version is not None:
+            saved = store.restore(like=template)
+            state, frozen = self._unsnapshot(saved)
+            self._ratings_seen = int(saved["ratings_seen"])
+            self._updates = int(saved["step"])
+        else:
+            self._ratings_seen = 0
+            self._updates = 0
+            store.save(template, metadata_entry={"kind": "initial"})
+        self._frozen = frozen
+        self._state = state
+        self._state_lock = threading.Lock()
+        self._gen_counter = itertools.count()
+        self._glyphs: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._glyph_lock = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._last_metrics: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self._closed = False
+        self._worker = threading.Thread(
+            target=self._run_worker, name="glyph-learner", daemon=True
+        )
+        self._worker.start()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> OnlineState:
+        """The current state (replaced atomically after each update)."""
+        with self._state_lock:
+            return self._state
+
+    @property
+    def frozen(self) -> Any:
+        """The frozen decoder layers."""
+        return self._frozen
+
+    @property
+    def ratings_seen(self) -> int:
+        """Ratings consumed by the writer so far (including cold-start ones)."""
+        return self._ratings_seen
+
+    def _snapshot(self, state: OnlineState, frozen) -> dict[str, Any]:
+        return {
+            "step": state.step,
+            "params": state.params,
+            "opt_state": state.opt_state,
+            "extras": state.extras,
+            "key_data": jax.random.key_data(state.key),
+            "frozen": frozen,
+            "ratings_seen": jnp.asarray(getattr(self, "_ratings_seen", 0), jnp.int32),
+        }
+
+    def _unsnapshot(self, saved: dict[str, Any]):
+        state = OnlineState(
+            step=jnp.asarray(saved["step"]),
+            params=saved["params"],
+            opt_state=saved["opt_state"],
+            key=jax.random.wrap_key_data(jnp.asarray(saved["key_data"])),
+            extras=saved["extras"],
+        )
+        return state, saved["frozen"]
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, n: int, *, key: jax.Array | None = None) -> list[Glyph]:
+        """Samples ``n`` glyphs from the current policy; each gets a fresh id.
+
+        Valid before any feedback (cold start): the initial weights draw glyphs.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        state = self.state
+        count = next(self._gen_counter)
+        if key is None:
+            key = jax.random.fold_in(jax.random.fold_in(state.key, 2**30), count)
+        z, images, _ = self._gen(
+            state.params,
+            self._frozen,
+            key,
+            n=n,
+            cfg=self.model_config,
+            noise_std=self._ol.pixel_noise_std,
+        )
+        z, images = np.asarray(z), np.asarray(images)
+        out = []
+        with self._glyph_lock:
+            for i in range(n):
+                gid = f"g{count:06d}-{i:03d}"
+                self._glyphs[gid] = (z[i], images[i])
+                out.append(Glyph(gid, z[i], images[i]))
+            while len(self._glyphs) > _MAX_PENDING_GLYPHS:
+                self._glyphs.popitem(last=False)
+        return out
+
+    def mean_images(self, z: np.ndarray) -> np.ndarray:
+        """Noise-free glyph images ``decoder(z)`` for latents ``z [n, D]``."""
+        from ol_jax.core import merge_params
+
+        decoder = merge_params(self.state.params, self._frozen)["decoder"]
+        return np.asarray(
+            jax.vmap(lambda zi: decode_glyph(decoder, zi, self.model_config))(
+                jnp.asarray(z, jnp.float32)
+            )
+        )
+
+    # ------------------------------------------------------------------ feedback
+
+    def feedback(self, glyph_id: str, rating: Any) -> None:
+        """Queues a 1-10 rating of a generated glyph. Thread-safe.
+
+        The rating is validated here, before anything changes: a bad rating or an
+        unknown id raises ``ValueError`` and leaves the learner untouched.
+        """
+        self._raise_worker_error()
+        if self._closed:
+            raise RuntimeError("GlyphLearner is closed")
+        reward = normalize_rating(rating, scale=self._ol.feedback_scale)
+        if isinstance(rating, float | np.floating):
+            raise ValueError(f"rating must be an integer in 1..10, got {rating!r}")
+        with self._glyph_lock:
+            if glyph_id not in self._glyphs:
+                raise ValueError(f"unknown glyph id {glyph_id!r}")
+            z, image = self._glyphs[glyph_id]
+        self._queue.put(
+            {
+                "glyph_id": glyph_id,
+                "rating": int(rating),
+                "reward": float(reward),
+                "z": z,
+                "image": image,
+                "timestamp": time.time(),
+            }
+        )
+
+    def wait(self) -> None:
+        """Blocks until every queued rating has been processed."""
+        self._queue.join()
+        self._raise_worker_error()
+
+    def flush(self) -> None:
+        """Processes queued ratings and waits until every version is on disk."""
+        self.wait()
+        self.store.flush()
+
+    def close(self) -> None:
+        """Processes what is queued, records leftover ratings, closes the store."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+            if self._pending:
+                self._queue.put({"final": True})
+                self.wait()
+        finally:
+            self._closed = True
+            self._queue.put(None)
+            self._worker.join()
+            self.store.close()
+
+    def __enter__(self) -> GlyphLearner:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ worker
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("the glyph learner's writer failed") from self._error
+
+    def _run_worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._consume(item)
+            except BaseException as e:  # surfaced to the caller on its next call
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _ready(self) -> bool:
+        ol = self._ol
+        if self._ratings_seen < ol.min_ratings_before_update:
+            return False
+        if self._per_rating:
+            return True
+        return len(self._pending) >= ol.batch_size
+
+    def _consume(self, item: dict[str, Any]) -> None:
+        final = item.get("final", False)
+        if not final:
+            self._pending.append(item)
+            self._ratings_seen += 1
+        if not (final or self._ready()):
+            return
+        while self._pending:
+            take = self._pending[: self._batch_rows]
+            del self._pending[: self._batch_rows]
+            self._update(take, apply=self._ol.enabled and self._ready())
+
+    def _update(self, items: list[dict[str, Any]], *, apply: bool) -> None:
+        rows = self._batch_rows
+        n = len(items)
+        cfg = self.model_config
+        z = np.zeros((rows, cfg.style_z_dim), np.float32)
+        img = np.zeros((rows, cfg.image_size, cfg.image_size), np.float32)
+        reward = np.zeros((rows,), np.float32)
+        valid = np.zeros((rows,), np.bool_)
+        for i, it in enumerate(items):
+            z[i], img[i], reward[i], valid[i] = it["z"], it["image"], it["reward"], True
+        state = self.state
+        metrics: dict[str, Any] = {}
+        if apply:
+            batch = {
+                "z": jnp.asarray(z),
+                "image": jnp.asarray(img),
+                "reward": jnp.asarray(reward),
+                "valid": jnp.asarray(valid),
+                "time": jnp.asarray(self._updates, jnp.int32),
+            }
+            state, m = self._step(state, batch, self._frozen)
+            self._updates += 1
+            with self._state_lock:
+                self._state = state
+            metrics = jax.device_get(
+                {k: v for k, v in m.items() if k != "aux"} | m["aux"]
+            )
+            metrics |= jax.device_get(self._stats(state.params))
+        entry = {
+            "ratings": [it["rating"] for it in items],
+            "glyph_ids": [it["glyph_id"] for it in items],
+            "rewards": [it["reward"] for it in items],
+            "rated_at": [it["timestamp"] for it in items],
+            "style_z": [it["z"].tolist() for it in items],
+            "update_applied": bool(apply and metrics.get("applied", False)),
+            "step": int(state.step),
+            **{k: float(v) for k, v in metrics.items() if k != "applied"},
+        }
+        self._last_metrics = entry
+        self.history.append(entry)
+        self.store.save(self._snapshot(state, self._frozen), metadata_entry=entry)
+        del n
+
+    # ------------------------------------------------------------------ evaluation
+
+    def loss_on(self, batch: dict[str, Any], state: OnlineState | None = None) -> float:
+        """The REINFORCE loss of ``state`` (default: current) on a fixed batch."""
+        state = self.state if state is None else state
+        loss, _ = self.loss_fn(
+            state.params, batch, frozen=self._frozen, extras=state.extras, key=state.key
+        )
+        return float(loss)
