@@ -264,7 +264,14 @@ def _jitted_rater(personality: str, noise_std: float):
             image, personality, noise_std=noise_std, key=key
         )
 
-    return jax.jit(jax.vmap(one))
+    def batch(images, seed, digests):
+        # One key per glyph: fold the glyph's digest into the rater's seed.
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+            jax.random.key(seed), digests
+        )
+        return jax.vmap(one)(images, keys)
+
+    return jax.jit(batch)
 
 
 def _host_images(images: jax.typing.ArrayLike, batched: bool) -> np.ndarray:
@@ -316,8 +323,8 @@ class SimulatedRater:
     def __init__(self, personality: str, *, noise_std: float = 0.0, seed: int = 0):
         self._profile = personality_profile(personality)
         _check_noise_std(noise_std)
-        if not isinstance(seed, int | np.integer):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        if not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
         self.noise_std = float(noise_std)
         self.seed = int(seed)
         self._rate = _jitted_rater(personality, self.noise_std)
@@ -344,17 +351,13 @@ class SimulatedRater:
             image, self.personality, noise_std=self.noise_std, key=key
         )
 
-    def _keys(self, images: np.ndarray) -> jax.Array:
-        root = jax.random.key(self.seed)
-        digests = np.asarray([image_digest(im) for im in images], np.uint32)
-        return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, digests)
-
     def rate_batch_with_scores(
         self, images: jax.typing.ArrayLike
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rates ``images [N, S, S]``: ``(ratings int32 [N], match scores [N])``."""
         arr = _host_images(images, batched=True)
-        scores, ratings = self._rate(arr, self._keys(arr))
+        digests = np.asarray([image_digest(im) for im in arr], np.uint32)
+        scores, ratings = self._rate(arr, np.uint32(self.seed), digests)
         return np.asarray(ratings), np.asarray(scores)
 
     def rate_batch(self, images: jax.typing.ArrayLike) -> np.ndarray:

@@ -100,6 +100,8 @@ def test_bad_inputs(glyphs):
         rater.rate(images[:2])
     with pytest.raises(ValueError, match="noise_std must be"):
         SimulatedRater("calm", noise_std=-1.0)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        SimulatedRater("calm", seed=-1)
     with pytest.raises(ValueError, match="key is required"):
         simulated_rating(images[0], "calm", noise_std=1.0)
 
