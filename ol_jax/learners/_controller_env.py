@@ -137,6 +137,7 @@ class StreamSpec:
     poison_burst_length: int = 120
     nan_rate: float = 0.002
     malformed_rate: float = 0.002
+    poison_shift_guard: float = 0.1
     epsilon: float = 0.1
     rating_noise: float = 0.7
 
@@ -152,14 +153,16 @@ class StreamSpec:
 def poison_windows(spec: StreamSpec) -> list[tuple[int, int]]:
     """Event-index windows ``[start, end)`` of the poisoned bursts.
 
-    Bursts are spread over the stream (one per equal slice, at a seeded offset)
-    and never straddle the distribution shift.
+    Bursts are spread over the stream (one per equal slice, at a seeded offset);
+    none overlaps the shift or the ``poison_shift_guard`` fraction of the stream
+    right after it (such a burst is moved just past that guard).
     """
     n = spec.num_events
     if spec.poison_bursts <= 0 or n == 0:
         return []
     rng = np.random.default_rng([spec.seed, 7])
     shift = int(spec.shift_at * spec.events_per_second)
+    guard = int(spec.poison_shift_guard * n)
     slices = np.linspace(0, n, spec.poison_bursts + 1).astype(int)
     windows = []
     for lo, hi in zip(slices[:-1], slices[1:], strict=True):
@@ -168,8 +171,11 @@ def poison_windows(spec: StreamSpec) -> list[tuple[int, int]]:
             continue
         start = lo + int(rng.integers(0, room))
         end = start + spec.poison_burst_length
-        if start < shift < end:
-            start, end = shift, shift + spec.poison_burst_length
+        if start < shift + guard and end > shift:
+            # Right after the shift the model has not seen the new families, so
+            # inverted feedback there is indistinguishable from the new truth.
+            start = shift + guard
+            end = start + spec.poison_burst_length
         windows.append((int(start), int(min(end, n))))
     return windows
 

@@ -37,7 +37,12 @@ import optax
 from optax import tree_utils as otu
 from pydantic import BaseModel, ConfigDict, Field
 
-from ol_jax.core import init_state, make_step, online_optimizer
+from ol_jax.core import (
+    enable_compilation_cache,
+    init_state,
+    make_step,
+    online_optimizer,
+)
 from ol_jax.learners._controller_env import (
     EnvSpec,
     StreamSpec,
@@ -61,6 +66,8 @@ from ol_jax.safety import (
     BetweenPromptsPolicy,
     canary_gate,
     drift_check,
+    init_spike_stats,
+    loss_spike_gate,
     output_kl,
     param_norm_ratio,
 )
@@ -68,7 +75,9 @@ from ol_jax.store import NetworkConfig, RunStore, StoreConfig, load_config
 
 __all__ = [
     "ControllerConfig",
+    "FeedbackProcessor",
     "OnlineLearner",
+    "StreamProcessor",
     "run_soak",
     "soak_main",
 ]
@@ -130,6 +139,10 @@ class SafetySection(_Section):
     probes: int = Field(default=128, ge=1)
     max_kl: float = Field(default=0.5, gt=0)
     max_norm_ratio: float = Field(default=1.5, gt=1)
+    spike_z: float = Field(default=4.0, gt=0)
+    spike_decay: float = Field(default=0.95, gt=0, lt=1)
+    spike_min_std: float = Field(default=0.05, ge=0)
+    spike_warmup: int = Field(default=8, ge=1)
 
 
 class SoakSection(_Section):
@@ -140,6 +153,7 @@ class SoakSection(_Section):
     noise_rate: float = Field(default=0.05, ge=0, le=1)
     poison_bursts: int = Field(default=6, ge=0)
     poison_burst_length: int = Field(default=120, ge=1)
+    poison_shift_guard: float = Field(default=0.1, ge=0, le=1)
     nan_rate: float = Field(default=0.002, ge=0, le=1)
     malformed_rate: float = Field(default=0.002, ge=0, le=1)
     explore_epsilon: float = Field(default=0.1, ge=0, le=1)
@@ -202,6 +216,7 @@ def _stream_spec(config: ControllerConfig, hours: float | None) -> StreamSpec:
         noise_rate=s.noise_rate,
         poison_bursts=s.poison_bursts,
         poison_burst_length=s.poison_burst_length,
+        poison_shift_guard=s.poison_shift_guard,
         nan_rate=s.nan_rate,
         malformed_rate=s.malformed_rate,
         epsilon=s.explore_epsilon,
@@ -305,7 +320,11 @@ class OnlineLearner:
             "target": jnp.zeros((), jnp.float32),
             "weight": jnp.zeros((), jnp.float32),
         }
-        self.state = {"online": online, "replay": self.replay.init(example)}
+        self.state = {
+            "online": online,
+            "replay": self.replay.init(example),
+            "spike": init_spike_stats(),
+        }
         self.good_controller = jax.tree.map(jnp.asarray, controller)
         self.good_version: int | None = None
         # Canary sets (reference answers per family) and drift probes.
@@ -385,12 +404,22 @@ class OnlineLearner:
         else:
             batch = new
         candidate, metrics = step(online, batch)
+        sc = self.config.safety
+        new_loss = jnp.mean(metrics["aux"]["per_example"][:n_new])
+        plausible, spike = loss_spike_gate(
+            new_loss,
+            state["spike"],
+            z=sc.spike_z,
+            decay=sc.spike_decay,
+            min_std=sc.spike_min_std,
+            warmup=sc.spike_warmup,
+        )
         before = self._canary_scores(online.params)
         after = self._canary_scores(candidate.params)
         gate = canary_gate(before, after, self.config.safety.canary_tolerance)
         accept = metrics["applied"]
         if self.use_canary:
-            accept = accept & gate.accept
+            accept = accept & gate.accept & plausible
         new_online = otu.tree_where(accept, candidate, online)
         # The step counter always moves, so the next key differs.
         new_online = new_online._replace(step=candidate.step)
@@ -422,8 +451,11 @@ class OnlineLearner:
             "canary_before": before,
             "canary_after": after,
             "canary_worst": gate.worst,
+            "new_loss": new_loss,
+            "plausible": plausible,
         }
-        return {"online": new_online, "replay": new_replay}, info
+        new_state = {"online": new_online, "replay": new_replay, "spike": spike}
+        return new_state, info
 
     def _drift_measures(self, controller, good):
         frozen = _frozen(self.env.params)
@@ -502,6 +534,7 @@ class OnlineLearner:
             ),
             "rolled_back": False,
             "loss": float(info["loss"]),
+            "new_loss": float(info["new_loss"]),
         }
         if accepted:
             self.accepted += 1
@@ -526,35 +559,29 @@ class OnlineLearner:
 
     # ------------------------------------------------------------ versions
 
-    def _tree_to_save(self):
+    def _flat_state(self):
         online = self.state["online"]
-        online = online._replace(key=jax.random.key_data(online.key))
         return {
-            "leaves": {
-                str(i): x
-                for i, x in enumerate(
-                    jax.tree.leaves({"online": online, "replay": self.state["replay"]})
-                )
-            }
+            **self.state,
+            "online": online._replace(key=jax.random.key_data(online.key)),
         }
 
+    def _tree_to_save(self):
+        # Numbered leaves: Orbax stores plain dicts of arrays, whatever the optax
+        # state's node types are; the live state is the template for loading.
+        leaves = jax.tree.leaves(self._flat_state())
+        return {"leaves": {str(i): x for i, x in enumerate(leaves)}}
+
     def _load_tree(self, tree):
-        template_online = self.state["online"]
-        flat_template = {
-            "online": template_online._replace(
-                key=jax.random.key_data(template_online.key)
-            ),
-            "replay": self.state["replay"],
-        }
-        leaves, treedef = jax.tree.flatten(flat_template)
+        leaves, treedef = jax.tree.flatten(self._flat_state())
         loaded = [
             jnp.asarray(tree["leaves"][str(i)]).astype(leaf.dtype)
             for i, leaf in enumerate(leaves)
         ]
         restored = jax.tree.unflatten(treedef, loaded)
         online = restored["online"]
-        online = online._replace(key=jax.random.wrap_key_data(online.key))
-        self.state = {"online": online, "replay": restored["replay"]}
+        restored["online"] = online._replace(key=jax.random.wrap_key_data(online.key))
+        self.state = restored
         self.good_controller = jax.tree.map(jnp.array, self.controller)
 
     def _metadata(self, **extra) -> dict[str, Any]:
@@ -997,6 +1024,7 @@ def soak_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     report = run_soak(
         args.config,
         args.hours,

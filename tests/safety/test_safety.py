@@ -11,6 +11,8 @@ from ol_jax.safety import (
     BetweenPromptsPolicy,
     canary_gate,
     drift_check,
+    init_spike_stats,
+    loss_spike_gate,
     output_kl,
     param_norm_ratio,
 )
@@ -134,3 +136,47 @@ def test_between_prompts_policy_queues_mid_turn():
         policy.end_prompt()
     with pytest.raises(ValueError, match="max_queue"):
         BetweenPromptsPolicy(max_queue=0)
+
+
+def test_loss_spike_gate_flags_outliers_and_adapts():
+    gate = jax.jit(lambda loss, stats: loss_spike_gate(loss, stats, z=4.0, warmup=4))
+    stats = init_spike_stats()
+    rng = np.random.default_rng(0)
+    for v in 0.3 + 0.02 * rng.standard_normal(20):
+        ok, stats = gate(jnp.float32(v), stats)
+        assert bool(ok)
+    np.testing.assert_allclose(float(stats.mean), 0.3, atol=0.03)
+    # A poisoned batch: far above the running level.
+    ok, after = gate(jnp.float32(3.0), stats)
+    assert not bool(ok)
+    # Clipped update: one outlier barely moves the mean.
+    assert float(after.mean) < 0.35
+    # NaN never passes and leaves the statistics alone.
+    ok, same = gate(jnp.float32(jnp.nan), stats)
+    assert not bool(ok)
+    jax.tree.map(np.testing.assert_array_equal, same, stats)
+    # A lasting shift to a higher loss level is accepted again after a while.
+    accepted = []
+    for _ in range(80):
+        ok, stats = gate(jnp.float32(0.6), stats)
+        accepted.append(bool(ok))
+    assert not accepted[0] or accepted[-1]
+    assert all(accepted[-10:])
+    # Eager equals jit.
+    eager = loss_spike_gate(jnp.float32(0.5), stats, z=4.0, warmup=4)
+    jitted = gate(jnp.float32(0.5), stats)
+    jax.tree.map(np.testing.assert_allclose, eager, jitted)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"z": 0.0}, "z"),
+        ({"decay": 1.0}, "decay"),
+        ({"min_std": -1.0}, "min_std"),
+        ({"warmup": 0}, "warmup"),
+    ],
+)
+def test_loss_spike_gate_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        loss_spike_gate(0.1, init_spike_stats(), **kwargs)
