@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ol_jax.learners import (
     BufferedLearner,
@@ -13,7 +15,7 @@ from ol_jax.learners import (
     LearningConfig,
     byte_llama_config,
 )
-from ol_jax.models import Llama
+from ol_jax.models import Llama, llama_params_to_hf, save_weights
 from ol_jax.store import NetworkConfig, RunStore
 
 V = ByteTokenizer.vocab_size
@@ -332,3 +334,81 @@ def test_checkpoints_every_n_updates(tmp_path):
     restored = store.restore(1)
     np.testing.assert_array_equal(restored["a"], [4.0])
     store.close()
+
+
+def test_load_hugging_face_names_into_llama_learner(tmp_path):
+    source = tiny_llama(seed=5)
+    save_weights(llama_params_to_hf(source), tmp_path / "model.safetensors")
+    learner = BufferedLearner.from_llama(
+        tiny_llama(seed=6), key=jax.random.key(0), background=False
+    )
+    learner.load_weights(str(tmp_path / "model.safetensors"))
+    reference = BufferedLearner.from_llama(
+        source, key=jax.random.key(0), background=False
+    )
+    prompt = "weights"
+    assert (
+        learner.generate(prompt, max_new_tokens=5).token_ids
+        == reference.generate(prompt, max_new_tokens=5).token_ids
+    )
+    assert learner.version == 0  # loading starts a new lineage
+
+
+# ------------------------------------------------------------ example weights
+
+
+def _sgd_bigram(**config):
+    apply_fn, params = _bigram_model()
+    cfg = dict(
+        optimizer="sgd",
+        learning_rate=0.1,
+        clip_norm=None,
+        weight_decay=0.0,
+        update_frequency=1,
+        checkpoint_frequency=None,
+    )
+    cfg.update(config)
+    return BufferedLearner(
+        apply_fn,
+        params,
+        config=LearningConfig(**cfg),
+        key=jax.random.key(0),
+        background=False,
+    )
+
+
+@settings(max_examples=5)
+@given(weight=st.floats(0.0, 4.0), text=st.text("abcxyz", min_size=1, max_size=6))
+def test_example_weight_scales_the_step(weight, text):
+    one, scaled = _sgd_bigram(), _sgd_bigram()
+    start = np.asarray(one.params["w"])
+    one.add_example(text, weight=1.0)
+    scaled.add_example(text, weight=weight)
+    step_one = np.asarray(one.params["w"]) - start
+    step_scaled = np.asarray(scaled.params["w"]) - start
+    assert np.all(np.isfinite(step_scaled))
+    # SGD: the update is linear in the loss, and the loss in the weight.
+    np.testing.assert_allclose(step_scaled, weight * step_one, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_rows_do_not_change_the_update():
+    # A forced update of one example in a batch of 4 (3 padding rows) moves the
+    # weights exactly like an update of that example alone.
+    alone, padded = _sgd_bigram(), _sgd_bigram(batch_size=4, update_frequency=10)
+    alone.add_example("hello")
+    padded.add_example("hello")
+    assert padded.force_update()
+    np.testing.assert_allclose(
+        np.asarray(padded.params["w"]), np.asarray(alone.params["w"]), rtol=1e-6
+    )
+
+
+def test_supervised_loss_masks_the_input():
+    learner = _sgd_bigram()
+    start = np.asarray(learner.params["w"])
+    learner.add_example("ab", "c")
+    step = np.asarray(learner.params["w"]) - start
+    # Only the rows of tokens that predict a target token change: "b" -> "c"
+    # and "c" -> EOS; "BOS" -> "a" and "a" -> "b" are input, not learned.
+    changed = set(np.flatnonzero(np.abs(step).sum(axis=1)))
+    assert changed == {ord("b"), ord("c")}
