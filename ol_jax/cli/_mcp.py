@@ -221,6 +221,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument(
+        "--model",
+        default="byte-llama",
+        help="'byte-llama' (a fresh ~1M-parameter byte-level Llama), or a "
+        "pretrained alias, .gguf file or Hugging Face folder",
+    )
+    parser.add_argument(
         "--layers", type=int, default=4, help="layers of the byte-level Llama"
     )
     parser.add_argument(
@@ -233,8 +239,10 @@ def _parser() -> argparse.ArgumentParser:
 def mcp_main(argv: Sequence[str] | None = None) -> int:
     """Runs the MCP server until the client disconnects (stdio) or it is stopped.
 
-    The model is a byte-level Llama (:func:`~ol_jax.learners.byte_llama_config`)
-    trained by a :class:`~ol_jax.learners.BufferedLearner`.
+    The model is a fresh byte-level Llama
+    (:func:`~ol_jax.learners.byte_llama_config`) or, with ``--model``, a
+    pretrained one (e.g. ``smollm2-135m``), trained by a
+    :class:`~ol_jax.learners.BufferedLearner`.
 
     Args:
       argv: command-line arguments after ``mcp`` (see ``--help``).
@@ -247,7 +255,7 @@ def mcp_main(argv: Sequence[str] | None = None) -> int:
 
     from ol_jax.core import enable_compilation_cache
     from ol_jax.learners import BufferedLearner, LearningConfig, byte_llama_config
-    from ol_jax.models import Llama
+    from ol_jax.models import Llama, load_llama
 
     enable_compilation_cache()
     config = LearningConfig(
@@ -259,18 +267,22 @@ def mcp_main(argv: Sequence[str] | None = None) -> int:
         max_length=args.max_length,
         checkpoint_frequency=None,
     )
-    heads = max(1, args.hidden_size // 32)
-    model = Llama(
-        byte_llama_config(
-            hidden_size=args.hidden_size,
-            intermediate_size=3 * args.hidden_size,
-            num_hidden_layers=args.layers,
-            num_attention_heads=heads,
-        ),
-        key=jax.random.key(args.seed),
-    )
+    if args.model == "byte-llama":
+        heads = max(1, args.hidden_size // 32)
+        model = Llama(
+            byte_llama_config(
+                hidden_size=args.hidden_size,
+                intermediate_size=3 * args.hidden_size,
+                num_hidden_layers=args.layers,
+                num_attention_heads=heads,
+            ),
+            key=jax.random.key(args.seed),
+        )
+        tokenizer = None
+    else:
+        model, tokenizer = load_llama(args.model)
     learner = BufferedLearner.from_llama(
-        model, config=config, key=jax.random.key(args.seed + 1)
+        model, tokenizer=tokenizer, config=config, key=jax.random.key(args.seed + 1)
     )
     server = build_mcp_server(learner, root=args.root)
     try:

@@ -227,6 +227,38 @@ class _Job(NamedTuple):
     done: threading.Event
 
 
+class _Tokens:
+    """The few things the learner needs from a tokenizer, HF or our own.
+
+    Special tokens are added by the learner, not by ``encode`` (a Hugging Face
+    tokenizer is asked for ``add_special_tokens=False``); without a ``BOS`` id no
+    ``BOS`` is prepended, and without a ``PAD`` id ``EOS`` pads.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.eos = getattr(tokenizer, "eos_token_id", None)
+        if self.eos is None:
+            raise ValueError("tokenizer must define eos_token_id, got None")
+        self.bos = getattr(tokenizer, "bos_token_id", None)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad = self.eos if pad is None else pad
+        self.prefix = [] if self.bos is None else [int(self.bos)]
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        except TypeError:
+            ids = self.tokenizer.encode(text)
+        return [int(i) for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        try:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        except TypeError:
+            return self.tokenizer.decode(list(ids))
+
+
 def _check_learning_rate(lr: Any) -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise ValueError(f"learning_rate must be a number, got {lr!r}")
@@ -270,8 +302,8 @@ class BufferedLearner:
         (``apply_fn(params, tokens, frozen=frozen)`` when ``frozen`` is given).
       params: the trainable parameters (any pytree).
       tokenizer: with ``encode(text) -> ids``, ``decode(ids) -> text`` and
-        ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id``; default
-        :class:`ByteTokenizer`.
+        ``eos_token_id`` (``bos_token_id`` and ``pad_token_id`` optional), such as
+        a Hugging Face tokenizer; default :class:`ByteTokenizer`.
       config: a :class:`LearningConfig`.
       key: PRNG key of the update step.
       frozen: arrays passed to ``apply_fn`` but never trained (a base model).
@@ -305,9 +337,7 @@ class BufferedLearner:
     ):
         self._config = config = config or LearningConfig()
         self._tokenizer = tokenizer or ByteTokenizer()
-        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if getattr(self._tokenizer, attr, None) is None:
-                raise ValueError(f"tokenizer must define {attr}, got None")
+        self._tok = _Tokens(self._tokenizer)
         if frozen is None:
             self._apply = lambda p, f, t: apply_fn(p, t)
         else:
@@ -392,15 +422,16 @@ class BufferedLearner:
         def apply_fn(p, tokens):
             return nnx.merge(graphdef, p)(tokens)
 
+        tok = _Tokens(tokenizer or ByteTokenizer())
+
         def generate_fn(p, frozen, prompt, max_new_tokens):
             del frozen
-            tok = tokenizer or ByteTokenizer()
             return generate(
                 nnx.merge(graphdef, p),
                 [list(prompt)],
                 max_new_tokens=max_new_tokens,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos,
+                pad_token_id=tok.pad,
             )[0]
 
         learner = cls(
@@ -451,17 +482,17 @@ class BufferedLearner:
     # ------------------------------------------------------------- examples
 
     def _encode(self, input: str, target: str | None) -> _Example:
-        tok = self._tokenizer
+        tok = self._tok
         max_len = self._config.max_length
         ids_in = np.asarray(tok.encode(input), np.int32)
         ids_out = np.asarray(tok.encode(target) if target else [], np.int32)
-        bos = np.asarray([tok.bos_token_id], np.int32)
-        eos = np.asarray([tok.eos_token_id], np.int32)
+        bos = np.asarray(tok.prefix, np.int32)
+        eos = np.asarray([tok.eos], np.int32)
         tokens = np.concatenate([bos, ids_in, ids_out, eos])
         mask = np.ones(tokens.shape, np.float32)
-        mask[0] = 0.0
+        mask[0] = 0.0  # the first token has no context to be predicted from
         if target is not None:
-            mask[: 1 + len(ids_in)] = 0.0
+            mask[: len(bos) + len(ids_in)] = 0.0
         # Too long: keep the end, where a supervised target is.
         tokens, mask = tokens[-max_len:], mask[-max_len:]
         if target is not None and not mask.any():
@@ -626,8 +657,10 @@ class BufferedLearner:
             raise ValueError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
         if not 1 <= max_new_tokens <= 1024:
             raise ValueError(f"max_new_tokens must be in 1..1024, got {max_new_tokens}")
-        tok = self._tokenizer
-        prompt_ids = [tok.bos_token_id, *tok.encode(prompt)]
+        tok = self._tok
+        prompt_ids = [*tok.prefix, *tok.encode(prompt)]
+        if not prompt_ids:
+            raise ValueError("prompt must be non-empty when the tokenizer has no BOS")
         version, params = self._serving  # one read: one complete tree
         if self._generate_fn is not None:
             ids = [
@@ -638,20 +671,20 @@ class BufferedLearner:
             ]
         else:
             bucket = prompt_bucket(len(prompt_ids) + max_new_tokens)
-            buf = np.full((bucket,), tok.pad_token_id, np.int32)
+            buf = np.full((bucket,), tok.pad, np.int32)
             buf[: len(prompt_ids)] = prompt_ids
             out = self._greedy(
                 params,
                 self._frozen,
                 jnp.asarray(buf),
                 jnp.int32(len(prompt_ids)),
-                jnp.int32(tok.eos_token_id),
+                jnp.int32(tok.eos),
                 max_new_tokens=max_new_tokens,
             )
             ids = [int(i) for i in np.asarray(out)]
-        if tok.eos_token_id in ids:
-            ids = ids[: ids.index(tok.eos_token_id) + 1]
-        text = tok.decode([i for i in ids if i != tok.eos_token_id])
+        if tok.eos in ids:
+            ids = ids[: ids.index(tok.eos) + 1]
+        text = tok.decode([i for i in ids if i != tok.eos])
         return Generation(text, ids, version)
 
     def evaluate(self, input: str, target: str | None = None) -> float:
@@ -759,7 +792,7 @@ class BufferedLearner:
         return min(prompt_bucket(length), self._config.max_length)
 
     def _pad_one(self, tokens, mask, length):
-        out = np.full((length,), self._tokenizer.pad_token_id, np.int32)
+        out = np.full((length,), self._tok.pad, np.int32)
         out_mask = np.zeros((length,), np.float32)
         out[: len(tokens)] = tokens
         out_mask[: len(mask)] = mask
@@ -775,7 +808,7 @@ class BufferedLearner:
             )
         length = self._bucket(longest)
         batch = {
-            "tokens": np.full((n, length), self._tokenizer.pad_token_id, np.int32),
+            "tokens": np.full((n, length), self._tok.pad, np.int32),
             "mask": np.zeros((n, length), np.float32),
             "weight": np.zeros((n,), np.float32),
             "valid": np.zeros((n,), np.float32),

@@ -15,7 +15,7 @@ from ol_jax.learners import (
     LearningConfig,
     byte_llama_config,
 )
-from ol_jax.models import Llama, llama_params_to_hf, save_weights
+from ol_jax.models import Llama, llama_params_to_hf, load_llama, save_weights
 from ol_jax.store import NetworkConfig, RunStore
 
 V = ByteTokenizer.vocab_size
@@ -412,3 +412,43 @@ def test_supervised_loss_masks_the_input():
     # and "c" -> EOS; "BOS" -> "a" and "a" -> "b" are input, not learned.
     changed = set(np.flatnonzero(np.abs(step).sum(axis=1)))
     assert changed == {ord("b"), ord("c")}
+
+
+def test_hugging_face_folder_and_tokenizer(tmp_path):
+    # A tiny Llama folder with a word-level tokenizer, built offline.
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    torch = pytest.importorskip("torch")
+    words = ["the", "capital", "of", "france", "is", "paris", "rome", "italy"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {w: i + 3 for i, w in enumerate(words)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=16,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    model, tokenizer = load_llama(tmp_path)
+    learner = BufferedLearner.from_llama(
+        model,
+        tokenizer=tokenizer,
+        config=LearningConfig(learning_rate=2e-2, update_frequency=4, max_length=16),
+        key=jax.random.key(0),
+        background=False,
+    )
+    pairs = [("the capital of france is", "paris"), ("the capital of italy is", "rome")]
+    for _ in range(15):
+        for i in range(4):
+            learner.add_example(*pairs[i % 2])
+    outs = [learner.generate(p, max_new_tokens=3).text for p, _ in pairs]
+    assert outs == ["paris", "rome"]
