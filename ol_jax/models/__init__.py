@@ -52,15 +52,21 @@ from ol_jax.models._pretrained import PRETRAINED as PRETRAINED
 from ol_jax.models._pretrained import PretrainedSpec as PretrainedSpec
 from ol_jax.models._pretrained import model_cache_dir as model_cache_dir
 from ol_jax.models._pretrained import resolve_pretrained as resolve_pretrained
+from ol_jax.models._routed import RoutedLlamaOutput as RoutedLlamaOutput
 from ol_jax.models._routed import RoutedOutput as RoutedOutput
+from ol_jax.models._routed import init_routed_llama as init_routed_llama
 from ol_jax.models._routed import init_routed_mlp as init_routed_mlp
 from ol_jax.models._routed import route_logits as route_logits
+from ol_jax.models._routed import routed_llama_apply as routed_llama_apply
 from ol_jax.models._routed import routed_mlp_apply as routed_mlp_apply
 
 __all__ = [
+    "RoutedLlamaOutput",
     "RoutedOutput",
+    "init_routed_llama",
     "init_routed_mlp",
     "route_logits",
+    "routed_llama_apply",
     "routed_mlp_apply",
     "FLOAT_DTYPES",
     "GGUF_ARCHITECTURES",

@@ -116,3 +116,113 @@ def test_bad_arguments():
         routed_mlp_apply(_params(), jnp.ones((2, 5), jnp.float32))
     with pytest.raises(ValueError, match="temperature"):
         routed_mlp_apply(_params(), jnp.ones((5,), jnp.float32), temperature=0.0)
+
+
+# ----------------------------------------------------------------- Llama family
+
+from ol_jax.models import (  # noqa: E402
+    Llama,
+    LlamaConfig,
+    init_routed_llama,
+    routed_llama_apply,
+)
+
+_CFG = LlamaConfig(
+    vocab_size=48,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
+def _llama_routed():
+    model = Llama(_CFG, key=jax.random.key(0))
+    params = init_routed_llama(
+        jax.random.key(1),
+        _CFG,
+        model.params(),
+        num_experts=3,
+        rank=2,
+        alpha=4.0,
+        expert_std=0.3,
+    )
+    return model, params
+
+
+def _merged_model(model, params, k):
+    base = model.params()
+    weights = {
+        "embed_tokens": base["embed_tokens"],
+        "norm": base["norm"],
+        **{"layers." + n: v for n, v in base["layers"].items()},
+    }
+    if base["lm_head"] is not None:
+        weights["lm_head"] = base["lm_head"]
+    s = params["experts"]["scale"]
+    for name in ("q_proj", "v_proj"):
+        a = params["experts"][name]["a"][k]
+        b = params["experts"][name]["b"][k]
+        weights["layers." + name] = weights["layers." + name] + s * jnp.einsum(
+            "lir,lro->lio", a, b
+        )
+    return Llama(_CFG, key=jax.random.key(0), weights=weights)
+
+
+def test_routed_llama_one_hot_equals_merged_expert():
+    model, params = _llama_routed()
+    tokens = jnp.array([3, 7, 1, 20, 5], jnp.int32)
+    for k in range(3):
+        ctrl = {
+            "w": jnp.zeros((16, 3), jnp.float32),
+            "b": jnp.zeros((3,), jnp.float32).at[k].set(60.0),
+        }
+        out = routed_llama_apply(_CFG, {**params, "controller": ctrl}, tokens)
+        want = _merged_model(model, params, k)(tokens)
+        np.testing.assert_allclose(
+            np.asarray(out.logits), np.asarray(want), rtol=2e-4, atol=2e-4
+        )
+    # Experts with B = 0 leave the base model's logits.
+    zero = jax.tree.map(jnp.zeros_like, params["experts"])
+    out = routed_llama_apply(
+        _CFG, {**params, "experts": {**zero, "scale": 1.0}}, tokens
+    )
+    np.testing.assert_allclose(
+        np.asarray(out.logits), np.asarray(model(tokens)), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_routed_llama_controller_trains_alone_and_jit_matches():
+    _, params = _llama_routed()
+    params = {
+        **params,
+        "experts": {**params["experts"], "scale": jnp.asarray(2.0, jnp.float32)},
+    }
+    tokens = jnp.array([[3, 7, 1, 20], [5, 5, 9, 2]], jnp.int32)
+    mask = jnp.array([[True] * 4, [False, True, True, True]])
+    apply = lambda p, t, m: routed_llama_apply(_CFG, p, t, attention_mask=m)
+    eager = apply(params, tokens[1], mask[1])
+    jitted = jax.jit(apply)(params, tokens[1], mask[1])
+    np.testing.assert_allclose(
+        np.asarray(eager.logits), np.asarray(jitted.logits), rtol=1e-5, atol=1e-5
+    )
+    assert eager.logits.shape == (4, 48) and eager.route_logits.shape == (3,)
+    before = jax.tree.map(np.array, params)
+    tx = online_optimizer(0.05, trainable=["controller"])
+
+    def loss_fn(p, batch, *, frozen, extras, key):
+        del frozen, extras, key
+        out = jax.vmap(lambda t, m: apply(p, t, m))(batch["tokens"], batch["mask"])
+        logp = jax.nn.log_softmax(out.logits, axis=-1)
+        return -jnp.mean(logp[..., 0])
+
+    step = make_step(loss_fn, tx)
+    state = init_state(params, tx, key=jax.random.key(2))
+    state, metrics = step(state, {"tokens": tokens, "mask": mask})
+    assert bool(metrics["applied"]) and float(metrics["grad_norm"]) > 0
+    for part in ("base", "experts"):
+        jax.tree.map(np.testing.assert_array_equal, state.params[part], before[part])
+    assert not np.array_equal(
+        np.asarray(state.params["controller"]["w"]), before["controller"]["w"]
+    )
