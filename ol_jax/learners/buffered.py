@@ -38,6 +38,7 @@ from ol_jax.core import (
     init_state,
     make_step,
     online_optimizer,
+    path_str,
     set_learning_rate,
 )
 from ol_jax.learners._buffered_loss import LOSSES, example_loss, make_batch_loss
@@ -184,8 +185,8 @@ class LearningStats:
       average_loss: mean batch loss of the last 100 updates (``None`` before any).
       learning_rate: the current learning rate.
       enabled: whether automatic updates are on.
-      version: parameter version served now (the number of updates applied, or
-        reset by loading weights).
+      version: parameter version served now (one more after every update and
+        every :meth:`~BufferedLearner.load_weights`).
       pending_updates: updates queued or running.
       checkpoints: checkpoints written.
     """
@@ -313,6 +314,9 @@ class BufferedLearner:
         ids``; default: greedy decoding with ``apply_fn``.
       background: run updates on the background thread (``False``: in the
         caller of ``add_example`` / ``force_update``).
+      import_weights: ``import_weights(tree) -> params tree`` for
+        :meth:`load_weights`, turning a foreign layout (Hugging Face tensor
+        names) into this model's; ``None`` accepts this model's layout only.
 
     Examples:
       >>> learner = BufferedLearner.from_llama(  # doctest: +SKIP
@@ -334,8 +338,10 @@ class BufferedLearner:
         store: RunStore | None = None,
         generate_fn: Callable[..., Sequence[int]] | None = None,
         background: bool = True,
+        import_weights: Callable[[Any], Any] | None = None,
     ):
         self._config = config = config or LearningConfig()
+        self._import_weights = import_weights
         self._tokenizer = tokenizer or ByteTokenizer()
         self._tok = _Tokens(self._tokenizer)
         if frozen is None:
@@ -434,7 +440,14 @@ class BufferedLearner:
                 pad_token_id=tok.pad,
             )[0]
 
-        learner = cls(
+        def import_weights(tree):
+            # Hugging Face names (a safetensors folder's file, a GGUF file).
+            if isinstance(tree, dict) and "model.embed_tokens.weight" in tree:
+                model = llama_params_from_hf(llama_config, tree)
+                return nnx.to_pure_dict(nnx.split(model)[1])
+            return tree
+
+        return cls(
             apply_fn,
             params,
             tokenizer=tokenizer,
@@ -443,9 +456,8 @@ class BufferedLearner:
             store=store,
             generate_fn=generate_fn,
             background=background,
+            import_weights=import_weights,
         )
-        learner._llama_config = llama_config
-        return learner
 
     # ------------------------------------------------------------- properties
 
@@ -739,41 +751,33 @@ class BufferedLearner:
         current = self._serving[1]
         like = nnx.to_pure_dict(current) if isinstance(current, nnx.State) else current
         tree = load_weights(path, format=format)
-        llama_config = getattr(self, "_llama_config", None)
-        if (
-            llama_config is not None
-            and isinstance(tree, dict)
-            and "model.embed_tokens.weight" in tree
-        ):
-            _, tree = nnx.split(llama_params_from_hf(llama_config, tree))
-            tree = nnx.to_pure_dict(tree)
-        try:
-            leaves_like, treedef = jax.tree.flatten(like)
-            leaves = jax.tree.leaves(tree)
-            same = treedef == jax.tree.structure(tree)
-        except Exception as e:
-            raise ValueError(f"weights in {path} do not fit this model: {e}") from e
-        if not same:
+        if self._import_weights is not None:
+            tree = self._import_weights(tree)
+        # Matched by dotted path, so a list restored for a saved tuple still fits.
+        like_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+        found = {
+            path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        }
+        names = [path_str(p) for p, _ in like_flat]
+        missing = [n for n in names if n not in found]
+        unexpected = sorted(set(found) - set(names))
+        if missing or unexpected:
             raise ValueError(
-                f"weights in {path} do not fit this model: expected the tree "
-                f"{treedef}, got {jax.tree.structure(tree)}"
+                f"weights in {path} do not fit this model: missing tensors "
+                f"{missing[:5]}, unexpected tensors {unexpected[:5]}"
             )
-        new_leaves = []
-        for old, new in zip(leaves_like, leaves, strict=True):
-            if tuple(np.shape(old)) != tuple(np.shape(new)):
+        converted = []
+        for name, (_, old) in zip(names, like_flat, strict=True):
+            new = np.asarray(found[name])
+            if tuple(np.shape(old)) != new.shape:
                 raise ValueError(
-                    f"weights in {path} do not fit this model: shape "
-                    f"{np.shape(new)} where {np.shape(old)} is expected"
+                    f"weights in {path} do not fit this model: tensor {name!r} has "
+                    f"shape {new.shape}, expected {tuple(np.shape(old))}"
                 )
-            new_leaves.append(new)
-        converted = [
-            jnp.asarray(
-                convert_dtype({"x": new}, old.dtype, allow_lossy=allow_lossy)["x"]
-                if jnp.issubdtype(old.dtype, jnp.floating)
-                else new
-            )
-            for old, new in zip(leaves_like, new_leaves, strict=True)
-        ]
+            if jnp.issubdtype(old.dtype, jnp.floating):
+                tensor = {name: new}
+                new = convert_dtype(tensor, old.dtype, allow_lossy=allow_lossy)[name]
+            converted.append(jnp.asarray(new))
         pure = jax.tree.unflatten(treedef, converted)
         if isinstance(current, nnx.State):
             params = jax.tree.map(lambda x: x, current)
@@ -783,7 +787,7 @@ class BufferedLearner:
         with self._step_lock:
             self._state = init_state(params, self._tx, key=self._state.key)
             self._applied_lr = float(self._config.learning_rate)
-            self._serving = (0, params)
+            self._serving = (self._serving[0] + 1, params)
         return len(converted)
 
     # ------------------------------------------------------------- updates
