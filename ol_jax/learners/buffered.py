@@ -75,9 +75,11 @@ class ByteTokenizer:
     pad_token_id = 258
 
     def encode(self, text: str) -> list[int]:
+        """The UTF-8 bytes of ``text`` (no special tokens)."""
         return list(text.encode("utf-8"))
 
     def decode(self, ids: Sequence[int]) -> str:
+        """Text of the byte ids (special ids dropped, bad UTF-8 replaced)."""
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode(
             "utf-8", errors="replace"
         )
@@ -170,6 +172,7 @@ class LearningConfig:
 
     @property
     def effective_batch_size(self) -> int:
+        """Examples per update: ``batch_size``, or ``update_frequency``."""
         return self.batch_size or self.update_frequency
 
 
@@ -203,6 +206,7 @@ class LearningStats:
     checkpoints: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
 
@@ -463,10 +467,12 @@ class BufferedLearner:
 
     @property
     def config(self) -> LearningConfig:
+        """The learning settings."""
         return self._config
 
     @property
     def tokenizer(self) -> Any:
+        """The tokenizer given (or the default :class:`ByteTokenizer`)."""
         return self._tokenizer
 
     @property
@@ -476,14 +482,17 @@ class BufferedLearner:
 
     @property
     def version(self) -> int:
+        """The version of the parameters served now."""
         return self._serving[0]
 
     @property
     def enabled(self) -> bool:
+        """Whether automatic updates are on."""
         return self._enabled
 
     @property
     def learning_rate(self) -> float:
+        """The learning rate of the next update."""
         return self._lr
 
     @property
