@@ -42,6 +42,7 @@ from ol_jax.core import (
     init_state,
     make_step,
     online_optimizer,
+    path_str,
 )
 from ol_jax.learners._controller_env import (
     EnvSpec,
@@ -78,6 +79,9 @@ __all__ = [
     "FeedbackProcessor",
     "OnlineLearner",
     "StreamProcessor",
+    "load_controller",
+    "save_controller",
+    "warmup",
     "run_soak",
     "soak_main",
 ]
@@ -128,6 +132,8 @@ class WarmupSection(_Section):
     examples: int = Field(default=2048, ge=1)
     steps: int = Field(default=200, ge=0)
     learning_rate: float = Field(default=0.05, gt=0)
+    # A controller checkpoint (.npz from save_controller) to start from; the
+    # Fisher is then computed at it on the warm-up examples.
     warmup_from: str | None = None
 
 
@@ -309,7 +315,7 @@ class OnlineLearner:
         )
         extras = {
             "anchor": jax.tree.map(lambda a: jnp.array(a, copy=True), controller),
-            "fisher": jax.tree.map(jnp.asarray, fisher),
+            "fisher": jax.tree.map(lambda f: jnp.array(f, copy=True), fisher),
         }
         online = init_state(
             params, self.tx, key=jax.random.key(config.seed + 1), extras=extras
@@ -668,16 +674,27 @@ class OnlineLearner:
 # ----------------------------------------------------------------- warm-up
 
 
-def warmup(config: ControllerConfig, env: TaskEnv):
-    """The starting checkpoint: a controller trained on the pre-shift mix.
+def warmup(config: ControllerConfig, env: TaskEnv, *, controller: Any = None):
+    """The starting checkpoint and its diagonal Fisher (the EWC importances).
 
     Warm-up examples serve a uniformly random expert to pre-shift prompts and
-    observe its true quality; the controller is trained on them with full-batch
-    Adam, then the diagonal Fisher of the BCE loss is computed at the result
-    (the EWC importance of each controller weight).
+    observe its true quality. Without ``controller`` (no ``warmup_from``), a
+    controller is first trained on them with full-batch Adam; the diagonal Fisher
+    ``F = 1/N sum_n (grad BCE_n)^2`` is then computed at the checkpoint on the same
+    examples.
+
+    Args:
+      config: the learner configuration (``warmup`` section).
+      env: the task environment.
+      controller: a checkpoint to start from (e.g. :func:`load_controller` of
+        ``warmup.warmup_from``); ``None`` trains one.
 
     Returns:
       ``(controller, fisher)``.
+
+    References:
+      Kirkpatrick et al., `Overcoming catastrophic forgetting in neural networks
+      <https://arxiv.org/abs/1612.00796>`_, PNAS 2017.
     """
     wc = config.warmup
     rng = np.random.default_rng([config.seed, 99])
@@ -701,23 +718,22 @@ def warmup(config: ControllerConfig, env: TaskEnv):
         )
         return jnp.mean(per)
 
-    controller = env.params["controller"]
-    tx = optax.adam(wc.learning_rate)
-    opt = tx.init(controller)
+    if controller is None:
+        tx = optax.adam(wc.learning_rate)
 
-    @jax.jit
-    def train(c, o):
-        def body(carry, _):
-            c, o = carry
-            g = jax.grad(loss)(c)
-            with jax.numpy_dtype_promotion("standard"):
-                u, o = tx.update(g, o, c)
-            return (optax.apply_updates(c, u), o), None
+        @jax.jit
+        def train(c):
+            def body(carry, _):
+                c, o = carry
+                g = jax.grad(loss)(c)
+                with jax.numpy_dtype_promotion("standard"):
+                    u, o = tx.update(g, o, c)
+                return (optax.apply_updates(c, u), o), None
 
-        (c, o), _ = jax.lax.scan(body, (c, o), None, length=wc.steps)
-        return c
+            (c, _), _ = jax.lax.scan(body, (c, tx.init(c)), None, length=wc.steps)
+            return c
 
-    controller = train(controller, opt)
+        controller = train(env.params["controller"])
     fisher = fisher_diagonal(
         lambda c, ex: _example_loss(c, frozen, ex["x"], ex["expert"], ex["target"]),
         controller,
@@ -726,27 +742,37 @@ def warmup(config: ControllerConfig, env: TaskEnv):
     return controller, fisher
 
 
-def load_warmup(path: str, env: TaskEnv):
-    """Loads ``(controller, fisher)`` saved by :func:`save_warmup` (``warmup_from``)."""
+def save_controller(path: str | os.PathLike[str], controller: Any) -> None:
+    """Saves controller weights as ``.npz`` (one array per dotted path)."""
+    flat = jax.tree_util.tree_flatten_with_path(controller)[0]
+    np.savez(path, **{path_str(p): np.asarray(a) for p, a in flat})
+
+
+def load_controller(path: str | os.PathLike[str], env: TaskEnv) -> Any:
+    """Loads controller weights saved by :func:`save_controller` (``warmup_from``).
+
+    Raises:
+      ValueError: a weight is missing or has the wrong shape, naming it.
+    """
+    template = env.params["controller"]
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
     with np.load(path) as data:
-        leaves = [
-            data[f"c{i}"] for i in range(len(jax.tree.leaves(env.params["controller"])))
-        ]
-        fleaves = [data[f"f{i}"] for i in range(len(leaves))]
-    treedef = jax.tree.structure(env.params["controller"])
-    return (
-        jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves]),
-        jax.tree.unflatten(treedef, [jnp.asarray(a) for a in fleaves]),
-    )
-
-
-def save_warmup(path: str, controller: Any, fisher: Any) -> None:
-    """Saves a warm-up checkpoint (controller and Fisher) as ``.npz``."""
-    arrays = {f"c{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(controller))}
-    arrays.update(
-        {f"f{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(fisher))}
-    )
-    np.savez(path, **arrays)
+        for p, like in flat:
+            name = path_str(p)
+            if name not in data:
+                raise ValueError(
+                    f"warmup_from {path}: missing controller weight {name!r}, "
+                    f"found {sorted(data.files)}"
+                )
+            a = data[name]
+            if a.shape != like.shape:
+                raise ValueError(
+                    f"warmup_from {path}: controller weight {name!r} must have "
+                    f"shape {like.shape}, got {a.shape}"
+                )
+            leaves.append(jnp.asarray(a, like.dtype))
+    return jax.tree.unflatten(treedef, leaves)
 
 
 # ----------------------------------------------------------------- the soak
@@ -808,10 +834,10 @@ def run_soak(
     env = TaskEnv(_env_spec(config))
     spec = _stream_spec(config, hours)
     windows = poison_windows(spec)
+    start_from = None
     if config.warmup.warmup_from:
-        controller, fisher = load_warmup(config.warmup.warmup_from, env)
-    else:
-        controller, fisher = warmup(config, env)
+        start_from = load_controller(config.warmup.warmup_from, env)
+    controller, fisher = warmup(config, env, controller=start_from)
     store = _open_store(config, out_dir, run_id)
     learner = OnlineLearner(
         config,
