@@ -233,6 +233,17 @@ def _parser() -> argparse.ArgumentParser:
         "--hidden-size", type=int, default=128, help="width of the byte-level Llama"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="networks folder for versioned checkpoints (default: none)",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="updates per checkpoint"
+    )
+    parser.add_argument(
+        "--network-id", default="buffered-mcp", help="network name in the store"
+    )
     return parser
 
 
@@ -256,6 +267,7 @@ def mcp_main(argv: Sequence[str] | None = None) -> int:
     from ol_jax.core import enable_compilation_cache
     from ol_jax.learners import BufferedLearner, LearningConfig, byte_llama_config
     from ol_jax.models import Llama, load_llama
+    from ol_jax.store import BaseNetworkConfig, RunStore
 
     enable_compilation_cache()
     config = LearningConfig(
@@ -265,8 +277,13 @@ def mcp_main(argv: Sequence[str] | None = None) -> int:
         optimizer=args.optimizer,
         loss=args.loss,
         max_length=args.max_length,
-        checkpoint_frequency=None,
+        checkpoint_frequency=args.checkpoint_every,
     )
+    store = None
+    if args.checkpoint_dir is not None:
+        store = RunStore(
+            args.checkpoint_dir, config=BaseNetworkConfig(network_id=args.network_id)
+        )
     if args.model == "byte-llama":
         heads = max(1, args.hidden_size // 32)
         model = Llama(
@@ -282,7 +299,11 @@ def mcp_main(argv: Sequence[str] | None = None) -> int:
     else:
         model, tokenizer = load_llama(args.model)
     learner = BufferedLearner.from_llama(
-        model, tokenizer=tokenizer, config=config, key=jax.random.key(args.seed + 1)
+        model,
+        tokenizer=tokenizer,
+        config=config,
+        key=jax.random.key(args.seed + 1),
+        store=store,
     )
     server = build_mcp_server(learner, root=args.root)
     try:
@@ -292,6 +313,8 @@ def mcp_main(argv: Sequence[str] | None = None) -> int:
             server.run("streamable-http", host="127.0.0.1", port=args.port)
     finally:
         learner.close()
+        if store is not None:
+            store.close()
     return 0
 
 

@@ -71,9 +71,9 @@ async def refused(session, name, match, **arguments):
     await ok(session, "get_learning_stats")
 
 
-async def stdio_session(root, check):
+async def stdio_session(root, check, extra=()):
     params = StdioServerParameters(
-        command=sys.executable, args=[*SERVER, "--root", str(root)], env=env()
+        command=sys.executable, args=[*SERVER, "--root", str(root), *extra], env=env()
     )
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
@@ -174,7 +174,15 @@ def test_every_tool_over_stdio(tmp_path):
         assert stats["total_examples"] == 4
         assert not (tmp_path / "escape.safetensors").exists()
 
-    anyio.run(stdio_session, root, check)
+    store = tmp_path / "networks"
+    extra = ["--checkpoint-dir", str(store), "--checkpoint-every", "1"]
+    anyio.run(stdio_session, root, check, extra)
+    # Three updates (two automatic, one forced), one checkpoint each, all written
+    # by the time the server exits.
+    run = next((store / "buffered-mcp" / "runs").iterdir())
+    metadata = json.loads((run / "run_metadata.json").read_text())
+    assert metadata["versions"] == [0, 1, 2]
+    assert [e["update"] for e in metadata["entries"]] == [1, 2, 3]
 
 
 def free_port():
