@@ -1000,6 +1000,16 @@ def _report(config, spec, windows, learner, start, final, pre, timeline):
         "rejected_updates": learner.rejected,
         "rollbacks": learner.rollbacks,
         "accepted_canary_regressions": accepted_regressing,
+        "canary_tolerance": config.safety.canary_tolerance,
+        # Largest drop of any family's canary score among accepted updates.
+        "max_accepted_canary_drop": max(
+            [
+                r["canary_worst"] + config.safety.canary_tolerance
+                for r in hist
+                if r["accepted"]
+            ]
+            or [0.0]
+        ),
         "bursts": bursts,
         "all_bursts_handled": all(b["majority_poisoned_kept"] == 0 for b in bursts),
         "start_family_scores": start.tolist(),
