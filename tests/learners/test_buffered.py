@@ -452,3 +452,51 @@ def test_hugging_face_folder_and_tokenizer(tmp_path):
             learner.add_example(*pairs[i % 2])
     outs = [learner.generate(p, max_new_tokens=3).text for p, _ in pairs]
     assert outs == ["paris", "rome"]
+
+
+@pytest.fixture(scope="module")
+def bigram_learners():
+    w = jax.random.normal(jax.random.key(7), (V, V), jnp.float32)
+    apply_fn = lambda p, tokens: p["w"][tokens]
+    make = lambda loss: BufferedLearner(
+        apply_fn,
+        {"w": w},
+        config=LearningConfig(loss=loss, max_length=16),
+        key=jax.random.key(0),
+        background=False,
+    )
+    return np.asarray(w), make("cross_entropy"), make("mse")
+
+
+def _reference(w, ids, targets_from, kind):
+    """Mean next-token CE / Brier score of ``ids`` (numpy, float64)."""
+    w = w.astype(np.float64)
+    terms = []
+    for t in range(targets_from, len(ids)):
+        logits = w[ids[t - 1]]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        if kind == "cross_entropy":
+            terms.append(-np.log(p[ids[t]]))
+        else:
+            terms.append(np.sum((p - np.eye(V)[ids[t]]) ** 2))
+    return float(np.mean(terms))
+
+
+@settings(max_examples=10)
+@given(
+    text=st.text("abcxyz ", min_size=1, max_size=8),
+    target=st.one_of(st.none(), st.text("xyz!", min_size=1, max_size=4)),
+)
+def test_evaluate_matches_numpy_reference(bigram_learners, text, target):
+    w, ce, mse = bigram_learners
+    tok = ByteTokenizer()
+    ids = [tok.bos_token_id, *tok.encode(text), *tok.encode(target or "")]
+    ids.append(tok.eos_token_id)
+    # Self-supervised: every token after BOS; supervised: target tokens and EOS.
+    start = 1 if target is None else 1 + len(tok.encode(text))
+    for learner, kind in ((ce, "cross_entropy"), (mse, "mse")):
+        got = learner.evaluate(text, target)
+        np.testing.assert_allclose(
+            got, _reference(w, ids, start, kind), rtol=2e-5, atol=1e-6
+        )
