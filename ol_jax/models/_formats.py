@@ -21,7 +21,8 @@ dicts, lists and tuples of arrays, or a flat ``{name: array}`` dict) in one of:
     imported; ``"custom"`` is an alias, after the format of the same name in the
     document this library follows.
 
-Every format round-trips bit-exactly in float32, float16 and bfloat16.
+Every writable format round-trips bit-exactly in float32, float16 and bfloat16
+(special values included).
 :func:`convert_dtype` changes the floating dtype of a tree and refuses a
 conversion that changes any value (``f32 -> bf16`` rounds) unless
 ``allow_lossy=True``.
