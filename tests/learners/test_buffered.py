@@ -500,3 +500,12 @@ def test_evaluate_matches_numpy_reference(bigram_learners, text, target):
         np.testing.assert_allclose(
             got, _reference(w, ids, start, kind), rtol=2e-5, atol=1e-6
         )
+
+
+def test_average_loss_is_over_the_last_100_updates():
+    learner = version_learner(update_frequency=1, background=False)
+    for _ in range(150):
+        learner.add_example("x")
+    # Update j (1-based) sees every parameter at j - 1: loss -(j - 1) * 4097.
+    expected = -4097.0 * np.mean(np.arange(50, 150))
+    np.testing.assert_allclose(learner.stats().average_loss, expected, rtol=1e-6)
