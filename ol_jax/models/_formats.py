@@ -417,6 +417,11 @@ def _resolve_format(path: str, format: str | None, *, writing: bool) -> str:
         if not isinstance(format, str):
             raise ValueError(f"format must be a string, got {format!r}")
         name = _FORMAT_ALIASES.get(format.lower(), format.lower())
+        if name == "ol_jax" and name not in _FORMATS:
+            raise ValueError(
+                "the 'ol_jax' (Orbax) format is provided by ol_jax.store; "
+                "import ol_jax.store first"
+            )
         if name not in _FORMATS:
             known = sorted([*_FORMATS, *_FORMAT_ALIASES])
             raise ValueError(f"format must be one of {known}, got {format!r}")
