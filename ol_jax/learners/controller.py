@@ -541,6 +541,8 @@ class OnlineLearner:
             "rolled_back": False,
             "loss": float(info["loss"]),
             "new_loss": float(info["new_loss"]),
+            "spike": not bool(info["plausible"]),
+            "applied": bool(info["applied"]),
         }
         if accepted:
             self.accepted += 1
@@ -1001,6 +1003,14 @@ def _report(config, spec, windows, learner, start, final, pre, timeline):
         "rollbacks": learner.rollbacks,
         "accepted_canary_regressions": accepted_regressing,
         "canary_tolerance": config.safety.canary_tolerance,
+        # Why updates were refused (an update can fail several checks).
+        "rejected_by": {
+            "canary": sum(
+                (not r["accepted"]) and r["canary_worst"] > 0.0 for r in hist
+            ),
+            "loss_spike": sum((not r["accepted"]) and r["spike"] for r in hist),
+            "non_finite": sum((not r["accepted"]) and not r["applied"] for r in hist),
+        },
         # Largest drop of any family's canary score among accepted updates.
         "max_accepted_canary_drop": max(
             [
