@@ -10,7 +10,9 @@ batched into one jit-compiled *gated update*:
 2. one step of BCE on the served expert's logit plus an EWC (or proximal)
    penalty towards the warm-up checkpoint;
 3. evaluate the candidate on canary sets (one per task family) and reject it if
-   any family regresses past its tolerance (:func:`~ol_jax.safety.canary_gate`);
+   any family regresses past its tolerance (:func:`~ol_jax.safety.canary_gate`),
+   or if the new batch's loss under the current model is an outlier (poisoned
+   feedback, :func:`~ol_jax.safety.loss_spike_gate`);
 4. on acceptance, add the new examples to replay, refresh the replayed items'
    priorities and (optionally) fold the batch into the online Fisher.
 
