@@ -44,7 +44,7 @@ def _model(**kw):
 def _recompute_greedy(model, prompt, n, **kw):
     """Greedy decoding by running the whole sequence again for every token."""
     seq = list(prompt)
-    size = len(prompt) + n
+    size = 32  # one buffer size for every call: one compiled forward
     for _ in range(n):
         buf = np.zeros((size,), np.int32)
         buf[: len(seq)] = seq
