@@ -427,7 +427,10 @@ class OnlineLearner:
         gate = canary_gate(before, after, self.config.safety.canary_tolerance)
         accept = metrics["applied"]
         if self.use_canary:
-            accept = accept & gate.accept & plausible
+            # Shadow mode: no update is applied until the spike gate has seen
+            # `spike_warmup` batches and so knows the normal loss level.
+            calibrated = state["spike"].count >= sc.spike_warmup
+            accept = accept & gate.accept & plausible & calibrated
         new_online = otu.tree_where(accept, candidate, online)
         # The step counter always moves, so the next key differs.
         new_online = new_online._replace(step=candidate.step)
@@ -668,6 +671,21 @@ class OnlineLearner:
             self.policy.submit({**e, "x": np.asarray(e["x"], np.float32)})
         return entry
 
+    def calibrate_spike(self, losses: Sequence[float]) -> None:
+        """Seeds the loss-spike gate with trusted batch losses (e.g. warm-up)."""
+        sc = self.config.safety
+        stats = init_spike_stats()
+        for value in losses:
+            _, stats = loss_spike_gate(
+                jnp.float32(value),
+                stats,
+                z=sc.spike_z,
+                decay=sc.spike_decay,
+                min_std=sc.spike_min_std,
+                warmup=sc.spike_warmup,
+            )
+        self.state = {**self.state, "spike": stats}
+
     def force_params(self, controller: Any) -> None:
         """Replaces the controller (for drills: inject drift, then check it)."""
         online = self.state["online"]
@@ -676,6 +694,44 @@ class OnlineLearner:
 
 
 # ----------------------------------------------------------------- warm-up
+
+
+def _warmup_data(config: ControllerConfig, env: TaskEnv) -> dict[str, jax.Array]:
+    """Trusted warm-up examples: pre-shift prompts, random experts, true quality."""
+    n = config.warmup.examples
+    rng = np.random.default_rng([config.seed, 99])
+    k = config.model.num_experts
+    # Only the pre-shift families: the post-shift ones are new to the checkpoint.
+    families = rng.integers(0, max(1, k // 2), size=n)
+    x = env.inputs(rng, families)
+    expert = rng.integers(0, k, size=n).astype(np.int32)
+    _, qk, _ = env.expert_quality(env.params, x, families.astype(np.int32))
+    target = np.asarray(qk)[np.arange(n), expert].astype(np.float32)
+    return {
+        "x": jnp.asarray(x),
+        "expert": jnp.asarray(expert),
+        "target": jnp.asarray(target),
+    }
+
+
+def warmup_batch_losses(
+    config: ControllerConfig, env: TaskEnv, controller: Any
+) -> np.ndarray:
+    """Mean BCE of ``controller`` on trusted warm-up batches of ``update_every``.
+
+    These calibrate the loss-spike gate before the first live update, so that a
+    poisoned burst early in the stream cannot set the gate's notion of normal.
+    """
+    data = _warmup_data(config, env)
+    frozen = _frozen(env.params)
+    per = jax.vmap(lambda a, e, t: _example_loss(controller, frozen, a, e, t))(
+        data["x"], data["expert"], data["target"]
+    )
+    b = config.learning.update_every
+    n = (per.shape[0] // b) * b
+    if n == 0:
+        return np.asarray([float(jnp.mean(per))])
+    return np.asarray(per[:n].reshape(-1, b).mean(axis=1))
 
 
 def warmup(config: ControllerConfig, env: TaskEnv, *, controller: Any = None):
@@ -701,20 +757,8 @@ def warmup(config: ControllerConfig, env: TaskEnv, *, controller: Any = None):
       <https://arxiv.org/abs/1612.00796>`_, PNAS 2017.
     """
     wc = config.warmup
-    rng = np.random.default_rng([config.seed, 99])
-    k = config.model.num_experts
-    # Only the pre-shift families: the post-shift ones are new to the checkpoint.
-    families = rng.integers(0, max(1, k // 2), size=wc.examples)
-    x = env.inputs(rng, families)
-    expert = rng.integers(0, k, size=wc.examples).astype(np.int32)
-    _, qk, _ = env.expert_quality(env.params, x, families.astype(np.int32))
-    target = np.asarray(qk)[np.arange(wc.examples), expert].astype(np.float32)
+    data = _warmup_data(config, env)
     frozen = _frozen(env.params)
-    data = {
-        "x": jnp.asarray(x),
-        "expert": jnp.asarray(expert),
-        "target": jnp.asarray(target),
-    }
 
     def loss(c):
         per = jax.vmap(lambda a, e, t: _example_loss(c, frozen, a, e, t))(
@@ -853,6 +897,7 @@ def run_soak(
         use_replay=use_replay,
         use_canary=use_canary,
     )
+    learner.calibrate_spike(warmup_batch_losses(config, env, controller))
     eval_set = env.labelled_set(config.seed + 303, config.soak.eval_per_family)
     pre = np.arange(config.model.num_experts) < config.model.num_experts // 2
     start_scores = env.family_scores({**env.params, "controller": controller}, eval_set)

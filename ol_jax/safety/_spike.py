@@ -47,10 +47,12 @@ def loss_spike_gate(
     (and the loss is finite). Poisoned feedback (inverted labels) contradicts a
     model that has learned, so its loss jumps far above the running level.
 
-    The statistics are then updated with the loss *clipped* to that threshold,
-    ``m <- decay m + (1 - decay) l_c``, ``v <- decay v + (1 - decay)(l_c - m)^2``,
-    so a short burst barely moves them while a lasting shift in the loss level
-    (a real distribution shift) raises the threshold within a few dozen batches.
+    The mean is then updated with the loss *clipped* to that threshold,
+    ``m <- decay m + (1 - decay) l_c``, and the variance
+    ``v <- decay v + (1 - decay)(l_c - m)^2`` only for batches that pass, so a
+    burst of outliers barely moves the statistics while a lasting shift in the
+    loss level (a real distribution shift) raises the threshold by
+    ``(1 - decay) z std`` per batch until it is accepted.
     The first ``warmup`` batches use an exact running mean. Pure and jit-able.
 
     Args:
@@ -93,7 +95,9 @@ def loss_spike_gate(
     var = (1.0 - rate) * (stats.var + rate * delta * delta)
     new = SpikeStats(
         mean=jnp.where(finite, mean, stats.mean),
-        var=jnp.where(finite, var, stats.var),
+        # An outlier moves only the mean: letting it widen the spread would let
+        # a long burst talk the gate into accepting it.
+        var=jnp.where(ok, var, stats.var),
         count=jnp.where(finite, optax.safe_increment(stats.count), stats.count),
     )
     return ok, new
