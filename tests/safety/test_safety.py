@@ -149,8 +149,14 @@ def test_loss_spike_gate_flags_outliers_and_adapts():
     # A poisoned batch: far above the running level.
     ok, after = gate(jnp.float32(3.0), stats)
     assert not bool(ok)
-    # Clipped update: one outlier barely moves the mean.
+    # Clipped update: one outlier barely moves the mean, and a burst of them
+    # never widens the spread (so it cannot talk the gate into accepting it).
     assert float(after.mean) < 0.35
+    burst = stats
+    for _ in range(6):
+        ok, burst = gate(jnp.float32(3.0), burst)
+        assert not bool(ok)
+    assert float(burst.var) == float(stats.var)
     # NaN never passes and leaves the statistics alone.
     ok, same = gate(jnp.float32(jnp.nan), stats)
     assert not bool(ok)
