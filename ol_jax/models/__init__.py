@@ -56,6 +56,7 @@ from ol_jax.models._routed import RoutedLlamaOutput as RoutedLlamaOutput
 from ol_jax.models._routed import RoutedOutput as RoutedOutput
 from ol_jax.models._routed import init_routed_llama as init_routed_llama
 from ol_jax.models._routed import init_routed_mlp as init_routed_mlp
+from ol_jax.models._routed import llama_base_params as llama_base_params
 from ol_jax.models._routed import route_logits as route_logits
 from ol_jax.models._routed import routed_llama_apply as routed_llama_apply
 from ol_jax.models._routed import routed_mlp_apply as routed_mlp_apply
@@ -65,6 +66,7 @@ __all__ = [
     "RoutedOutput",
     "init_routed_llama",
     "init_routed_mlp",
+    "llama_base_params",
     "route_logits",
     "routed_llama_apply",
     "routed_mlp_apply",

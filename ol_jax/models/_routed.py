@@ -26,8 +26,10 @@ from jax.typing import ArrayLike
 
 from ol_jax.models._llama import (
     LLAMA_PROJECTIONS,
+    Llama,
     LlamaConfig,
     LoRAConfig,
+    _base_arrays,
     _forward,
     _positions_and_mask,
 )
@@ -203,6 +205,15 @@ class RoutedLlamaOutput(NamedTuple):
     route_logits: jax.Array
 
 
+def llama_base_params(model: Llama) -> Params:
+    """A ``Llama``'s base weights as the plain nested dict the routed model reads.
+
+    ``{"embed_tokens", "layers": {name: [L, ...]}, "norm", "lm_head"}``; LoRA
+    adapters of the model, if any, are not included.
+    """
+    return _base_arrays(model)
+
+
 def init_routed_llama(
     key: jax.Array,
     config: LlamaConfig,
@@ -224,7 +235,7 @@ def init_routed_llama(
     Args:
       key: PRNG key for the expert and controller weights.
       config: the Llama architecture.
-      base: the base weights, ``Llama.params()`` (kept as given).
+      base: the base weights, :func:`llama_base_params` (kept as given).
       num_experts: ``K >= 1``.
       rank: rank ``r`` of each expert delta.
       alpha: delta scale numerator; ``None`` means ``alpha = r``.

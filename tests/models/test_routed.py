@@ -124,6 +124,7 @@ from ol_jax.models import (  # noqa: E402
     Llama,
     LlamaConfig,
     init_routed_llama,
+    llama_base_params,
     routed_llama_apply,
 )
 
@@ -142,7 +143,7 @@ def _llama_routed():
     params = init_routed_llama(
         jax.random.key(1),
         _CFG,
-        model.params(),
+        llama_base_params(model),
         num_experts=3,
         rank=2,
         alpha=4.0,
@@ -152,7 +153,7 @@ def _llama_routed():
 
 
 def _merged_model(model, params, k):
-    base = model.params()
+    base = llama_base_params(model)
     weights = {
         "embed_tokens": base["embed_tokens"],
         "norm": base["norm"],

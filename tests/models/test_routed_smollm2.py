@@ -10,6 +10,7 @@ import pytest
 from ol_jax.models import (
     LlamaConfig,
     init_routed_llama,
+    llama_base_params,
     llama_params_from_hf,
     load_pretrained,
     routed_llama_apply,
@@ -26,7 +27,7 @@ def test_routed_smollm2_routes_on_pooled_hidden_state():
     params = init_routed_llama(
         jax.random.key(0),
         config,
-        model.params(),
+        llama_base_params(model),
         num_experts=3,
         rank=4,
         controller_hidden=16,
