@@ -12,8 +12,10 @@ Measured side by side in one process, float32, on the same weights:
   ``CE(adapted) + KL(base || adapted)``, and the identical step in PyTorch + PEFT
   (``update_speedup_vs_peft_{T}``: theirs / ours);
 - ``lora_state_bytes``: LoRA params + optimizer state;
-- peak resident memory added by each side's update loop (``/proc`` VmHWM, reset
-  before each phase).
+- peak resident memory of each side's update loop at the longest length, each
+  run alone in a child process after loading (``/proc`` VmHWM, reset after the
+  heap is trimmed): over the first update (ours includes compiling it) and over
+  three later ones (``peak_mem_mib`` / ``peft_peak_mem_mib``).
 
 Run: ``PYTHONPATH=. python benchmarks/llm_step.py [--json] [--random]``.
 ``--random`` uses a randomly initialised model with SmolLM2-135M's exact config
@@ -80,14 +82,6 @@ def _hwm_kb() -> int:
     return 0
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def _trim_heap() -> None:
     """Returns freed heap pages to the OS so RSS reflects live memory."""
     gc.collect()
@@ -108,26 +102,19 @@ def _reset_hwm() -> bool:
         return False
 
 
-class PeakMemory:
-    """Peak RSS added during a block, in MiB (VmHWM reset at entry)."""
+def _median_ms(*fns, repeats: int) -> list[float]:
+    """Median wall time (ms) of each function, the functions run alternately.
 
-    def __enter__(self):
-        gc.collect()
-        self.reset = _reset_hwm()
-        self.base = _rss_kb()
-        return self
-
-    def __exit__(self, *exc):
-        self.mib = max(0, _hwm_kb() - self.base) / 1024.0
-
-
-def _median_ms(fn, repeats: int) -> float:
-    times = []
+    Alternating A, B, A, B, ... exposes both stacks to the same background load
+    on a shared machine, which a block of A's followed by a block of B's does not.
+    """
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for fn, bucket in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            bucket.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def _tree_bytes(tree) -> int:
@@ -393,22 +380,20 @@ def main(argv=None) -> dict:
 
     for T in args.lengths:
         ours(T)  # warm up
-    with PeakMemory() as mem:
-        for T in args.lengths:
-            figures[f"update_ms_{T}"] = _median_ms(lambda T=T: ours(T), args.repeats)
-    figures["added_mem_update_mib"] = mem.mib
-    if torch_update is not None:
-        with PeakMemory() as mem:
-            for T in args.lengths:
-                figures[f"peft_update_ms_{T}"] = _median_ms(
-                    lambda T=T: torch_update(batches[T]), args.repeats
-                )
-        figures["peft_added_mem_update_mib"] = mem.mib
-        for T in args.lengths:
-            figures[f"update_speedup_vs_peft_{T}"] = (
-                figures[f"peft_update_ms_{T}"] / figures[f"update_ms_{T}"]
+        if torch_update is None:
+            (figures[f"update_ms_{T}"],) = _median_ms(
+                lambda T=T: ours(T), repeats=args.repeats
             )
-    figures["peak_mem_reset_ok"] = mem.reset
+            continue
+        torch_update(batches[T])
+        figures[f"update_ms_{T}"], figures[f"peft_update_ms_{T}"] = _median_ms(
+            lambda T=T: ours(T),
+            lambda T=T: torch_update(batches[T]),
+            repeats=args.repeats,
+        )
+        figures[f"update_speedup_vs_peft_{T}"] = (
+            figures[f"peft_update_ms_{T}"] / figures[f"update_ms_{T}"]
+        )
 
     # Prefill (time to first token) and decode throughput.
     n_new = args.decode_tokens
@@ -417,12 +402,11 @@ def main(argv=None) -> dict:
     model = nnx.merge(graphdef, base, holder["state"].params)
     gen = lambda n: generate(model, [prompt_list], max_new_tokens=n, eos_token_id=[])
     gen(1), gen(n_new)  # compile
-    figures["prefill_64_ms"] = _median_ms(lambda: gen(1), args.repeats)
-    full_ms = _median_ms(lambda: gen(n_new), max(2, args.repeats // 2))
-    figures["decode_tok_per_s"] = (n_new - 1) / max(
-        1e-9, (full_ms - figures["prefill_64_ms"]) / 1e3
-    )
-    if torch_model is not None:
+    decode_repeats = max(2, args.repeats // 2)
+    if torch_model is None:
+        (figures["prefill_64_ms"],) = _median_ms(lambda: gen(1), repeats=args.repeats)
+        (full_ms,) = _median_ms(lambda: gen(n_new), repeats=decode_repeats)
+    else:
         import torch
 
         ids = torch.from_numpy(prompt[None].astype(np.int64))
@@ -439,11 +423,19 @@ def main(argv=None) -> dict:
                 )
 
         tgen(2)
-        figures["torch_prefill_64_ms"] = _median_ms(lambda: tgen(1), args.repeats)
-        tfull = _median_ms(lambda: tgen(n_new), max(2, args.repeats // 2))
+        figures["prefill_64_ms"], figures["torch_prefill_64_ms"] = _median_ms(
+            lambda: gen(1), lambda: tgen(1), repeats=args.repeats
+        )
+        full_ms, tfull = _median_ms(
+            lambda: gen(n_new), lambda: tgen(n_new), repeats=decode_repeats
+        )
         figures["torch_decode_tok_per_s"] = (n_new - 1) / max(
             1e-9, (tfull - figures["torch_prefill_64_ms"]) / 1e3
         )
+    figures["decode_tok_per_s"] = (n_new - 1) / max(
+        1e-9, (full_ms - figures["prefill_64_ms"]) / 1e3
+    )
+    if torch_model is not None:
         figures["decode_ratio_vs_torch"] = (
             figures["decode_tok_per_s"] / figures["torch_decode_tok_per_s"]
         )
@@ -525,12 +517,6 @@ def _print_table(f: dict, lengths) -> None:
             f"{f.get('peak_mem_mib', float('nan')):.0f} MiB",
             f"{f.get('peft_peak_mem_mib', float('nan')):.0f} MiB",
             "ours <= theirs",
-        ),
-        (
-            "RSS added during timed updates",
-            f"{f['added_mem_update_mib']:.0f} MiB",
-            f"{f.get('peft_added_mem_update_mib', float('nan')):.0f} MiB",
-            "",
         ),
         (
             "max |logit diff| vs torch",

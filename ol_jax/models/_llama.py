@@ -410,14 +410,6 @@ class Llama(nnx.Module):
             None if config.tie_word_embeddings else nnx.Param(weights["lm_head"])
         )
 
-    def params(self) -> dict[str, Any]:
-        """The base weights as a plain nested dict of arrays."""
-        return _base_arrays(self)
-
-    def lora_params(self) -> dict[str, Any]:
-        """The LoRA weights as ``{name: (A, B)}`` (empty without adapters)."""
-        return _lora_arrays(self)
-
     def __call__(
         self,
         tokens: jax.Array,
