@@ -37,8 +37,14 @@ def make_tree(megabytes: float) -> dict:
     side = int(np.sqrt(n / 2))
     return {
         "decoder": {
-            "3": {"kernel": jnp.ones((side, side), jnp.float32), "bias": jnp.ones(side)},
-            "4": {"kernel": jnp.ones((side, side), jnp.float32), "bias": jnp.ones(side)},
+            "3": {
+                "kernel": jnp.ones((side, side), jnp.float32),
+                "bias": jnp.ones(side),
+            },
+            "4": {
+                "kernel": jnp.ones((side, side), jnp.float32),
+                "bias": jnp.ones(side),
+            },
         },
         "policy": {"mean": jnp.zeros(64), "log_std": jnp.zeros(64)},
     }

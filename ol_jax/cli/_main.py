@@ -22,6 +22,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from ol_jax.learners.controller import soak_main
+
+    return soak_main(args.rest)
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from ol_jax.cli._mcp import mcp_main
+
+    return mcp_main(args.rest)
+
+
+_OWN_PARSERS = {"soak": _soak, "mcp": _mcp}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ol-jax`` with every subcommand."""
     from ol_jax.feedback import PERSONALITIES
@@ -53,13 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--run-id", default=None, help="run id (default: new)")
     demo.set_defaults(func=_demo)
+
+    # These two parse their own arguments (see their --help).
+    for name, func, text in (
+        ("soak", _soak, "controller-only lifelong learner soak test (seed 003)"),
+        ("mcp", _mcp, "MCP server over a buffered online learner (seed 004)"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ol-jax`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] in _OWN_PARSERS:
+        # Subcommands with their own parser get the rest of the line verbatim.
+        args = argparse.Namespace(
+            command=argv[0], func=_OWN_PARSERS[argv[0]], rest=argv[1:]
+        )
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

@@ -149,6 +149,8 @@ def online_optimizer(
     b2: float = 0.999,
     eps: float = 1e-8,
     trainable: Sequence[str] | None = None,
+    lr_scales: Mapping[str, float] | None = None,
+    warmup_steps: int = 0,
 ) -> optax.GradientTransformation:
     """The update rule of an online learner, as one optax chain.
 
@@ -170,6 +172,12 @@ def online_optimizer(
       b1, b2, eps: Adam moments.
       trainable: if given, only leaves under these dotted path prefixes are updated
         (see :func:`freeze_all_but`).
+      lr_scales: per-layer learning-rate multipliers, ``{path_prefix: scale}``: the
+        leaves under a prefix take steps of ``scale * learning_rate``.
+      warmup_steps: the step size ramps linearly from ``learning_rate / n`` to
+        ``learning_rate`` over the first ``n`` updates. Adam's first steps move
+        every coordinate by the full learning rate whatever the gradient's size,
+        so a warm-up keeps the first few (sparse) ratings from overfitting.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -186,6 +194,11 @@ def online_optimizer(
         raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm}")
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    for prefix, scale in (lr_scales or {}).items():
+        if not scale > 0:
+            raise ValueError(f"lr_scales[{prefix!r}] must be > 0, got {scale}")
 
     def chain(learning_rate):
         parts = []
@@ -202,6 +215,23 @@ def online_optimizer(
             parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
             if optimizer == "adamw" and weight_decay:
                 parts.append(optax.add_decayed_weights(weight_decay))
+        for prefix, scale in (lr_scales or {}).items():
+            parts.append(
+                optax.masked(
+                    optax.scale(scale),
+                    lambda p, prefix=prefix: path_labels(
+                        p, (prefix,), match=True, rest=False
+                    ),
+                )
+            )
+        if warmup_steps:
+            parts.append(
+                optax.scale_by_schedule(
+                    optax.linear_schedule(1.0 / warmup_steps, 1.0, warmup_steps - 1)
+                    if warmup_steps > 1
+                    else optax.constant_schedule(1.0)
+                )
+            )
         parts.append(optax.scale_by_learning_rate(learning_rate))
         if clamp is not None:
             parts.append(clamp_params(*clamp))

@@ -115,6 +115,11 @@ class GlyphLearner:
             clip_norm=ol.gradient_clip_norm,
             weight_decay=ol.weight_decay,
             clamp=tuple(ol.weight_clamp),
+            lr_scales={
+                "policy.log_std": ol.log_std_lr_scale,
+                **{name: ol.finetune_lr_scale for name in ol.finetune_layers},
+            },
+            warmup_steps=ol.warmup_updates,
         )
         extras = initial_extras(
             ol.feedback_window,
@@ -133,6 +138,7 @@ class GlyphLearner:
             baseline_decay=ol.baseline_decay,
         )
         self.loss_fn = glyph_loss(self._loss_cfg)
+        self._fresh_extras = extras
         # No donation: generate() may still be reading the previous state while
         # the writer computes the next one.
         self._step = make_step(
@@ -355,10 +361,11 @@ class GlyphLearner:
             self._ratings_seen += 1
         if not (final or self._ready()):
             return
+        warm = self._ratings_seen >= self._ol.min_ratings_before_update
         while self._pending:
             take = self._pending[: self._batch_rows]
             del self._pending[: self._batch_rows]
-            self._update(take, apply=self._ol.enabled and self._ready())
+            self._update(take, apply=self._ol.enabled and warm)
 
     def _update(self, items: list[dict[str, Any]], *, apply: bool) -> None:
         rows = self._batch_rows
@@ -406,9 +413,35 @@ class GlyphLearner:
     # ------------------------------------------------------------------ evaluation
 
     def loss_on(self, batch: dict[str, Any], state: OnlineState | None = None) -> float:
-        """The REINFORCE loss of ``state`` (default: current) on a fixed batch."""
+        """The REINFORCE loss of ``state``'s parameters on a fixed feedback batch.
+
+        Evaluated with fresh extras (empty window, baseline 0), so it is a function
+        of the parameters alone and comparable from one version to the next.
+        ``batch`` holds ``z [B, D]``, ``image [B, S, S]``, ``reward [B]``,
+        ``valid [B]`` and ``time`` (a scalar), as built by :meth:`make_batch`.
+        """
         state = self.state if state is None else state
         loss, _ = self.loss_fn(
-            state.params, batch, frozen=self._frozen, extras=state.extras, key=state.key
+            state.params,
+            batch,
+            frozen=self._frozen,
+            extras=self._fresh_extras,
+            key=state.key,
         )
         return float(loss)
+
+    def make_batch(self, glyphs: list[Glyph], ratings: list[int]) -> dict[str, Any]:
+        """A feedback batch (for :meth:`loss_on`) from glyphs and their ratings."""
+        if len(glyphs) != len(ratings) or not glyphs:
+            raise ValueError(
+                f"need as many ratings as glyphs (>= 1), got {len(glyphs)} glyphs "
+                f"and {len(ratings)} ratings"
+            )
+        rewards = [normalize_rating(r, scale=self._ol.feedback_scale) for r in ratings]
+        return {
+            "z": jnp.asarray(np.stack([g.style_z for g in glyphs])),
+            "image": jnp.asarray(np.stack([g.image for g in glyphs])),
+            "reward": jnp.asarray(rewards, jnp.float32),
+            "valid": jnp.ones((len(glyphs),), jnp.bool_),
+            "time": jnp.zeros((), jnp.int32),
+        }

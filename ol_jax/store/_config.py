@@ -100,6 +100,14 @@ class OnlineLearningConfig(_Strict):
       pixel_noise_std: std ``tau`` of the pixel noise of a sampled glyph, > 0; the
         fine-tuned decoder layers learn through ``log N(x; decoder(z), tau^2)``.
       feedback_window: recent ratings each update revisits (recency-weighted).
+      finetune_lr_scale: learning rate of the fine-tuned decoder layers relative
+        to the style policy's, > 0 (a decoder change moves every glyph at once).
+      warmup_updates: the step size ramps up linearly over this many updates, so
+        the first (sparse) ratings cannot overfit, >= 0.
+      log_std_lr_scale: learning rate of the policy's log std relative to its
+        mean's, > 0. Adam moves every coordinate by about the learning rate, so
+        the spread of latent dimensions the rater ignores would random-walk at
+        full speed; a smaller rate keeps the policy's width stable.
 
     References:
       Williams, `Simple statistical gradient-following algorithms for
@@ -121,10 +129,13 @@ class OnlineLearningConfig(_Strict):
     weight_decay: float = Field(default=1e-4, ge=0)
     baseline_decay: float = Field(default=0.9, ge=0, lt=1)
     recency_half_life: float = Field(default=20.0, gt=0)
-    entropy_coef: float = Field(default=1e-3, ge=0)
+    entropy_coef: float = Field(default=0.0, ge=0)
     min_log_std: float = -5.0
     pixel_noise_std: float = Field(default=0.05, gt=0)
     feedback_window: int = Field(default=16, ge=1)
+    finetune_lr_scale: float = Field(default=0.2, gt=0)
+    warmup_updates: int = Field(default=0, ge=0)
+    log_std_lr_scale: float = Field(default=0.75, gt=0)
 
     @field_validator(
         "learning_rate",
