@@ -368,8 +368,10 @@ class GlyphLearner:
             self._update(take, apply=self._ol.enabled and warm)
 
     def _update(self, items: list[dict[str, Any]], *, apply: bool) -> None:
-        rows = self._batch_rows
         n = len(items)
+        # Batches are padded to a power of two, so one rating and a cold-start
+        # burst compile once each and a single rating costs one decoder pass.
+        rows = min(1 << (n - 1).bit_length(), self._batch_rows)
         cfg = self.model_config
         z = np.zeros((rows, cfg.style_z_dim), np.float32)
         img = np.zeros((rows, cfg.image_size, cfg.image_size), np.float32)
@@ -408,7 +410,6 @@ class GlyphLearner:
         self._last_metrics = entry
         self.history.append(entry)
         self.store.save(self._snapshot(state, self._frozen), metadata_entry=entry)
-        del n
 
     # ------------------------------------------------------------------ evaluation
 
