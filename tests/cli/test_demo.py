@@ -13,7 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_writes_plots_versions_and_summary(tmp_path, capsys):
-    shutil.copytree(REPO / "networks" / "glyph-demo", tmp_path / "glyph-demo")
+    (tmp_path / "glyph-demo").mkdir()
+    shutil.copy(
+        REPO / "networks" / "glyph-demo" / "config.yaml", tmp_path / "glyph-demo"
+    )
     code = main(
         ["demo", "--root", str(tmp_path), "--cycles", "3", "--glyphs-per-cycle", "4"]
     )
