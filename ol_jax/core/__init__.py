@@ -5,6 +5,10 @@ from ol_jax.core._cache import enable_compilation_cache as enable_compilation_ca
 from ol_jax.core._ewc import EwcState as EwcState
 from ol_jax.core._ewc import ewc as ewc
 from ol_jax.core._ewc import ewc_set_anchor as ewc_set_anchor
+from ol_jax.core._multi import make_multi_step as make_multi_step
+from ol_jax.core._multi import num_networks as num_networks
+from ol_jax.core._multi import stack_states as stack_states
+from ol_jax.core._multi import unstack_state as unstack_state
 from ol_jax.core._state import OnlineState as OnlineState
 from ol_jax.core._state import init_state as init_state
 from ol_jax.core._step import make_step as make_step
@@ -37,11 +41,15 @@ __all__ = [
     "freeze_all_but",
     "get_learning_rate",
     "init_state",
+    "make_multi_step",
     "make_step",
     "merge_params",
+    "num_networks",
     "online_optimizer",
     "partition_params",
     "path_labels",
     "path_str",
     "set_learning_rate",
+    "stack_states",
+    "unstack_state",
 ]
