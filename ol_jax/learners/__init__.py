@@ -11,6 +11,7 @@ from ol_jax.learners.controller import OnlineLearner as OnlineLearner
 from ol_jax.learners.controller import run_soak as run_soak
 from ol_jax.learners.glyph import Glyph as Glyph
 from ol_jax.learners.glyph import GlyphLearner as GlyphLearner
+from ol_jax.learners.multi_glyph import MultiGlyphLearner as MultiGlyphLearner
 
 __all__ = [
     "BufferedLearner",
@@ -22,6 +23,7 @@ __all__ = [
     "OnlineLearner",
     "Glyph",
     "GlyphLearner",
+    "MultiGlyphLearner",
     "byte_llama_config",
     "run_soak",
 ]
