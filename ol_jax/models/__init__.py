@@ -1,6 +1,15 @@
 """Models: the Llama-family decoder with LoRA, generation, weight loaders, and the
-glyph decoder with its style policy."""
+glyph decoder with its style policy, and the BERT-style sentence encoder."""
 
+from ol_jax.models._encoder import ENCODER_ACTIVATIONS as ENCODER_ACTIVATIONS
+from ol_jax.models._encoder import Encoder as Encoder
+from ol_jax.models._encoder import EncoderConfig as EncoderConfig
+from ol_jax.models._encoder import LoadedEncoder as LoadedEncoder
+from ol_jax.models._encoder import encoder_apply as encoder_apply
+from ol_jax.models._encoder import encoder_params_from_hf as encoder_params_from_hf
+from ol_jax.models._encoder import load_encoder as load_encoder
+from ol_jax.models._encoder import mean_pool as mean_pool
+from ol_jax.models._encoder import sentence_embeddings as sentence_embeddings
 from ol_jax.models._formats import FLOAT_DTYPES as FLOAT_DTYPES
 from ol_jax.models._formats import convert_dtype as convert_dtype
 from ol_jax.models._formats import load_weights as load_weights
@@ -62,6 +71,15 @@ from ol_jax.models._routed import routed_llama_apply as routed_llama_apply
 from ol_jax.models._routed import routed_mlp_apply as routed_mlp_apply
 
 __all__ = [
+    "ENCODER_ACTIVATIONS",
+    "Encoder",
+    "EncoderConfig",
+    "LoadedEncoder",
+    "encoder_apply",
+    "encoder_params_from_hf",
+    "load_encoder",
+    "mean_pool",
+    "sentence_embeddings",
     "RoutedLlamaOutput",
     "RoutedOutput",
     "init_routed_llama",
