@@ -211,3 +211,23 @@ def test_donated_multi_step_and_bad_mask():
         multi_step(new, batches(n, 0), jnp.ones((n,), jnp.int32), FROZEN)
     with pytest.raises(ValueError, match="has_aux and extras_update"):
         make_multi_step(glyph_like_loss, TX, donate_argnums=0)
+
+
+def test_chunked_equals_unchunked_and_keeps_masked_off():
+    n = 10  # not a multiple of the chunk: the remainder takes its own path
+    state = stack_states([network(i) for i in range(n)])
+    mask = jnp.arange(n) % 4 != 1
+    batch = batches(n, 9)
+    a, ma = make_multi_step(glyph_like_loss, TX, **KW)(state, batch, mask, FROZEN)
+    b, mb = make_multi_step(glyph_like_loss, TX, chunk_size=4, **KW)(
+        state, batch, mask, FROZEN
+    )
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-6),
+        (a.params, a.opt_state, a.extras, ma["loss"]),
+        (b.params, b.opt_state, b.extras, mb["loss"]),
+    )
+    for i in range(1, n, 4):
+        assert_tree_equal(slice_tree(b, i), slice_tree(state, i))
+    with pytest.raises(ValueError, match="chunk_size"):
+        make_multi_step(glyph_like_loss, TX, chunk_size=0)
