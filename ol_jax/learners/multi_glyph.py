@@ -80,6 +80,8 @@ class MultiGlyphLearner:
       writer: a :class:`CheckpointWriter` to share with other stores; by default
         one is made (queue size of the first network's ``store.queue_size``) and
         closed by :meth:`close`.
+      chunk_size: networks vmapped together inside the one multi step (see
+        :func:`ol_jax.core.make_multi_step`); ``None`` vmaps all at once.
 
     Raises:
       ValueError: no networks, a repeated id, or configs that differ in
@@ -97,6 +99,7 @@ class MultiGlyphLearner:
         network_ids: Sequence[str],
         *,
         writer: CheckpointWriter | None = None,
+        chunk_size: int | None = 8,
     ):
         ids = list(network_ids)
         if not ids:
@@ -173,6 +176,7 @@ class MultiGlyphLearner:
         self._multi_step = make_multi_step(
             glyph_loss(self._loss_cfg),
             self.tx,
+            chunk_size=chunk_size,
             has_aux=True,
             extras_update=glyph_extras_update(self._loss_cfg),
         )
