@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 
 from ol_jax.models._generate import prompt_bucket
-from ol_jax.models._load import _read_safetensors, _weight_files
+from ol_jax.models._load import _read_safetensors, _weight_files, load_local_tokenizer
 from ol_jax.models._pretrained import PRETRAINED, resolve_pretrained
 
 __all__ = [
@@ -886,15 +886,7 @@ def load_encoder(
         raise ValueError(f"{folder}: {e}") from e
     tok = None
     if tokenizer:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        except Exception as e:
-            raise ValueError(
-                f"could not load a tokenizer from {folder} (pass tokenizer=False to "
-                f"load the weights alone): {e}"
-            ) from e
+        tok = load_local_tokenizer(folder)
         if max_len is None and tok.model_max_length < 10**9:
             max_len = int(tok.model_max_length)
     if max_len is None:

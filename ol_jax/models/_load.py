@@ -148,6 +148,23 @@ def _weight_files(folder: pathlib.Path) -> list[pathlib.Path]:
     )
 
 
+def load_local_tokenizer(folder: str):
+    """The tokenizer of an HF folder, offline (``local_files_only``).
+
+    Raises:
+      ValueError: naming the folder, when no tokenizer loads from it.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"could not load a tokenizer from {folder} (pass tokenizer=False to "
+            f"load the weights alone): {e}"
+        ) from e
+
+
 def load_hf_folder(
     path: str | os.PathLike[str], *, tokenizer: bool = True
 ) -> LoadedModel:
@@ -196,17 +213,7 @@ def load_hf_folder(
     for file in _weight_files(folder):
         tensors.update(_read_safetensors(file))
     _check_tensors(tensors, config, folder)
-    tok = None
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        except Exception as e:
-            raise ValueError(
-                f"could not load a tokenizer from {folder} (pass tokenizer=False to "
-                f"load the weights alone): {e}"
-            ) from e
+    tok = load_local_tokenizer(folder) if tokenizer else None
     return LoadedModel(config, tensors, tok, folder)
 
 
