@@ -36,17 +36,19 @@ from ol_jax.core import (
     init_state,
     make_multi_step,
     make_step,
-    online_optimizer,
     partition_params,
     unstack_state,
 )
+from ol_jax.learners._glyph_common import (
+    glyph_loss_config,
+    glyph_model_config,
+    glyph_optimizer,
+)
 from ol_jax.learners._glyph_loss import (
-    GlyphLossConfig,
     glyph_extras_update,
     glyph_loss,
     initial_extras,
 )
-from ol_jax.learners.glyph import glyph_model_config
 from ol_jax.models import init_glyph
 from ol_jax.store import NetworkConfig
 
@@ -64,25 +66,8 @@ def _setup(n: int, model: str):
     )
     ol, cfg = config.online_learning, glyph_model_config(config)
     trainable = ["policy", *ol.finetune_layers]
-    tx = online_optimizer(
-        ol.learning_rate,
-        optimizer="adamw",
-        clip_norm=ol.gradient_clip_norm,
-        weight_decay=ol.weight_decay,
-        clamp=tuple(ol.weight_clamp),
-        lr_scales={
-            "policy.log_std": ol.log_std_lr_scale,
-            **{name: ol.finetune_lr_scale for name in ol.finetune_layers},
-        },
-    )
-    loss_cfg = GlyphLossConfig(
-        model=cfg,
-        pixel_noise_std=ol.pixel_noise_std,
-        recency_half_life=ol.recency_half_life,
-        entropy_coef=ol.entropy_coef,
-        min_log_std=ol.min_log_std,
-        baseline_decay=ol.baseline_decay,
-    )
+    tx = glyph_optimizer(ol)
+    loss_cfg = glyph_loss_config(cfg, ol)
     extras = initial_extras(ol.feedback_window, cfg.style_z_dim, cfg.image_size)
 
     def one(key):

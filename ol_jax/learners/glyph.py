@@ -20,26 +20,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ol_jax.core import (
-    OnlineState,
-    init_state,
-    make_step,
-    online_optimizer,
-    partition_params,
+from ol_jax.core import OnlineState, init_state, make_step, partition_params
+from ol_jax.learners._glyph_common import (
+    MAX_PENDING_GLYPHS,
+    feedback_entry,
+    glyph_loss_config,
+    glyph_model_config,
+    glyph_optimizer,
+    sample_glyphs,
+    validated_reward,
+    version_tree,
 )
 from ol_jax.learners._glyph_loss import (
-    GlyphLossConfig,
     glyph_extras_update,
     glyph_loss,
     glyph_params_stats,
     initial_extras,
 )
-from ol_jax.models import GlyphConfig, decode_glyph, init_glyph, sample_style_z
+from ol_jax.models import decode_glyph, init_glyph
 from ol_jax.objectives import normalize_rating
-from ol_jax.store import NetworkConfig, RunStore
+from ol_jax.store import RunStore
 
-# Generated glyphs remembered for rating; older ones are forgotten first.
-_MAX_PENDING_GLYPHS = 10_000
+__all__ = ["Glyph", "GlyphLearner", "glyph_model_config"]
 
 
 @dataclass(frozen=True)
@@ -49,30 +51,6 @@ class Glyph:
     id: str
     style_z: np.ndarray
     image: np.ndarray
-
-
-def glyph_model_config(config: NetworkConfig) -> GlyphConfig:
-    """The :class:`GlyphConfig` described by a network config."""
-    m = config.model
-    return GlyphConfig(
-        style_z_dim=m.style_z_dim,
-        image_size=m.image_size,
-        hidden=tuple(m.hidden),
-        coord_scale=m.coord_scale,
-        stroke_sharpness=m.stroke_sharpness,
-    )
-
-
-def _generate(params, frozen, key, *, n, cfg: GlyphConfig, noise_std: float):
-    """Samples ``n`` glyphs: ``z ~ pi``, ``x = clip(decoder(z) + tau eps, 0, 1)``."""
-    from ol_jax.core import merge_params
-
-    decoder = merge_params(params, frozen)["decoder"]
-    kz, kx = jax.random.split(key)
-    z = sample_style_z(params["policy"], key=kz, n=n)
-    mean = jax.vmap(lambda zi: decode_glyph(decoder, zi, cfg))(z)
-    noise = noise_std * jax.random.normal(kx, mean.shape, mean.dtype)
-    return z, jnp.clip(mean + noise, 0.0, 1.0), mean
 
 
 class GlyphLearner:
@@ -109,18 +87,7 @@ class GlyphLearner:
         key = jax.random.key(cfg.seed)
         full = init_glyph(self.model_config, key=jax.random.fold_in(key, 0))
         params, frozen = partition_params(full, ["policy", *ol.finetune_layers])
-        self.tx = online_optimizer(
-            ol.learning_rate,
-            optimizer="adamw",
-            clip_norm=ol.gradient_clip_norm,
-            weight_decay=ol.weight_decay,
-            clamp=tuple(ol.weight_clamp),
-            lr_scales={
-                "policy.log_std": ol.log_std_lr_scale,
-                **{name: ol.finetune_lr_scale for name in ol.finetune_layers},
-            },
-            warmup_steps=ol.warmup_updates,
-        )
+        self.tx = glyph_optimizer(ol)
         extras = initial_extras(
             ol.feedback_window,
             self.model_config.style_z_dim,
@@ -129,14 +96,7 @@ class GlyphLearner:
         state = init_state(
             params, self.tx, key=jax.random.fold_in(key, 1), extras=extras
         )
-        self._loss_cfg = GlyphLossConfig(
-            model=self.model_config,
-            pixel_noise_std=ol.pixel_noise_std,
-            recency_half_life=ol.recency_half_life,
-            entropy_coef=ol.entropy_coef,
-            min_log_std=ol.min_log_std,
-            baseline_decay=ol.baseline_decay,
-        )
+        self._loss_cfg = glyph_loss_config(self.model_config, ol)
         self.loss_fn = glyph_loss(self._loss_cfg)
         self._fresh_extras = extras
         # No donation: generate() may still be reading the previous state while
@@ -150,7 +110,7 @@ class GlyphLearner:
         )
         self._stats = jax.jit(glyph_params_stats)
         self._gen = jax.jit(
-            _generate,
+            sample_glyphs,
             static_argnames=("n", "cfg", "noise_std"),
         )
         self._batch_rows = max(ol.batch_size, ol.min_ratings_before_update, 1)
@@ -204,15 +164,15 @@ class GlyphLearner:
         return self._ratings_seen
 
     def _snapshot(self, state: OnlineState, frozen) -> dict[str, Any]:
-        return {
-            "step": state.step,
-            "params": state.params,
-            "opt_state": state.opt_state,
-            "extras": state.extras,
-            "key_data": jax.random.key_data(state.key),
-            "frozen": frozen,
-            "ratings_seen": jnp.asarray(getattr(self, "_ratings_seen", 0), jnp.int32),
-        }
+        return version_tree(
+            state.step,
+            state.params,
+            state.opt_state,
+            state.extras,
+            jax.random.key_data(state.key),
+            frozen,
+            getattr(self, "_ratings_seen", 0),
+        )
 
     def _unsnapshot(self, saved: dict[str, Any]):
         state = OnlineState(
@@ -252,7 +212,7 @@ class GlyphLearner:
                 gid = f"g{count:06d}-{i:03d}"
                 self._glyphs[gid] = (z[i], images[i])
                 out.append(Glyph(gid, z[i], images[i]))
-            while len(self._glyphs) > _MAX_PENDING_GLYPHS:
+            while len(self._glyphs) > MAX_PENDING_GLYPHS:
                 self._glyphs.popitem(last=False)
         return out
 
@@ -278,9 +238,7 @@ class GlyphLearner:
         self._raise_worker_error()
         if self._closed:
             raise RuntimeError("GlyphLearner is closed")
-        reward = normalize_rating(rating, scale=self._ol.feedback_scale)
-        if isinstance(rating, float | np.floating):
-            raise ValueError(f"rating must be an integer in 1..10, got {rating!r}")
+        reward = validated_reward(rating, self._ol.feedback_scale)
         with self._glyph_lock:
             if glyph_id not in self._glyphs:
                 raise ValueError(f"unknown glyph id {glyph_id!r}")
@@ -289,7 +247,7 @@ class GlyphLearner:
             {
                 "glyph_id": glyph_id,
                 "rating": int(rating),
-                "reward": float(reward),
+                "reward": reward,
                 "z": z,
                 "image": image,
                 "timestamp": time.time(),
@@ -397,16 +355,12 @@ class GlyphLearner:
                 {k: v for k, v in m.items() if k != "aux"} | m["aux"]
             )
             metrics |= jax.device_get(self._stats(state.params))
-        entry = {
-            "ratings": [it["rating"] for it in items],
-            "glyph_ids": [it["glyph_id"] for it in items],
-            "rewards": [it["reward"] for it in items],
-            "rated_at": [it["timestamp"] for it in items],
-            "style_z": [it["z"].tolist() for it in items],
-            "update_applied": bool(apply and metrics.get("applied", False)),
-            "step": int(state.step),
-            **{k: float(v) for k, v in metrics.items() if k != "applied"},
-        }
+        entry = feedback_entry(
+            items,
+            applied=bool(apply and metrics.get("applied", False)),
+            step=int(state.step),
+        )
+        entry |= {k: float(v) for k, v in metrics.items() if k != "applied"}
         self._last_metrics = entry
         self.history.append(entry)
         self.store.save(self._snapshot(state, self._frozen), metadata_entry=entry)

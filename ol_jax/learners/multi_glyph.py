@@ -29,33 +29,35 @@ from ol_jax.core import (
     OnlineState,
     init_state,
     make_multi_step,
-    online_optimizer,
     partition_params,
     stack_states,
 )
+from ol_jax.learners._glyph_common import (
+    MAX_PENDING_GLYPHS,
+    feedback_entry,
+    glyph_loss_config,
+    glyph_model_config,
+    glyph_optimizer,
+    sample_glyphs,
+    validated_reward,
+    version_tree,
+)
 from ol_jax.learners._glyph_loss import (
-    GlyphLossConfig,
     glyph_extras_update,
     glyph_loss,
     glyph_params_stats,
     initial_extras,
 )
-from ol_jax.learners.glyph import (
-    _MAX_PENDING_GLYPHS,
-    Glyph,
-    _generate,
-    glyph_model_config,
-)
+from ol_jax.learners.glyph import Glyph
 from ol_jax.models import init_glyph
-from ol_jax.objectives import normalize_rating
 from ol_jax.store import CheckpointWriter, RunStore, load_network_config
 
 
 def _generate_one(params, frozen, key, index, *, n, cfg, noise_std):
-    """:func:`_generate` for network ``index`` of stacked ``params`` (traced index,
+    """:func:`sample_glyphs` for network ``index`` of stacked ``params`` (traced index,
     so one compilation serves every network)."""
     own = jax.tree.map(lambda x: x[index], params)
-    return _generate(own, frozen, key, n=n, cfg=cfg, noise_std=noise_std)
+    return sample_glyphs(own, frozen, key, n=n, cfg=cfg, noise_std=noise_std)
 
 
 class MultiGlyphLearner:
@@ -135,18 +137,7 @@ class MultiGlyphLearner:
         self.model_config = glyph_model_config(cfg)
         self._ol = ol
         trainable = ["policy", *ol.finetune_layers]
-        self.tx = online_optimizer(
-            ol.learning_rate,
-            optimizer="adamw",
-            clip_norm=ol.gradient_clip_norm,
-            weight_decay=ol.weight_decay,
-            clamp=tuple(ol.weight_clamp),
-            lr_scales={
-                "policy.log_std": ol.log_std_lr_scale,
-                **{name: ol.finetune_lr_scale for name in ol.finetune_layers},
-            },
-            warmup_steps=ol.warmup_updates,
-        )
+        self.tx = glyph_optimizer(ol)
         extras = initial_extras(
             ol.feedback_window,
             self.model_config.style_z_dim,
@@ -164,14 +155,7 @@ class MultiGlyphLearner:
                 )
             )
         self._frozen = frozen
-        self._loss_cfg = GlyphLossConfig(
-            model=self.model_config,
-            pixel_noise_std=ol.pixel_noise_std,
-            recency_half_life=ol.recency_half_life,
-            entropy_coef=ol.entropy_coef,
-            min_log_std=ol.min_log_std,
-            baseline_decay=ol.baseline_decay,
-        )
+        self._loss_cfg = glyph_loss_config(self.model_config, ol)
         # No donation: generate() may still read the previous stacked state.
         self._multi_step = make_multi_step(
             glyph_loss(self._loss_cfg),
@@ -242,15 +226,15 @@ class MultiGlyphLearner:
     def _snapshot(self, host: OnlineState, i: int) -> dict[str, Any]:
         """Network ``i``'s version in :class:`GlyphLearner`'s checkpoint layout."""
         own = jax.tree.map(lambda x: x[i], host)
-        return {
-            "step": own.step,
-            "params": own.params,
-            "opt_state": own.opt_state,
-            "extras": own.extras,
-            "key_data": np.asarray(jax.random.key_data(host.key))[i],
-            "frozen": self._frozen,
-            "ratings_seen": np.asarray(self._ratings_seen[i], np.int32),
-        }
+        return version_tree(
+            own.step,
+            own.params,
+            own.opt_state,
+            own.extras,
+            np.asarray(jax.random.key_data(host.key))[i],
+            self._frozen,
+            self._ratings_seen[i],
+        )
 
     # ------------------------------------------------------------------ generation
 
@@ -289,7 +273,7 @@ class MultiGlyphLearner:
                 gid = f"g{count:06d}-{j:03d}"
                 glyphs[gid] = (z[j], images[j])
                 out.append(Glyph(gid, z[j], images[j]))
-            while len(glyphs) > _MAX_PENDING_GLYPHS:
+            while len(glyphs) > MAX_PENDING_GLYPHS:
                 glyphs.popitem(last=False)
         return out
 
@@ -305,9 +289,7 @@ class MultiGlyphLearner:
         if self._closed:
             raise RuntimeError("MultiGlyphLearner is closed")
         i = self.index(network_id)
-        reward = normalize_rating(rating, scale=self._ol.feedback_scale)
-        if isinstance(rating, float | np.floating):
-            raise ValueError(f"rating must be an integer in 1..10, got {rating!r}")
+        reward = validated_reward(rating, self._ol.feedback_scale)
         with self._glyph_lock:
             if glyph_id not in self._glyphs[i]:
                 raise ValueError(
@@ -319,7 +301,7 @@ class MultiGlyphLearner:
                 "network": i,
                 "glyph_id": glyph_id,
                 "rating": int(rating),
-                "reward": float(reward),
+                "reward": reward,
                 "z": z,
                 "image": image,
                 "timestamp": time.time(),
@@ -459,15 +441,7 @@ class MultiGlyphLearner:
         host = jax.device_get(state)
         for i, items in chunks.items():
             applied = bool(mask[i] and metrics["applied"][i]) if mask[i] else False
-            entry = {
-                "ratings": [it["rating"] for it in items],
-                "glyph_ids": [it["glyph_id"] for it in items],
-                "rewards": [it["reward"] for it in items],
-                "rated_at": [it["timestamp"] for it in items],
-                "style_z": [it["z"].tolist() for it in items],
-                "update_applied": applied,
-                "step": int(host.step[i]),
-            }
+            entry = feedback_entry(items, applied=applied, step=int(host.step[i]))
             if mask[i]:
                 entry |= {k: float(v[i]) for k, v in metrics.items() if k != "applied"}
             nid = self.network_ids[i]
