@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ol_jax.models._llama import _proj_shapes
+
 __all__ = [
     "PEFT_MODULE_PARENTS",
     "PeftAdapter",
@@ -269,22 +271,6 @@ def _stacked_adapters(lora: Any) -> dict[str, tuple[Any, Any]]:
     return {name: (e["lora_a"], e["lora_b"]) for name, e in layers.items()}
 
 
-def _projection_shapes(config: Any) -> dict[str, tuple[int, int]]:
-    """(in, out) of each projection of a Llama-family block."""
-    d, f = config.hidden_size, config.intermediate_size
-    q = config.num_attention_heads * config.head_dim
-    kv = config.num_key_value_heads * config.head_dim
-    return {
-        "q_proj": (d, q),
-        "k_proj": (d, kv),
-        "v_proj": (d, kv),
-        "o_proj": (q, d),
-        "gate_proj": (d, f),
-        "up_proj": (d, f),
-        "down_proj": (f, d),
-    }
-
-
 def lora_to_peft(lora: Any, lora_config: Any) -> PeftAdapter:
     """Convert layer-stacked adapters of :class:`ol_jax.models.Llama` to PEFT's layout.
 
@@ -353,7 +339,7 @@ def lora_from_peft(adapter: PeftAdapter, config: Any) -> tuple[dict[str, Any], A
     from ol_jax.models._llama import LoRAConfig
 
     _check_adapter(adapter)
-    shapes = _projection_shapes(config)
+    shapes = _proj_shapes(config)
     n_layers, r = config.num_hidden_layers, adapter.rank
     for layer, _ in adapter.weights:
         if not 0 <= layer < n_layers:
