@@ -1,4 +1,5 @@
-"""Feedback: raters for glyphs (a deterministic simulated one and an API client)."""
+"""Feedback: raters for glyphs (a deterministic simulated one and an API client)
+and the teacher contract for teacher-taught learners."""
 
 from ol_jax.feedback._anthropic import (
     DEFAULT_ANTHROPIC_MODEL as DEFAULT_ANTHROPIC_MODEL,
@@ -20,6 +21,8 @@ from ol_jax.feedback._simulated import match_score as match_score
 from ol_jax.feedback._simulated import personality_profile as personality_profile
 from ol_jax.feedback._simulated import rating_from_match as rating_from_match
 from ol_jax.feedback._simulated import simulated_rating as simulated_rating
+from ol_jax.feedback._teacher import Teacher as Teacher
+from ol_jax.feedback._teacher import TeacherError as TeacherError
 
 __all__ = [
     "DEFAULT_ANTHROPIC_MODEL",
@@ -32,6 +35,8 @@ __all__ = [
     "Rater",
     "RaterError",
     "SimulatedRater",
+    "Teacher",
+    "TeacherError",
     "glyph_features",
     "glyph_png",
     "image_digest",
