@@ -34,3 +34,80 @@ def standard_promotion():
     """For tests that call optax's Adam directly: it is not strict-promotion clean."""
     with jax.numpy_dtype_promotion("standard"):
         yield
+
+
+class FakeMessagesAPI:
+    """A loopback imitation of ``POST /v1/messages`` for API client tests.
+
+    Replies come from ``replies`` in order, ``(status, body, delay_s)`` with a dict
+    body sent as JSON and bytes sent raw, then from ``answer(query) -> text`` as a
+    well-formed message. Every request is kept in ``requests`` as
+    ``(path, headers, body)``.
+    """
+
+    def __init__(self):
+        import json
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies = []
+        self.requests = []
+        self.answer = lambda query: f"answer to: {query}"
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("content-length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                api.requests.append((self.path, headers, body))
+                if api.replies:
+                    status, reply, delay = api.replies.pop(0)
+                else:
+                    content = body["messages"][-1]["content"]
+                    status, reply, delay = 200, api.message(api.answer(content)), 0
+                time.sleep(delay)
+                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up (a timeout test)
+                    pass
+
+            def log_message(self, *args):
+                del args
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def message(text, *, content=None, stop_reason="end_turn"):
+        """A Messages API reply body with one text block (or ``content``)."""
+        return {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-fake",
+            "content": [{"type": "text", "text": text}] if content is None else content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+        }
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def messages_api():
+    """A :class:`FakeMessagesAPI` on 127.0.0.1, closed after the test."""
+    api = FakeMessagesAPI()
+    yield api
+    api.close()

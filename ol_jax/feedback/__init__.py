@@ -9,6 +9,7 @@ from ol_jax.feedback._anthropic import Rater as Rater
 from ol_jax.feedback._anthropic import RaterError as RaterError
 from ol_jax.feedback._anthropic import glyph_png as glyph_png
 from ol_jax.feedback._anthropic import parse_rating as parse_rating
+from ol_jax.feedback._anthropic_teacher import AnthropicTeacher as AnthropicTeacher
 from ol_jax.feedback._features import FEATURE_NAMES as FEATURE_NAMES
 from ol_jax.feedback._features import glyph_features as glyph_features
 from ol_jax.feedback._simulated import MAX_RATING as MAX_RATING
@@ -31,6 +32,7 @@ __all__ = [
     "MIN_RATING",
     "PERSONALITIES",
     "AnthropicRater",
+    "AnthropicTeacher",
     "Personality",
     "Rater",
     "RaterError",

@@ -14,13 +14,17 @@ References:
 import base64
 import io
 import json
-import os
 import re
 from typing import Any, Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
+from ol_jax.feedback._anthropic_client import (
+    DEFAULT_ANTHROPIC_MODEL,
+    MessagesClient,
+    message_text,
+)
 from ol_jax.feedback._simulated import (
     MAX_RATING,
     MIN_RATING,
@@ -28,9 +32,6 @@ from ol_jax.feedback._simulated import (
     _host_images,
     personality_profile,
 )
-
-DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
-API_KEY_ENV = "ANTHROPIC_API_KEY"
 
 
 class RaterError(RuntimeError):
@@ -163,8 +164,6 @@ class AnthropicRater:
         max_tokens: int = 64,
         image_scale: int = 4,
     ):
-        import anthropic  # an edge dependency: imported only when this rater is used
-
         if not isinstance(personality, str) or not personality.strip():
             raise ValueError(
                 f"personality must be a non-empty string, got {personality!r}"
@@ -173,24 +172,18 @@ class AnthropicRater:
             raise ValueError(
                 f"max_retries_on_invalid must be >= 0, got {max_retries_on_invalid}"
             )
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        if not key:
-            raise ValueError(
-                f"an Anthropic API key is required: pass api_key=... or set "
-                f"{API_KEY_ENV} (got none)"
-            )
+        self._client = MessagesClient(
+            error=RaterError,
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=sdk_max_retries,
+        )
         self._personality = personality
         self.model = model
         self.max_retries_on_invalid = int(max_retries_on_invalid)
         self.max_tokens = int(max_tokens)
         self.image_scale = int(image_scale)
-        self._anthropic = anthropic
-        self._client = anthropic.Anthropic(
-            api_key=key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=sdk_max_retries,
-        )
 
     @property
     def personality(self) -> str:
@@ -198,20 +191,10 @@ class AnthropicRater:
         return self._personality
 
     def _ask(self, messages: list[dict[str, Any]]) -> str:
-        try:
-            response = self._client.messages.create(
+        return message_text(
+            self._client.create(
                 model=self.model, max_tokens=self.max_tokens, messages=messages
             )
-        except self._anthropic.APIStatusError as exc:
-            raise RaterError(
-                f"Anthropic API request failed with HTTP {exc.status_code}: {exc}"
-            ) from exc
-        except self._anthropic.APIError as exc:
-            raise RaterError(f"Anthropic API request failed: {exc}") from exc
-        return "".join(
-            getattr(block, "text", "")
-            for block in response.content
-            if getattr(block, "type", None) == "text"
         )
 
     def rate(self, image: jax.typing.ArrayLike) -> int:
