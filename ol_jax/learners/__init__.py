@@ -1,5 +1,34 @@
 """Learners: one module per seed system, thin stateful shells around ``step``."""
 
+from ol_jax.learners._continual import PlasticityMetrics as PlasticityMetrics
+from ol_jax.learners._continual import StabilityMetrics as StabilityMetrics
+from ol_jax.learners._continual import backward_transfer as backward_transfer
+from ol_jax.learners._continual import forgetting as forgetting
+from ol_jax.learners._continual import plasticity_metrics as plasticity_metrics
+from ol_jax.learners._continual import stability_metrics as stability_metrics
+from ol_jax.learners._facts import EntityExtractionConfig as EntityExtractionConfig
+from ol_jax.learners._facts import FactConfidenceConfig as FactConfidenceConfig
+from ol_jax.learners._facts import FactDecayConfig as FactDecayConfig
+from ol_jax.learners._facts import FactDetectionConfig as FactDetectionConfig
+from ol_jax.learners._facts import FactDetector as FactDetector
+from ol_jax.learners._facts import FactImportanceConfig as FactImportanceConfig
+from ol_jax.learners._facts import FactInfo as FactInfo
+from ol_jax.learners._facts import FactMemory as FactMemory
+from ol_jax.learners._facts import FactMemoryConfig as FactMemoryConfig
+from ol_jax.learners._facts import FactPattern as FactPattern
+from ol_jax.learners._facts import StoredFact as StoredFact
+from ol_jax.learners._token_weights import (
+    ImportanceWeightingConfig as ImportanceWeightingConfig,
+)
+from ol_jax.learners._token_weights import (
+    PositionWeightingConfig as PositionWeightingConfig,
+)
+from ol_jax.learners._token_weights import (
+    RepetitionWeightingConfig as RepetitionWeightingConfig,
+)
+from ol_jax.learners._token_weights import (
+    token_importance_weights as token_importance_weights,
+)
 from ol_jax.learners.buffered import BufferedLearner as BufferedLearner
 from ol_jax.learners.buffered import ByteTokenizer as ByteTokenizer
 from ol_jax.learners.buffered import Generation as Generation
@@ -14,6 +43,27 @@ from ol_jax.learners.glyph import GlyphLearner as GlyphLearner
 from ol_jax.learners.multi_glyph import MultiGlyphLearner as MultiGlyphLearner
 
 __all__ = [
+    "EntityExtractionConfig",
+    "FactConfidenceConfig",
+    "FactDecayConfig",
+    "FactDetectionConfig",
+    "FactDetector",
+    "FactImportanceConfig",
+    "FactInfo",
+    "FactMemory",
+    "FactMemoryConfig",
+    "FactPattern",
+    "StoredFact",
+    "ImportanceWeightingConfig",
+    "PositionWeightingConfig",
+    "RepetitionWeightingConfig",
+    "token_importance_weights",
+    "PlasticityMetrics",
+    "StabilityMetrics",
+    "backward_transfer",
+    "forgetting",
+    "plasticity_metrics",
+    "stability_metrics",
     "BufferedLearner",
     "ByteTokenizer",
     "ControllerConfig",

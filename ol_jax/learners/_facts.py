@@ -1,0 +1,859 @@
+"""Fact detection and fact memory for the chat learner (seed 001).
+
+A user turn is a *fact* when it is not a question and one of the configured regex
+patterns matches it with enough confidence. A detected fact is stored in a
+:class:`FactMemory` that scores it by repetition and recency, lets unseen facts
+decay, evicts by a configured policy when full, and hands the most important facts
+back for replay every ``replay_interval`` turns.
+
+Everything here is plain Python (no arrays): the chat learner calls it at the edge,
+before the jit-compiled update, to choose the training text, learning-rate context
+and token weights of the turn.
+
+References:
+    Rolnick et al., `Experience Replay for Continual Learning
+    <https://arxiv.org/abs/1811.11682>`_, 2019 (replaying stored items to counter
+    forgetting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "EntityExtractionConfig",
+    "FactConfidenceConfig",
+    "FactDecayConfig",
+    "FactDetectionConfig",
+    "FactDetector",
+    "FactImportanceConfig",
+    "FactInfo",
+    "FactMemory",
+    "FactMemoryConfig",
+    "FactPattern",
+    "StoredFact",
+]
+
+
+class _Section(BaseModel):
+    """Base of the config sections: unknown keys are errors, values immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be finite, got {value}")
+    return value
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """Compiles a configured regex (case-insensitive) or names it in the error."""
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+
+
+# --------------------------------------------------------------- fact detection
+
+# A subject of one to six words; bounded so that a long non-fact text costs
+# linear, not quadratic, time to scan.
+_SUBJ = r"(?P<subject>[\w'’-]+(?:\s+[\w'’-]+){0,5}?)"
+_OBJ = r"(?P<object>[^.!?,;\n]+)"
+
+_DEFAULT_PATTERNS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "favourite",
+        "pattern": r"(?P<subject>[\w-]+(?:\s+[\w-]+){0,4}?)(?:'s|’s|')\s+"
+        r"favou?rite\s+(?P<attribute>[\w-]+(?:\s+[\w-]+){0,2}?)\s+(?:is|are)\s+" + _OBJ,
+        "relation": "favourite",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "my_favourite",
+        "pattern": r"(?P<subject>(?:my|our)\s+favou?rite\s+[\w-]+(?:\s+[\w-]+)"
+        r"{0,2}?)\s+(?:is|are)\s+" + _OBJ,
+        "relation": "favourite",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "capital_of",
+        "pattern": r"capital\s+(?:city\s+)?of\s+(?P<subject>[\w'’-]+(?:\s+[\w'’-]+)"
+        r"{0,3}?)\s+is\s+" + _OBJ,
+        "relation": "capital_of",
+        "min_confidence": 0.85,
+    },
+    {
+        "name": "is_relation",
+        "pattern": _SUBJ + r"\s+is\s+(?:my|our)\s+(?P<object>(?:best\s+|old\s+)?"
+        r"(?:friend|brother|sister|mother|father|mom|mum|dad|son|daughter|wife|"
+        r"husband|partner|cousin|uncle|aunt|boss|colleague|neighbou?r|teacher|"
+        r"doctor|cat|dog|pet))\b",
+        "relation": "is_relation",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "name_is",
+        "pattern": r"(?P<subject>(?:my|our)(?:\s+[\w'’-]+){0,3}?\s+name)\s+is\s+"
+        + _OBJ,
+        "relation": "name",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "born_in",
+        "pattern": _SUBJ + r"\s+(?:was|were)\s+born\s+(?:in|on|at)\s+" + _OBJ,
+        "relation": "born_in",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "lives_in",
+        "pattern": _SUBJ + r"\s+(?:lives|lived|resides|live)\s+(?:in|at|on)\s+" + _OBJ,
+        "relation": "lives_in",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "works_as",
+        "pattern": _SUBJ + r"\s+works?\s+as\s+" + _OBJ,
+        "relation": "works_as",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "works_at",
+        "pattern": _SUBJ + r"\s+works?\s+(?:at|for|in)\s+" + _OBJ,
+        "relation": "works_at",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "owns",
+        "pattern": _SUBJ
+        + r"\s+(?:owns|own|has|have)\s+(?!been\b|to\b|had\b|got\b)"
+        + _OBJ,
+        "relation": "owns",
+        "min_confidence": 0.75,
+    },
+    {
+        "name": "likes",
+        "pattern": _SUBJ
+        + r"\s+(?:likes|like|loves|love|enjoys|enjoy|adores)\s+"
+        + _OBJ,
+        "relation": "likes",
+        "min_confidence": 0.75,
+    },
+    {
+        "name": "dislikes",
+        "pattern": _SUBJ + r"\s+(?:dislikes|hates|hate|detests)\s+" + _OBJ,
+        "relation": "dislikes",
+        "min_confidence": 0.75,
+    },
+    {
+        "name": "named",
+        "pattern": _SUBJ + r"\s+(?:is|was)\s+(?:called|named)\s+" + _OBJ,
+        "relation": "named",
+        "min_confidence": 0.8,
+    },
+    {
+        "name": "is_a",
+        "pattern": _SUBJ + r"\s+(?:is|are|was|were)\s+(?!not\b)" + _OBJ,
+        "relation": "is",
+        "min_confidence": 0.7,
+    },
+)
+
+_DEFAULT_QUESTION_INDICATORS: tuple[str, ...] = (
+    r"\?\s*$",
+    r"^\s*(?:who|whom|whose|what|where|when|why|how|which)\b",
+    r"^\s*(?:is|are|was|were|do|does|did|can|could|would|will|should|shall|may|"
+    r"might|must|have|has|am)\s+\w+",
+    r"^\s*(?:tell\s+me|do\s+you\s+(?:know|remember)|remind\s+me)\b",
+)
+
+_DEFAULT_STOP_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "my", "our", "your", "his", "her", "their", "its", "this",
+    "that", "these", "those", "i", "you", "he", "she", "it", "we", "they", "me",
+    "him", "us", "them", "there", "here", "what", "which", "who", "some", "all",
+)  # fmt: skip
+
+
+class FactPattern(_Section):
+    """One fact pattern: a regex with a relation type and a confidence threshold.
+
+    The regex is matched case-insensitively with ``re.search``. The captured text
+    of the named group ``subject`` (else the first group) is the fact's subject,
+    that of ``object`` (else the last group) its object; every group's text is an
+    entity candidate.
+
+    Attributes:
+      name: the pattern's name, non-empty.
+      pattern: the regular expression; an invalid one is an error naming it.
+      relation: the relation type a match records, e.g. ``"lives_in"``.
+      min_confidence: a match with a lower confidence is not a fact, in [0, 1].
+    """
+
+    name: str = Field(min_length=1)
+    pattern: str = Field(min_length=1)
+    relation: str = Field(min_length=1)
+    min_confidence: float = Field(default=0.7, ge=0, le=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        _compile(value)
+        return value
+
+
+class EntityExtractionConfig(_Section):
+    """How entities are read off a matched fact.
+
+    Attributes:
+      method: ``"regex"`` takes the text of the pattern's capture groups, each with
+        leading stop words removed; ``"simple"`` takes the runs of capitalized
+        words inside the capture groups (proper nouns), ignoring stop words.
+      stop_words: words stripped from the start of a group (``"regex"``) or
+        skipped (``"simple"``), compared case-insensitively.
+      min_length: entities shorter than this many characters are dropped, >= 1.
+    """
+
+    method: Literal["regex", "simple"] = "regex"
+    stop_words: list[str] = Field(default_factory=lambda: list(_DEFAULT_STOP_WORDS))
+    min_length: int = Field(default=2, ge=1)
+
+
+class FactConfidenceConfig(_Section):
+    """The confidence of a pattern match.
+
+    ``confidence = clip(c_min + coverage_boost_factor * (coverage -
+    coverage_reference) + entity_boost * (entity_fraction - entity_reference), 0,
+    1)``, where ``c_min`` is the pattern's ``min_confidence``, ``coverage`` the
+    fraction of the (stripped) text the match spans and ``entity_fraction`` the
+    fraction of the pattern's capture groups that yielded an entity. A match is
+    a fact when ``confidence >= c_min``: a match that covers less of the text than
+    the reference must be made up for by its entities, and the reverse.
+
+    Attributes:
+      coverage_boost_factor: weight of the text coverage, >= 0.
+      entity_boost: weight of the entity fraction, >= 0.
+      coverage_reference: coverage at which the coverage term is zero, in [0, 1].
+      entity_reference: entity fraction at which the entity term is zero, in [0, 1].
+    """
+
+    coverage_boost_factor: float = Field(default=0.2, ge=0)
+    entity_boost: float = Field(default=0.1, ge=0)
+    coverage_reference: float = Field(default=0.5, ge=0, le=1)
+    entity_reference: float = Field(default=0.5, ge=0, le=1)
+
+    @field_validator("coverage_boost_factor", "entity_boost")
+    @classmethod
+    def _finite_values(cls, value: float) -> float:
+        return _finite(value)
+
+
+class FactDetectionConfig(_Section):
+    """The ``fact_detection`` section of a chat network's config (seed 001).
+
+    Attributes:
+      enabled: when false, :meth:`FactDetector.detect` never reports a fact.
+      patterns: the fact patterns, tried in order; the most confident match
+        wins, the earlier pattern on a tie. The defaults cover "X is Y", "X is my
+        friend", "X lives in Y", "X owns Y", "X works as Y", "X likes Y", "X was
+        born in Y", "X's favourite Y is Z", "the capital of X is Y" and "my name
+        is X".
+      question_indicators: regexes (case-insensitive, ``re.search``); a text that
+        matches any of them is a question and never a fact.
+      entity_extraction: how entities are extracted.
+      confidence_calculation: how a match's confidence is computed.
+      max_chars: texts longer than this are not scanned for facts (a fact is one
+        statement; the bound also keeps user-supplied patterns from taking
+        quadratic time on a huge input), >= 1.
+    """
+
+    enabled: bool = True
+    patterns: list[FactPattern] = Field(
+        default_factory=lambda: [FactPattern(**p) for p in _DEFAULT_PATTERNS]
+    )
+    question_indicators: list[str] = Field(
+        default_factory=lambda: list(_DEFAULT_QUESTION_INDICATORS)
+    )
+    entity_extraction: EntityExtractionConfig = Field(
+        default_factory=EntityExtractionConfig
+    )
+    confidence_calculation: FactConfidenceConfig = Field(
+        default_factory=FactConfidenceConfig
+    )
+    max_chars: int = Field(default=2000, ge=1)
+
+    @field_validator("question_indicators")
+    @classmethod
+    def _valid_regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            _compile(pattern)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class FactInfo:
+    """A detected fact.
+
+    Attributes:
+      text: the input text, stripped.
+      relation: the matched pattern's relation type.
+      entities: the extracted entities, in order of appearance, without
+        case-insensitive duplicates.
+      subject: the fact's subject (leading stop words removed), ``""`` if the
+        pattern has no groups.
+      object: the fact's object (leading stop words removed), ``""`` if none.
+      confidence: the match confidence in [0, 1].
+      pattern: the name of the matched pattern.
+    """
+
+    text: str
+    relation: str
+    entities: tuple[str, ...]
+    subject: str
+    object: str
+    confidence: float
+    pattern: str
+
+
+_TRAILING = " \t\r\n.!;:,"
+_WORD = re.compile(r"[\w'’-]+")
+
+
+class FactDetector:
+    """Tells facts from questions and reads their relation and entities.
+
+    Examples:
+      >>> detector = FactDetector(FactDetectionConfig())
+      >>> info = detector.detect("Zorblax Quint lives in Varnholm.")
+      >>> info.relation, info.subject, info.object
+      ('lives_in', 'Zorblax Quint', 'Varnholm')
+      >>> detector.detect("Where does Zorblax Quint live?") is None
+      True
+
+    Args:
+      config: the fact detection settings.
+    """
+
+    def __init__(self, config: FactDetectionConfig):
+        self.config = config
+        self._questions = [_compile(p) for p in config.question_indicators]
+        self._patterns = [(p, _compile(p.pattern)) for p in config.patterns]
+        self._stop = {w.casefold() for w in config.entity_extraction.stop_words}
+
+    def is_question(self, text: str) -> bool:
+        """Whether ``text`` matches any question indicator."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        return any(q.search(text.strip()) for q in self._questions)
+
+    def detect(self, text: str) -> FactInfo | None:
+        """The most confident fact in ``text``, or ``None``.
+
+        ``None`` when detection is disabled, the text is empty, longer than
+        ``max_chars`` or a question, no pattern matches, the match's subject holds
+        no entity (so "It is raining" is not a fact), or its confidence is below
+        the pattern's ``min_confidence``.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        stripped = text.strip()
+        body = stripped.rstrip(_TRAILING)
+        if (
+            not self.config.enabled
+            or not body
+            or len(stripped) > self.config.max_chars
+            or self.is_question(stripped)
+        ):
+            return None
+        best: FactInfo | None = None
+        for spec, regex in self._patterns:
+            match = regex.search(body)
+            if match is None:
+                continue
+            info = self._score(stripped, body, spec, match)
+            if info is not None and (best is None or info.confidence > best.confidence):
+                best = info
+        return best
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _strip_stop(self, phrase: str) -> str:
+        words = phrase.split()
+        while words and words[0].casefold() in self._stop:
+            words.pop(0)
+        return " ".join(words).strip(_TRAILING)
+
+    def _group_entities(self, phrase: str) -> list[str]:
+        cfg = self.config.entity_extraction
+        if cfg.method == "regex":
+            found = [self._strip_stop(phrase)]
+        else:
+            found, run = [], []
+            for word in [*_WORD.findall(phrase), ""]:
+                if word[:1].isupper() and word.casefold() not in self._stop:
+                    run.append(word)
+                elif run:
+                    found.append(" ".join(run))
+                    run = []
+        return [e for e in found if len(e) >= cfg.min_length]
+
+    def _score(self, stripped, body, spec: FactPattern, match) -> FactInfo | None:
+        groups = [
+            (name, match.group(i))
+            for i, name in self._group_names(match).items()
+            if match.group(i) is not None
+        ]
+        named = dict(groups)
+        texts = [g for _, g in groups]
+        subject = named.get("subject", texts[0] if texts else "")
+        obj = named.get("object", texts[-1] if texts else "")
+        per_group = [self._group_entities(g) for g in texts]
+        if texts and not self._group_entities(subject):
+            return None
+        entities: list[str] = []
+        seen: set[str] = set()
+        for found in per_group:
+            for entity in found:
+                if entity.casefold() not in seen:
+                    seen.add(entity.casefold())
+                    entities.append(entity)
+        cc = self.config.confidence_calculation
+        coverage = (match.end() - match.start()) / len(body)
+        entity_fraction = (
+            sum(1 for f in per_group if f) / len(per_group) if per_group else 0.0
+        )
+        confidence = (
+            spec.min_confidence
+            + cc.coverage_boost_factor * (coverage - cc.coverage_reference)
+            + cc.entity_boost * (entity_fraction - cc.entity_reference)
+        )
+        confidence = min(max(confidence, 0.0), 1.0)
+        if confidence < spec.min_confidence:
+            return None
+        return FactInfo(
+            text=stripped,
+            relation=spec.relation,
+            entities=tuple(entities),
+            subject=self._strip_stop(subject),
+            object=self._strip_stop(obj),
+            confidence=confidence,
+            pattern=spec.name,
+        )
+
+    @staticmethod
+    def _group_names(match: re.Match[str]) -> dict[int, str]:
+        """Group index -> name (``"<i>"`` for unnamed groups), in order."""
+        names = {i: f"<{i}>" for i in range(1, (match.re.groups or 0) + 1)}
+        for name, i in match.re.groupindex.items():
+            names[i] = name
+        return names
+
+
+# ------------------------------------------------------------------ fact memory
+
+
+class FactImportanceConfig(_Section):
+    """How a stored fact's importance is scored.
+
+    With ``n`` the times the fact was stated and ``a = turn - last_seen`` the
+    turns since it was last stated, the raw importance is
+
+    * ``repetition``: ``base_importance + repetition_weight * (n - 1)``
+    * ``recency``: ``base_importance + recency_weight / (1 + a)``
+    * ``hybrid``: ``base_importance + repetition_weight * (n - 1) +
+      recency_weight / (1 + a)``
+
+    and the importance is the raw importance times the decay factor (see
+    :class:`FactDecayConfig`).
+
+    Attributes:
+      method: ``"repetition"``, ``"recency"`` or ``"hybrid"``.
+      base_importance: importance of a fact stated once, long ago, > 0.
+      repetition_weight: importance added per repetition, >= 0.
+      recency_weight: importance of having been stated this turn, >= 0.
+    """
+
+    method: Literal["repetition", "recency", "hybrid"] = "hybrid"
+    base_importance: float = Field(default=1.0, gt=0)
+    repetition_weight: float = Field(default=0.5, ge=0)
+    recency_weight: float = Field(default=0.5, ge=0)
+
+    @field_validator("base_importance", "repetition_weight", "recency_weight")
+    @classmethod
+    def _finite_values(cls, value: float) -> float:
+        return _finite(value)
+
+
+class FactDecayConfig(_Section):
+    """Decay of facts that are not stated again.
+
+    A fact unseen for ``a`` turns has its importance multiplied by ``(1 - rate) **
+    floor(a / turns)``: one decay step per ``turns`` unseen turns, so the result
+    does not depend on how often :meth:`FactMemory.decay` is called. Stating the
+    fact again resets ``a``. :meth:`FactMemory.decay` removes facts whose
+    importance falls below ``threshold``.
+
+    Attributes:
+      enabled: whether facts decay at all.
+      turns: unseen turns per decay step, >= 1.
+      rate: fraction of importance lost per step, in [0, 1).
+      threshold: facts below this importance are removed, >= 0.
+    """
+
+    enabled: bool = True
+    turns: int = Field(default=100, ge=1)
+    rate: float = Field(default=0.1, ge=0, lt=1)
+    threshold: float = Field(default=0.1, ge=0)
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite_values(cls, value: float) -> float:
+        return _finite(value)
+
+
+class FactMemoryConfig(_Section):
+    """The ``fact_memory`` section of a chat network's config (seed 001).
+
+    Attributes:
+      enabled: when false, :meth:`FactMemory.store` keeps nothing and
+        :meth:`FactMemory.should_replay` is always false.
+      max_facts: capacity; storing one fact more evicts one, >= 1.
+      replay_interval: replay every this many turns, >= 1.
+      replay_limit: facts per replay, >= 1.
+      eviction_policy: which fact a full memory drops: ``"fifo"`` the first
+        stored, ``"lru"`` the least recently stated, ``"importance"`` the least
+        important, ``"hybrid"`` the one with the lowest sum of its importance rank
+        and its recency rank (ties: the first stored).
+      importance_scoring: see :class:`FactImportanceConfig`.
+      decay: see :class:`FactDecayConfig`.
+    """
+
+    enabled: bool = True
+    max_facts: int = Field(default=50, ge=1)
+    replay_interval: int = Field(default=10, ge=1)
+    replay_limit: int = Field(default=10, ge=1)
+    eviction_policy: Literal["fifo", "lru", "importance", "hybrid"] = "hybrid"
+    importance_scoring: FactImportanceConfig = Field(
+        default_factory=FactImportanceConfig
+    )
+    decay: FactDecayConfig = Field(default_factory=FactDecayConfig)
+
+
+@dataclasses.dataclass
+class StoredFact:
+    """A fact in :class:`FactMemory`.
+
+    Attributes:
+      fact_text: the fact as first stated.
+      entities: its entities.
+      relation: its relation type.
+      subject: its subject.
+      object: its object.
+      turns_seen: how many times it was stated, >= 1.
+      first_seen: the turn it was first stated.
+      last_seen: the turn it was last stated.
+      importance: its importance as of the last store or decay.
+    """
+
+    fact_text: str
+    entities: list[str]
+    relation: str
+    subject: str
+    object: str
+    turns_seen: int
+    first_seen: int
+    last_seen: int
+    importance: float
+
+
+_FACT_FIELDS = tuple(f.name for f in dataclasses.fields(StoredFact))
+_FACT_TYPES = {
+    "fact_text": str,
+    "relation": str,
+    "subject": str,
+    "object": str,
+    "turns_seen": int,
+    "first_seen": int,
+    "last_seen": int,
+    "importance": float,
+}
+
+
+def _copy(fact: StoredFact) -> StoredFact:
+    """A copy that shares no mutable field with ``fact``."""
+    return dataclasses.replace(fact, entities=list(fact.entities))
+
+
+def _fact_from_dict(item: Mapping[str, Any], *, where: str) -> StoredFact:
+    """A :class:`StoredFact` from its ``dataclasses.asdict`` form, type-checked."""
+    for name, kind in _FACT_TYPES.items():
+        value = item[name]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if kind is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(
+                f"{where}.{name} must be {kind.__name__}, got {value!r:.80}"
+            )
+    entities = item["entities"]
+    if not isinstance(entities, list) or not all(isinstance(e, str) for e in entities):
+        raise ValueError(
+            f"{where}.entities must be a list of str, got {entities!r:.80}"
+        )
+    if item["turns_seen"] < 1 or item["first_seen"] > item["last_seen"]:
+        raise ValueError(
+            f"{where} needs turns_seen >= 1 and first_seen <= last_seen, got "
+            f"{item['turns_seen']}, {item['first_seen']}, {item['last_seen']}"
+        )
+    return StoredFact(
+        **{**item, "entities": list(entities), "importance": float(item["importance"])}
+    )
+
+
+def _fact_key(text: str) -> str:
+    """Facts are the same when equal up to case, spacing and end punctuation."""
+    return " ".join(text.strip().rstrip(_TRAILING).casefold().split())
+
+
+class FactMemory:
+    """Stored facts with importance, decay, eviction and replay selection.
+
+    Examples:
+      >>> memory = FactMemory(FactMemoryConfig(replay_interval=10))
+      >>> info = FactDetector(FactDetectionConfig()).detect("Tom is my friend")
+      >>> memory.store("Tom is my friend", info, turn=3).turns_seen
+      1
+      >>> memory.store("tom is my friend.", info, turn=5).turns_seen
+      2
+      >>> memory.should_replay(10), [f.fact_text for f in memory.facts_for_replay()]
+      (True, ['Tom is my friend'])
+
+    Args:
+      config: the fact memory settings.
+    """
+
+    def __init__(self, config: FactMemoryConfig):
+        self.config = config
+        self._facts: dict[str, StoredFact] = {}
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def __iter__(self) -> Iterator[StoredFact]:
+        """Copies of the stored facts, in the order they were first stored."""
+        return (_copy(f) for f in self._facts.values())
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and _fact_key(text) in self._facts
+
+    def importance(self, fact: StoredFact, turn: int) -> float:
+        """The importance of ``fact`` at ``turn`` (see :class:`FactImportanceConfig`).
+
+        Raises:
+          ValueError: ``turn`` is before the fact was last seen.
+        """
+        if turn < fact.last_seen:
+            raise ValueError(
+                f"turn must be >= the fact's last_seen {fact.last_seen}, got {turn}"
+            )
+        cfg = self.config.importance_scoring
+        age = turn - fact.last_seen
+        raw = cfg.base_importance
+        if cfg.method in ("repetition", "hybrid"):
+            raw += cfg.repetition_weight * (fact.turns_seen - 1)
+        if cfg.method in ("recency", "hybrid"):
+            raw += cfg.recency_weight / (1.0 + age)
+        decay = self.config.decay
+        if decay.enabled:
+            raw *= (1.0 - decay.rate) ** (age // decay.turns)
+        return float(raw)
+
+    def store(self, text: str, info: FactInfo | None, *, turn: int) -> StoredFact:
+        """Stores a fact stated at ``turn``, or counts one more statement of it.
+
+        A full memory then evicts one other fact by ``eviction_policy`` (never the
+        one just stored).
+
+        Args:
+          text: the fact as stated; non-empty.
+          info: the detection result (entities, relation, subject, object), or
+            ``None`` for a fact with none of them.
+          turn: the current turn, >= 0 and not before the fact was last seen.
+
+        Returns:
+          A copy of the stored fact.
+
+        Raises:
+          ValueError: empty ``text`` or a bad ``turn``.
+        """
+        if not isinstance(text, str) or not _fact_key(text):
+            raise ValueError(f"text must be a non-empty str, got {text!r}")
+        _check_turn(turn)
+        key = _fact_key(text)
+        fact = self._facts.get(key)
+        if fact is None:
+            fact = StoredFact(
+                fact_text=text.strip(),
+                entities=list(info.entities) if info else [],
+                relation=info.relation if info else "",
+                subject=info.subject if info else "",
+                object=info.object if info else "",
+                turns_seen=1,
+                first_seen=turn,
+                last_seen=turn,
+                importance=0.0,
+            )
+        else:
+            if turn < fact.last_seen:
+                raise ValueError(
+                    f"turn must be >= the fact's last_seen {fact.last_seen}, got {turn}"
+                )
+            fact = dataclasses.replace(
+                fact, turns_seen=fact.turns_seen + 1, last_seen=turn
+            )
+        fact.importance = self.importance(fact, turn)
+        if not self.config.enabled:
+            return _copy(fact)
+        self._facts[key] = fact
+        while len(self._facts) > self.config.max_facts:
+            del self._facts[self._eviction_key(exclude=key)]
+        return _copy(fact)
+
+    def repetition_count(self, text: str) -> int:
+        """How many times ``text`` was stored (0 if it is not in memory)."""
+        fact = self._facts.get(_fact_key(text)) if isinstance(text, str) else None
+        return 0 if fact is None else fact.turns_seen
+
+    def decay(self, turn: int) -> list[StoredFact]:
+        """Rescores every fact at ``turn`` and removes those below the threshold.
+
+        Returns:
+          Copies of the removed facts (none when decay is disabled, though the
+          importances are still rescored).
+        """
+        _check_turn(turn)
+        removed = []
+        for key, fact in list(self._facts.items()):
+            fact.importance = self.importance(fact, max(turn, fact.last_seen))
+            decay = self.config.decay
+            if decay.enabled and fact.importance < decay.threshold:
+                removed.append(_copy(self._facts.pop(key)))
+        return removed
+
+    def should_replay(self, turn: int) -> bool:
+        """Whether ``turn`` is a replay turn: a positive multiple of
+        ``replay_interval``, with memory enabled and not empty."""
+        _check_turn(turn)
+        return (
+            self.config.enabled
+            and bool(self._facts)
+            and turn > 0
+            and turn % self.config.replay_interval == 0
+        )
+
+    def facts_for_replay(self, limit: int | None = None) -> list[StoredFact]:
+        """Copies of the most important facts, most important first.
+
+        Ties go to the more recently seen, then the earlier stored fact.
+
+        Args:
+          limit: how many at most; ``None`` uses ``replay_limit``.
+        """
+        limit = self.config.replay_limit if limit is None else limit
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        order = sorted(
+            enumerate(self._facts.values()),
+            key=lambda item: (-item[1].importance, -item[1].last_seen, item[0]),
+        )
+        return [_copy(f) for _, f in order[:limit]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot; :meth:`from_state_dict` restores it."""
+        return {
+            "version": 1,
+            "facts": [dataclasses.asdict(f) for f in self._facts.values()],
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, config: FactMemoryConfig, state: Mapping[str, Any]
+    ) -> FactMemory:
+        """A memory holding exactly the facts of a :meth:`state_dict`.
+
+        Raises:
+          ValueError: the snapshot is malformed or holds more than ``max_facts``.
+        """
+        if not isinstance(state, Mapping) or state.get("version") != 1:
+            raise ValueError(
+                "state must be a FactMemory.state_dict() mapping with version 1, "
+                f"got {state!r:.80}"
+            )
+        facts = state.get("facts")
+        if not isinstance(facts, list):
+            raise ValueError(f"state['facts'] must be a list, got {facts!r:.80}")
+        if len(facts) > config.max_facts:
+            raise ValueError(
+                f"state holds {len(facts)} facts, more than max_facts "
+                f"{config.max_facts}"
+            )
+        memory = cls(config)
+        for i, item in enumerate(facts):
+            if not isinstance(item, Mapping) or set(item) != set(_FACT_FIELDS):
+                raise ValueError(
+                    f"state['facts'][{i}] must have exactly the keys "
+                    f"{list(_FACT_FIELDS)}, got {item!r:.120}"
+                )
+            fact = _fact_from_dict(item, where=f"state['facts'][{i}]")
+            key = _fact_key(fact.fact_text)
+            if not key or key in memory._facts:
+                raise ValueError(
+                    f"state['facts'][{i}] is empty or repeats a fact: "
+                    f"{fact.fact_text!r}"
+                )
+            memory._facts[key] = fact
+        return memory
+
+    # -- eviction -------------------------------------------------------------
+
+    def _eviction_key(self, *, exclude: str) -> str:
+        keys = [k for k in self._facts if k != exclude]
+        facts = [self._facts[k] for k in keys]
+        policy = self.config.eviction_policy
+        if policy == "fifo":
+            scores = [(f.first_seen, i) for i, f in enumerate(facts)]
+        elif policy == "lru":
+            scores = [(f.last_seen, i) for i, f in enumerate(facts)]
+        elif policy == "importance":
+            scores = [(f.importance, i) for i, f in enumerate(facts)]
+        else:
+            by_imp = _ranks([f.importance for f in facts])
+            by_age = _ranks([f.last_seen for f in facts])
+            scores = [(by_imp[i] + by_age[i], i) for i in range(len(facts))]
+        return keys[min(scores)[1]]
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Average ranks (0 = smallest), so equal values get equal ranks."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def _check_turn(turn: int) -> None:
+    if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
+        raise ValueError(f"turn must be an int >= 0, got {turn!r}")
