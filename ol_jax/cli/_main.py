@@ -34,7 +34,13 @@ def _mcp(args: argparse.Namespace) -> int:
     return mcp_main(args.rest)
 
 
-_OWN_PARSERS = {"soak": _soak, "mcp": _mcp}
+def _report(args: argparse.Namespace) -> int:
+    from ol_jax.cli._report import report_main
+
+    return report_main(args.rest)
+
+
+_OWN_PARSERS = {"soak": _soak, "mcp": _mcp, "report": _report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-id", default=None, help="run id (default: new)")
     demo.set_defaults(func=_demo)
 
-    # These two parse their own arguments (see their --help).
+    # These parse their own arguments (see their --help).
     for name, func, text in (
         ("soak", _soak, "controller-only lifelong learner soak test (seed 003)"),
         ("mcp", _mcp, "MCP server over a buffered online learner (seed 004)"),
+        ("report", _report, "PNG plots of a run's metrics.jsonl (seed 001)"),
     ):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
