@@ -40,7 +40,13 @@ def _report(args: argparse.Namespace) -> int:
     return report_main(args.rest)
 
 
-_OWN_PARSERS = {"soak": _soak, "mcp": _mcp, "report": _report}
+def _proxy(args: argparse.Namespace) -> int:
+    from ol_jax.cli._proxy import proxy_main
+
+    return proxy_main(args.rest)
+
+
+_OWN_PARSERS = {"soak": _soak, "mcp": _mcp, "report": _report, "proxy": _proxy}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("soak", _soak, "controller-only lifelong learner soak test (seed 003)"),
         ("mcp", _mcp, "MCP server over a buffered online learner (seed 004)"),
         ("report", _report, "PNG plots of a run's metrics.jsonl (seed 001)"),
+        ("proxy", _proxy, "Anthropic Messages API proxy that learns (seed 002)"),
     ):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
