@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ol_jax.learners import backward_transfer, forgetting
+
 __all__ = ["METRIC_GROUPS", "read_metrics", "report_main", "write_report"]
 
 # Which panel each known key goes to; unknown numeric keys go to "other".
@@ -154,7 +156,8 @@ def _plot_group(path: str, title: str, series, fact_turns) -> None:
     plt.close(fig)
 
 
-def _read_accuracy_matrix(path: str) -> tuple[list[str], np.ndarray]:
+def _read_accuracy_matrix(path: str) -> tuple[list[str], np.ndarray, float, float]:
+    """Fact names, the matrix (NaN above the diagonal), BWT and forgetting."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -184,23 +187,23 @@ def _read_accuracy_matrix(path: str) -> tuple[list[str], np.ndarray]:
                     f"{path}: matrix[{i}][{j}] must be a number or null, got {value!r}"
                 )
             matrix[i, j] = value
-    return [str(f) for f in facts], matrix
+    if n == 0:
+        return [], matrix, 0.0, 0.0
+    try:
+        bwt, forget = backward_transfer(matrix), forgetting(matrix)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return [str(f) for f in facts], matrix, bwt, forget
 
 
 def _plot_accuracy(
-    path: str, facts: list[str], matrix: np.ndarray, *, source: str
+    path: str, facts: list[str], matrix: np.ndarray, bwt: float, forget: float
 ) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ol_jax.learners import backward_transfer, forgetting
-
-    try:
-        bwt, forget = backward_transfer(matrix), forgetting(matrix)
-    except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
     n = len(facts)
     shown = np.where(np.tril(np.ones((n, n), bool)), matrix, np.nan)
     size = 2.5 + 0.45 * n
@@ -256,6 +259,13 @@ def write_report(
     series = _series(records)
     if not series:
         raise ValueError(f"{metrics_path}: no numeric metric to plot")
+    # Every input is checked before anything is written.
+    matrix_path = os.path.join(run_dir, "accuracy_matrix.json")
+    accuracy = None
+    if os.path.isfile(matrix_path):
+        accuracy = _read_accuracy_matrix(matrix_path)
+        if not accuracy[0]:
+            accuracy = None
     out_dir = os.fspath(out) if out is not None else run_dir
     os.makedirs(out_dir, exist_ok=True)
 
@@ -268,13 +278,10 @@ def write_report(
             _plot_group(path, f"{group.capitalize()} metrics", chosen, fact_turns)
             written.append(path)
 
-    matrix_path = os.path.join(run_dir, "accuracy_matrix.json")
-    if os.path.isfile(matrix_path):
-        facts, matrix = _read_accuracy_matrix(matrix_path)
-        if facts:
-            path = os.path.join(out_dir, "accuracy_matrix.png")
-            _plot_accuracy(path, facts, matrix, source=matrix_path)
-            written.append(path)
+    if accuracy is not None:
+        path = os.path.join(out_dir, "accuracy_matrix.png")
+        _plot_accuracy(path, *accuracy)
+        written.append(path)
     return written
 
 
