@@ -36,6 +36,7 @@ __all__ = ["METRIC_GROUPS", "read_metrics", "report_main", "write_report"]
 METRIC_GROUPS: Mapping[str, tuple[str, ...]] = {
     "stability": (
         "anchor_perplexity",
+        "base_anchor_perplexity",
         "kl_to_base",
         "kl",
         "perplexity_drift",
@@ -44,6 +45,7 @@ METRIC_GROUPS: Mapping[str, tuple[str, ...]] = {
     ),
     "plasticity": (
         "loss",
+        "ce",
         "task_loss",
         "kl_loss",
         "learning_rate",
@@ -64,7 +66,8 @@ METRIC_GROUPS: Mapping[str, tuple[str, ...]] = {
     ),
 }
 _FACT_KEY = "is_fact"
-_NOT_PLOTTED = ("turn", _FACT_KEY)
+# Turn indices and the fact flag (drawn as markers) are not curves of their own.
+_NOT_PLOTTED = ("turn", "anchor_turn", _FACT_KEY)
 
 
 def _is_number(value) -> bool:

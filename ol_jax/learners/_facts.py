@@ -63,29 +63,33 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 # --------------------------------------------------------------- fact detection
 
-# A subject of one to six words; bounded so that a long non-fact text costs
-# linear, not quadratic, time to scan.
-_SUBJ = r"(?P<subject>[\w'’-]+(?:\s+[\w'’-]+){0,5}?)"
+# Words (with and without apostrophes) of at most 40 characters, starting only at
+# a word boundary, and subjects of at most six words: bounded so that scanning a
+# long non-fact text costs linear, not quadratic, time.
+_AT = r"(?<![\w'’-])"
+_W = r"[\w'’-]{1,40}"
+_N = r"[\w-]{1,40}"
+_SUBJ = rf"(?P<subject>{_AT}{_W}(?:\s+{_W}){{0,5}}?)"
 _OBJ = r"(?P<object>[^.!?,;\n]+)"
 
 _DEFAULT_PATTERNS: tuple[dict[str, Any], ...] = (
     {
         "name": "favourite",
-        "pattern": r"(?P<subject>[\w-]+(?:\s+[\w-]+){0,4}?)(?:'s|’s|')\s+"
-        r"favou?rite\s+(?P<attribute>[\w-]+(?:\s+[\w-]+){0,2}?)\s+(?:is|are)\s+" + _OBJ,
+        "pattern": rf"(?P<subject>{_AT}{_N}(?:\s+{_N}){{0,4}}?)(?:'s|’s|')\s+"
+        rf"favou?rite\s+(?P<attribute>{_N}(?:\s+{_N}){{0,2}}?)\s+(?:is|are)\s+" + _OBJ,
         "relation": "favourite",
         "min_confidence": 0.8,
     },
     {
         "name": "my_favourite",
-        "pattern": r"(?P<subject>(?:my|our)\s+favou?rite\s+[\w-]+(?:\s+[\w-]+)"
+        "pattern": rf"(?P<subject>\b(?:my|our)\s+favou?rite\s+{_N}(?:\s+{_N})"
         r"{0,2}?)\s+(?:is|are)\s+" + _OBJ,
         "relation": "favourite",
         "min_confidence": 0.8,
     },
     {
         "name": "capital_of",
-        "pattern": r"capital\s+(?:city\s+)?of\s+(?P<subject>[\w'’-]+(?:\s+[\w'’-]+)"
+        "pattern": rf"\bcapital\s+(?:city\s+)?of\s+(?P<subject>{_W}(?:\s+{_W})"
         r"{0,3}?)\s+is\s+" + _OBJ,
         "relation": "capital_of",
         "min_confidence": 0.85,
@@ -101,7 +105,7 @@ _DEFAULT_PATTERNS: tuple[dict[str, Any], ...] = (
     },
     {
         "name": "name_is",
-        "pattern": r"(?P<subject>(?:my|our)(?:\s+[\w'’-]+){0,3}?\s+name)\s+is\s+"
+        "pattern": rf"(?P<subject>\b(?:my|our)(?:\s+{_W}){{0,3}}?\s+name)\s+is\s+"
         + _OBJ,
         "relation": "name",
         "min_confidence": 0.8,
@@ -404,17 +408,14 @@ class FactDetector:
         return [e for e in found if len(e) >= cfg.min_length]
 
     def _score(self, stripped, body, spec: FactPattern, match) -> FactInfo | None:
-        groups = [
-            (name, match.group(i))
-            for i, name in self._group_names(match).items()
-            if match.group(i) is not None
-        ]
-        named = dict(groups)
-        texts = [g for _, g in groups]
-        subject = named.get("subject", texts[0] if texts else "")
-        obj = named.get("object", texts[-1] if texts else "")
+        regex, n = match.re, match.re.groups
+        subject_at = regex.groupindex.get("subject", 1 if n else 0)
+        object_at = regex.groupindex.get("object", n)
+        subject = (match.group(subject_at) or "") if subject_at else ""
+        obj = (match.group(object_at) or "") if object_at else ""
+        texts = [match.group(i) for i in range(1, n + 1) if match.group(i)]
         per_group = [self._group_entities(g) for g in texts]
-        if texts and not self._group_entities(subject):
+        if n and not self._group_entities(subject):
             return None
         entities: list[str] = []
         seen: set[str] = set()
@@ -445,14 +446,6 @@ class FactDetector:
             confidence=confidence,
             pattern=spec.name,
         )
-
-    @staticmethod
-    def _group_names(match: re.Match[str]) -> dict[int, str]:
-        """Group index -> name (``"<i>"`` for unnamed groups), in order."""
-        names = {i: f"<{i}>" for i in range(1, (match.re.groups or 0) + 1)}
-        for name, i in match.re.groupindex.items():
-            names[i] = name
-        return names
 
 
 # ------------------------------------------------------------------ fact memory

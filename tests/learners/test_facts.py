@@ -80,8 +80,11 @@ def test_long_text_is_not_scanned():
     detector = FactDetector(cfg)
     assert detector.detect("Zorblax lives in Varnholm") is not None
     assert detector.detect("Zorblax lives in Varnholm " + "x" * 60) is None
-    # 100k characters return at once with the default bound.
+    # 100k characters return at once with the default bound; long words and
+    # runs of spaces are no trouble below it.
     assert DETECTOR.detect("word " * 20_000) is None
+    assert DETECTOR.detect("a" * 1999) is None
+    assert DETECTOR.detect("Tavi" + " " * 1900 + "lives in Quell").object == "Quell"
 
 
 def test_disabled_detection_reports_nothing():
@@ -117,6 +120,43 @@ def test_custom_pattern_with_unnamed_groups_and_simple_entities():
     assert info.subject == "Quillon Marsh" and info.object == "purple Tractor"
     # "simple" keeps only the capitalized words.
     assert info.entities == ("Quillon Marsh", "Tractor")
+
+
+def test_patterns_without_groups_or_with_an_absent_subject():
+    no_groups = FactDetectionConfig(
+        patterns=[{"name": "sky", "pattern": r"the sky is green", "relation": "r"}]
+    )
+    info = FactDetector(no_groups).detect("The sky is green.")
+    assert (info.subject, info.object, info.entities) == ("", "", ())
+    optional = FactDetectionConfig(
+        patterns=[
+            {
+                "name": "opt",
+                "pattern": r"(?:(?P<subject>\w+) )?sails to (?P<object>\w+)",
+                "relation": "sails_to",
+            }
+        ]
+    )
+    detector = FactDetector(optional)
+    assert detector.detect("Tavi sails to Quell").subject == "Tavi"
+    # A pattern with groups whose subject took no part has no subject entity.
+    assert detector.detect("sails to Quell") is None
+
+
+def test_document_pattern_from_the_configuration_section():
+    cfg = FactDetectionConfig(
+        patterns=[
+            {
+                "name": "is_relation",
+                "pattern": r"(\w+(?:\s+\w+)*)\s+is\s+(?:my\s+)?(friend|brother)",
+                "relation": "is_friend",
+                "min_confidence": 0.7,
+            }
+        ]
+    )
+    info = FactDetector(cfg).detect("Tom is my friend")
+    assert info.relation == "is_friend" and info.entities == ("Tom", "friend")
+    assert info.confidence == pytest.approx(0.7 + 0.2 * 0.5 + 0.1 * 0.5)
 
 
 def test_confidence_threshold_rejects_weak_matches():
