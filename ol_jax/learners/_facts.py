@@ -22,9 +22,9 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "EntityExtractionConfig",
@@ -51,6 +51,10 @@ def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise ValueError(f"must be finite, got {value}")
     return value
+
+
+# A float config value that must be finite (pydantic accepts inf and nan).
+_Finite = Annotated[float, AfterValidator(_finite)]
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -247,15 +251,10 @@ class FactConfidenceConfig(_Section):
       entity_reference: entity fraction at which the entity term is zero, in [0, 1].
     """
 
-    coverage_boost_factor: float = Field(default=0.2, ge=0)
-    entity_boost: float = Field(default=0.1, ge=0)
+    coverage_boost_factor: _Finite = Field(default=0.2, ge=0)
+    entity_boost: _Finite = Field(default=0.1, ge=0)
     coverage_reference: float = Field(default=0.5, ge=0, le=1)
     entity_reference: float = Field(default=0.5, ge=0, le=1)
-
-    @field_validator("coverage_boost_factor", "entity_boost")
-    @classmethod
-    def _finite_values(cls, value: float) -> float:
-        return _finite(value)
 
 
 class FactDetectionConfig(_Section):
@@ -473,14 +472,9 @@ class FactImportanceConfig(_Section):
     """
 
     method: Literal["repetition", "recency", "hybrid"] = "hybrid"
-    base_importance: float = Field(default=1.0, gt=0)
-    repetition_weight: float = Field(default=0.5, ge=0)
-    recency_weight: float = Field(default=0.5, ge=0)
-
-    @field_validator("base_importance", "repetition_weight", "recency_weight")
-    @classmethod
-    def _finite_values(cls, value: float) -> float:
-        return _finite(value)
+    base_importance: _Finite = Field(default=1.0, gt=0)
+    repetition_weight: _Finite = Field(default=0.5, ge=0)
+    recency_weight: _Finite = Field(default=0.5, ge=0)
 
 
 class FactDecayConfig(_Section):
@@ -502,12 +496,7 @@ class FactDecayConfig(_Section):
     enabled: bool = True
     turns: int = Field(default=100, ge=1)
     rate: float = Field(default=0.1, ge=0, lt=1)
-    threshold: float = Field(default=0.1, ge=0)
-
-    @field_validator("threshold")
-    @classmethod
-    def _finite_values(cls, value: float) -> float:
-        return _finite(value)
+    threshold: _Finite = Field(default=0.1, ge=0)
 
 
 class FactMemoryConfig(_Section):

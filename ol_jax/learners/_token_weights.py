@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from ol_jax.learners._facts import _finite, _Section
+from ol_jax.learners._facts import _Finite, _Section
 
 __all__ = [
     "ImportanceWeightingConfig",
@@ -43,14 +43,9 @@ class PositionWeightingConfig(_Section):
 
     enabled: bool = True
     first_n_tokens: int = Field(default=5, ge=0)
-    first_token_weight: float = Field(default=2.0, gt=0)
+    first_token_weight: _Finite = Field(default=2.0, gt=0)
     last_n_tokens: int = Field(default=5, ge=0)
-    last_token_weight: float = Field(default=1.5, gt=0)
-
-    @field_validator("first_token_weight", "last_token_weight")
-    @classmethod
-    def _finite_values(cls, value: float) -> float:
-        return _finite(value)
+    last_token_weight: _Finite = Field(default=1.5, gt=0)
 
 
 class RepetitionWeightingConfig(_Section):
@@ -64,13 +59,8 @@ class RepetitionWeightingConfig(_Section):
     """
 
     enabled: bool = True
-    weight: float = Field(default=2.0, gt=0)
+    weight: _Finite = Field(default=2.0, gt=0)
     min_chars: int = Field(default=3, ge=1)
-
-    @field_validator("weight")
-    @classmethod
-    def _finite_values(cls, value: float) -> float:
-        return _finite(value)
 
 
 class ImportanceWeightingConfig(_Section):
@@ -86,18 +76,13 @@ class ImportanceWeightingConfig(_Section):
     """
 
     enabled: bool = True
-    default_weight: float = Field(default=1.0, gt=0)
-    entity_weight: float = Field(default=3.0, gt=0)
-    fact_token_weight: float = Field(default=3.0, gt=0)
+    default_weight: _Finite = Field(default=1.0, gt=0)
+    entity_weight: _Finite = Field(default=3.0, gt=0)
+    fact_token_weight: _Finite = Field(default=3.0, gt=0)
     position: PositionWeightingConfig = Field(default_factory=PositionWeightingConfig)
     repetition: RepetitionWeightingConfig = Field(
         default_factory=RepetitionWeightingConfig
     )
-
-    @field_validator("default_weight", "entity_weight", "fact_token_weight")
-    @classmethod
-    def _finite_values(cls, value: float) -> float:
-        return _finite(value)
 
 
 def _offsets_array(text: str, offsets) -> np.ndarray:

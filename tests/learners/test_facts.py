@@ -207,6 +207,10 @@ def test_unknown_keys_are_named():
         validate_config({"eviction_policy": "random"}, FactMemoryConfig)
     with pytest.raises(pydantic.ValidationError):
         FactMemoryConfig(max_facts=0)
+    with pytest.raises(ConfigError, match="recency_weight: must be finite, got inf"):
+        validate_config(
+            {"importance_scoring": {"recency_weight": float("inf")}}, FactMemoryConfig
+        )
 
 
 def test_defaults_match_the_document():

@@ -124,6 +124,11 @@ def test_bad_fact_span_and_config():
         validate_config({"position": {"first_n_token": 3}}, ImportanceWeightingConfig)
     with pytest.raises(ConfigError, match="entity_weight: must be > 0"):
         validate_config({"entity_weight": 0}, ImportanceWeightingConfig)
+    with pytest.raises(ConfigError, match="last_token_weight: must be finite"):
+        validate_config(
+            {"position": {"last_token_weight": float("inf")}},
+            ImportanceWeightingConfig,
+        )
 
 
 _words = st.lists(
