@@ -145,6 +145,8 @@ def _plot_group(path: str, title: str, series, fact_turns) -> None:
     for ax, (key, (turns, values)) in zip(axes, series.items(), strict=True):
         for t in fact_turns:
             ax.axvline(t, color="tab:orange", alpha=0.25, linewidth=1)
+        # Non-finite values (a diverged loss) are gaps, not axis-breaking points.
+        values = np.where(np.isfinite(values), values, np.nan)
         ax.plot(turns, values, marker="." if len(turns) < 60 else None)
         finite = values[np.isfinite(values)]
         if key == "learning_rate" and finite.size and np.all(finite > 0):

@@ -46,6 +46,22 @@ def test_report_writes_one_png_per_group_and_the_matrix(tmp_path, capsys):
         assert str(path) in out
 
 
+def test_non_finite_values_and_sparse_keys_are_plotted(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [
+        '{"turn": 1, "loss": NaN, "learning_rate": 1e-6}',
+        '{"turn": 2, "loss": Infinity, "anchor_regression": 0.1}',
+        '{"turn": 3, "loss": 1.0, "learning_rate": 2e-6, "is_fact": 1.0}',
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(rows))
+    assert main(["report", str(run)]) == 0
+    assert sorted(p.name for p in run.glob("*.png")) == [
+        "forgetting.png",
+        "plasticity.png",
+    ]
+
+
 def test_only_present_groups_and_out_folder(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

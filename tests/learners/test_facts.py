@@ -5,6 +5,7 @@ import json
 
 import pydantic
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ from ol_jax.learners import (
     FactMemoryConfig,
     StoredFact,
 )
-from ol_jax.store import ConfigError, validate_config
+from ol_jax.store import ConfigError, load_config, validate_config
 
 DETECTOR = FactDetector(FactDetectionConfig())
 
@@ -198,6 +199,13 @@ def test_bad_regex_is_named():
     assert "(oops" in str(err.value)
     with pytest.raises(ConfigError, match=r"question_indicators.*\[unclosed"):
         validate_config({"question_indicators": ["[unclosed"]}, FactDetectionConfig)
+
+
+def test_default_config_round_trips_through_yaml(tmp_path):
+    for cfg in (FactDetectionConfig(), FactMemoryConfig()):
+        path = tmp_path / "section.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(), allow_unicode=True))
+        assert load_config(path, type(cfg)) == cfg
 
 
 def test_unknown_keys_are_named():
