@@ -20,11 +20,13 @@ References:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 _STOP = object()
+_LENGTH_STEP = 8  # sequences are padded to a multiple of this many tokens
 
 
 class ByteTokenizer:
@@ -127,6 +130,14 @@ class LearningConfig:
         never).
       max_length: longest token sequence; longer examples keep their end.
       contrastive_temperature: InfoNCE temperature.
+      max_fused: most queued updates run by one compiled call when a backlog
+        has built up (a ``lax.scan`` over the updates, each still its own step
+        on its own batch); 1 runs every update alone.
+      learner_share: most of the wall time the update thread computes while
+        inference is being served: after updates that took ``t`` seconds with a
+        request in flight, it pauses ``t (1 - s) / s`` seconds, and it waits for
+        an in-flight request to finish (at most that long) before starting. 1
+        never pauses; with no requests it always runs at full speed.
     """
 
     buffer_size: int = 1000
@@ -141,9 +152,11 @@ class LearningConfig:
     checkpoint_frequency: int | None = 100
     max_length: int = 64
     contrastive_temperature: float = 0.1
+    max_fused: int = 8
+    learner_share: float = 0.5
 
     def __post_init__(self):
-        for name in ("buffer_size", "update_frequency", "max_length"):
+        for name in ("buffer_size", "update_frequency", "max_length", "max_fused"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -164,6 +177,11 @@ class LearningConfig:
                 f"loss must be one of {LOSSES} or a callable, got {self.loss!r}"
             )
         _check_learning_rate(self.learning_rate)
+        share = self.learner_share
+        if isinstance(share, bool) or not (
+            isinstance(share, (int, float)) and 0 < share <= 1
+        ):
+            raise ValueError(f"learner_share must be in (0, 1], got {share!r}")
         if not self.contrastive_temperature > 0:
             raise ValueError(
                 "contrastive_temperature must be > 0, got "
@@ -294,6 +312,23 @@ def _greedy_loop(apply, params, frozen, tokens, length, eos, *, max_new_tokens):
     return jax.lax.dynamic_slice_in_dim(tokens, length, max_new_tokens)
 
 
+def _run_updates(step, state, batches):
+    """Runs ``step`` once per batch along the leading axis of ``batches``.
+
+    One compiled call for a backlog of ``K`` updates: each is its own gradient
+    step on its own batch, in order, as ``K`` calls of ``step`` would be, without
+    ``K`` dispatches and host round trips. Only the losses are returned, so the
+    other metrics of ``step`` are never computed. The state is not donated:
+    readers may still hold the previous parameters.
+    """
+
+    def body(state, batch):
+        state, metrics = step(state, batch)
+        return state, metrics["loss"]
+
+    return jax.lax.scan(body, state, batches)
+
+
 class BufferedLearner:
     """A causal language model that learns from buffered examples while serving.
 
@@ -367,8 +402,9 @@ class BufferedLearner:
             loss = make_batch_loss(
                 self._apply, loss, temperature=config.contrastive_temperature
             )
-        # Not donated: readers may still hold the previous parameters.
-        self._step = make_step(loss, self._tx, donate=False)
+        self._step = jax.jit(
+            functools.partial(_run_updates, make_step(loss, self._tx, jit=False))
+        )
         self._state = init_state(params, self._tx, key=key)
         self._serving: tuple[int, Any] = (0, params)
         self._lr = float(config.learning_rate)
@@ -393,9 +429,18 @@ class BufferedLearner:
         self._total_updates = 0
         self._forced_updates = 0
         self._checkpoints = 0
+        # Loss arrays of the last (fused) calls: 100 of them cover 100 updates.
         self._losses: collections.deque[jax.Array] = collections.deque(maxlen=100)
         self._errors: list[BaseException] = []
         self._step_lock = threading.Lock()
+        # Inference requests started and in flight, for the learner's CPU share.
+        self._serve = threading.Condition(threading.Lock())
+        self._requests = 0
+        self._in_flight = 0
+        self._share = float(config.learner_share) if background else 1.0
+        self._pause = 0.0
+        self._wake = threading.Event()
+        self._compiled: set[tuple[int, ...]] = set()
         self._closed = False
         self._queue: queue.Queue[Any] = queue.Queue()
         self._worker = None
@@ -583,7 +628,7 @@ class BufferedLearner:
         if self._background:
             self._queue.put(job)
         else:
-            self._run(job)
+            self._run([job])
 
     # ------------------------------------------------------------- control
 
@@ -657,7 +702,8 @@ class BufferedLearner:
                 pending_updates=self._outstanding,
                 checkpoints=self._checkpoints,
             )
-        average = float(np.mean(jax.device_get(losses))) if losses else None
+        recent = np.concatenate(jax.device_get(losses))[-100:] if losses else None
+        average = None if recent is None else float(np.mean(recent))
         return LearningStats(average_loss=average, **snapshot)
 
     # ------------------------------------------------------------- inference
@@ -682,31 +728,30 @@ class BufferedLearner:
         prompt_ids = [*tok.prefix, *tok.encode(prompt)]
         if not prompt_ids:
             raise ValueError("prompt must be non-empty when the tokenizer has no BOS")
-        version, params = self._serving  # one read: one complete tree
-        if self._generate_fn is not None:
-            ids = [
-                int(i)
-                for i in self._generate_fn(
-                    params, self._frozen, prompt_ids, max_new_tokens
-                )
-            ]
-        else:
-            bucket = prompt_bucket(len(prompt_ids) + max_new_tokens)
-            buf = np.full((bucket,), tok.pad, np.int32)
-            buf[: len(prompt_ids)] = prompt_ids
-            out = self._greedy(
-                params,
-                self._frozen,
-                jnp.asarray(buf),
-                jnp.int32(len(prompt_ids)),
-                jnp.int32(tok.eos),
-                max_new_tokens=max_new_tokens,
-            )
-            ids = [int(i) for i in np.asarray(out)]
+        with self._request() as (version, params):
+            ids = self._decode(params, prompt_ids, max_new_tokens)
         if tok.eos in ids:
             ids = ids[: ids.index(tok.eos) + 1]
         text = tok.decode([i for i in ids if i != tok.eos])
         return Generation(text, ids, version)
+
+    def _decode(self, params, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        tok = self._tok
+        if self._generate_fn is not None:
+            out = self._generate_fn(params, self._frozen, prompt_ids, max_new_tokens)
+            return [int(i) for i in out]
+        bucket = prompt_bucket(len(prompt_ids) + max_new_tokens)
+        buf = np.full((bucket,), tok.pad, np.int32)
+        buf[: len(prompt_ids)] = prompt_ids
+        out = self._greedy(
+            params,
+            self._frozen,
+            jnp.asarray(buf),
+            jnp.int32(len(prompt_ids)),
+            jnp.int32(tok.eos),
+            max_new_tokens=max_new_tokens,
+        )
+        return [int(i) for i in np.asarray(out)]
 
     def evaluate(self, input: str, target: str | None = None) -> float:
         """The loss of one example under the parameters served now.
@@ -717,10 +762,9 @@ class BufferedLearner:
         example = self._encode(input, target)
         bucket = self._bucket(len(example.tokens))
         tokens, mask = self._pad_one(example.tokens, example.mask, bucket)
-        _, params = self._serving
-        return float(
-            self._eval(params, self._frozen, jnp.asarray(tokens), jnp.asarray(mask))
-        )
+        with self._request() as (_, params):
+            loss = self._eval(params, self._frozen, tokens, mask)
+            return float(loss)
 
     # ------------------------------------------------------------- weights
 
@@ -802,7 +846,9 @@ class BufferedLearner:
     # ------------------------------------------------------------- updates
 
     def _bucket(self, length: int) -> int:
-        return min(prompt_bucket(length), self._config.max_length)
+        # Multiples of 8 rather than powers of two: a 45-token example pads to
+        # 48, not 64, and the compute of an update grows with the padded length.
+        return min(-(-length // _LENGTH_STEP) * _LENGTH_STEP, self._config.max_length)
 
     def _pad_one(self, tokens, mask, length):
         out = np.full((length,), self._tok.pad, np.int32)
@@ -811,9 +857,11 @@ class BufferedLearner:
         out_mask[: len(mask)] = mask
         return out, out_mask
 
-    def _batch(self, examples: Sequence[_Example]) -> dict[str, np.ndarray]:
-        n = self._config.effective_batch_size
+    def _batches(self, groups: Sequence[Sequence[_Example]]) -> dict[str, np.ndarray]:
+        """``K`` padded batches stacked on a leading axis, one per update."""
+        k, n = len(groups), self._config.effective_batch_size
         contrastive = self._config.loss == "contrastive"
+        examples = [e for group in groups for e in group]
         longest = max(len(e.tokens) for e in examples)
         if contrastive:
             longest = max(
@@ -821,62 +869,116 @@ class BufferedLearner:
             )
         length = self._bucket(longest)
         batch = {
-            "tokens": np.full((n, length), self._tok.pad, np.int32),
-            "mask": np.zeros((n, length), np.float32),
-            "weight": np.zeros((n,), np.float32),
-            "valid": np.zeros((n,), np.float32),
+            "tokens": np.full((k, n, length), self._tok.pad, np.int32),
+            "mask": np.zeros((k, n, length), np.float32),
+            "weight": np.zeros((k, n), np.float32),
+            "valid": np.zeros((k, n), np.float32),
         }
         if contrastive:
             for name in ("input", "target"):
                 batch[f"{name}_tokens"] = batch["tokens"].copy()
                 batch[f"{name}_mask"] = batch["mask"].copy()
-        for row, e in enumerate(examples):
-            batch["tokens"][row], batch["mask"][row] = self._pad_one(
-                e.tokens, e.mask, length
-            )
-            batch["weight"][row] = e.weight
-            batch["valid"][row] = 1.0
-            if contrastive:
-                for name, ids in (("input", e.input_ids), ("target", e.target_ids)):
-                    t, m = self._pad_one(ids, np.ones(len(ids), np.float32), length)
-                    batch[f"{name}_tokens"][row], batch[f"{name}_mask"][row] = t, m
+        for g, group in enumerate(groups):
+            for row, e in enumerate(group):
+                batch["tokens"][g, row, : len(e.tokens)] = e.tokens
+                batch["mask"][g, row, : len(e.mask)] = e.mask
+                batch["weight"][g, row] = e.weight
+                batch["valid"][g, row] = 1.0
+                if contrastive:
+                    for name, ids in (("input", e.input_ids), ("target", e.target_ids)):
+                        batch[f"{name}_tokens"][g, row, : len(ids)] = ids
+                        batch[f"{name}_mask"][g, row, : len(ids)] = 1.0
         return batch
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, jobs: Sequence[_Job]) -> None:
+        """Runs queued jobs in order, fusing them into as few calls as allowed."""
+        start = 0
+        while start < len(jobs):
+            k = self._fusable(len(jobs) - start)
+            self._run_fused(jobs[start : start + k])
+            start += k
+
+    def _fusable(self, backlog: int) -> int:
+        """Updates in the next call: a power of two (few compiled variants), and
+        never past a checkpoint, so each checkpoint holds exactly its update."""
+        k = min(backlog, self._config.max_fused)
+        every = self._config.checkpoint_frequency
+        if self._store is not None and every:
+            k = min(k, every - self._total_updates % every)
+        return 1 << (k.bit_length() - 1)
+
+    def _run_fused(self, jobs: Sequence[_Job]) -> None:
+        k, pause = len(jobs), 0.0
         try:
-            batch = self._batch(job.examples)
+            batches = self._batches([job.examples for job in jobs])
+            shape = batches["tokens"].shape
+            self._yield_to_inference()
             with self._step_lock:
                 state = self._state
                 if self._lr != self._applied_lr:
                     lr = self._lr
                     state = set_learning_rate(state, lr)
                     self._applied_lr = lr
-                state, metrics = self._step(state, batch)
+                with self._serve:
+                    requests, busy = self._requests, self._in_flight > 0
+                began = time.perf_counter()
+                state, losses = self._step(state, batches)
                 # Swap in finished arrays only: a reader handed not-yet-computed
                 # parameters would wait for this update (and every queued one).
                 jax.block_until_ready(state.params)
+                elapsed = time.perf_counter() - began
                 self._state = state
-                version = self._serving[0] + 1
                 # The swap: one reference assignment, so readers see old or new.
-                self._serving = (version, state.params)
+                self._serving = (self._serving[0] + k, state.params)
             with self._lock:
-                self._total_updates += 1
-                self._forced_updates += int(job.forced)
-                self._losses.append(metrics["loss"])
+                self._total_updates += k
+                self._forced_updates += sum(job.forced for job in jobs)
+                self._losses.append(losses)
                 updates = self._total_updates
             every = self._config.checkpoint_frequency
             if self._store is not None and every and updates % every == 0:
-                self._checkpoint(state.params, metrics, updates)
+                self._checkpoint(state.params, losses[-1], updates)
+            compiled = shape in self._compiled
+            self._compiled.add(shape)
+            with self._serve:
+                served = busy or self._in_flight > 0 or self._requests != requests
+            # A compilation is not the learner's share of the CPU.
+            if served and compiled:
+                pause = elapsed * (1.0 - self._share) / self._share
         except BaseException as e:  # reported by wait() / force_update()
             with self._lock:
                 self._errors.append(e)
         finally:
             with self._idle:
-                self._outstanding -= 1
+                self._outstanding -= k
                 self._idle.notify_all()
-            job.done.set()
+            for job in jobs:
+                job.done.set()
+        self._pause = pause
+        if pause > 0:
+            self._wake.wait(pause)
 
-    def _checkpoint(self, params, metrics, updates: int) -> None:
+    def _yield_to_inference(self) -> None:
+        """Lets an in-flight request finish first (for at most the last pause)."""
+        if self._pause > 0:
+            with self._serve:
+                self._serve.wait_for(lambda: self._in_flight == 0, self._pause)
+
+    @contextlib.contextmanager
+    def _request(self):
+        """Counts an inference request; yields the served ``(version, params)``."""
+        with self._serve:
+            self._requests += 1
+            self._in_flight += 1
+        try:
+            yield self._serving  # one read: one complete tree
+        finally:
+            with self._serve:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._serve.notify_all()
+
+    def _checkpoint(self, params, loss, updates: int) -> None:
         if self._store.run_id is None:
             self._store.start_run()
         tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
@@ -884,7 +986,7 @@ class BufferedLearner:
             tree,
             metadata_entry={
                 "update": updates,
-                "loss": float(metrics["loss"]),
+                "loss": float(loss),
                 "learning_rate": float(get_learning_rate(self._state.opt_state)),
             },
         )
@@ -896,7 +998,18 @@ class BufferedLearner:
             job = self._queue.get()
             if job is _STOP:
                 return
-            self._run(job)
+            # Whatever else is queued now runs with it, fused where possible.
+            jobs = [job]
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    self._run(jobs)
+                    return
+                jobs.append(job)
+            self._run(jobs)
 
     def _raise_errors(self) -> None:
         with self._lock:
@@ -920,6 +1033,7 @@ class BufferedLearner:
             with self._lock:
                 self._closed = True
             if self._worker is not None:
+                self._wake.set()
                 self._queue.put(_STOP)
                 self._worker.join(timeout)
             if self._store is not None and self._store.run_id is not None:
