@@ -291,7 +291,8 @@ def write_report(
 
 
 def report_main(argv: Sequence[str]) -> int:
-    """Entry point of ``ol-jax report``; prints the written paths."""
+    """Entry point of ``ol-jax report``; prints the written paths, and BWT and
+    forgetting when the run has an accuracy matrix."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -310,4 +311,11 @@ def report_main(argv: Sequence[str]) -> int:
     console.print(f"[bold]report[/bold] of {escape(args.run_dir)}:", soft_wrap=True)
     for path in paths:
         console.print(f"  wrote [green]{escape(path)}[/green]", soft_wrap=True)
+    matrix_path = os.path.join(args.run_dir, "accuracy_matrix.json")
+    if os.path.isfile(matrix_path):
+        facts, _, bwt, forget = _read_accuracy_matrix(matrix_path)
+        console.print(
+            f"  {len(facts)} facts: backward transfer [bold]{bwt:+.3f}[/bold], "
+            f"forgetting [bold]{forget:.3f}[/bold]"
+        )
     return 0

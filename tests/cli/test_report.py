@@ -44,6 +44,8 @@ def test_report_writes_one_png_per_group_and_the_matrix(tmp_path, capsys):
         assert path.stat().st_size > 0
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert str(path) in out
+    # BWT = ((1.0 - 1.0) + (0.0 - 1.0)) / 2; forgetting = (0 + 1) / 2.
+    assert "3 facts: backward transfer -0.500, forgetting 0.500" in out
 
 
 def test_non_finite_values_and_sparse_keys_are_plotted(tmp_path, capsys):
