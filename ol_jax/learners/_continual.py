@@ -69,6 +69,11 @@ def backward_transfer(matrix) -> float:
     Raises:
       ValueError: not square, empty, or a non-finite entry in the lower triangle.
 
+    Examples:
+      >>> nan = float("nan")
+      >>> backward_transfer([[0.9, nan], [0.6, 0.8]])  # 0.6 - 0.9
+      -0.30000000000000004
+
     References:
       Lopez-Paz and Ranzato, `Gradient Episodic Memory for Continual Learning
       <https://arxiv.org/abs/1706.08840>`_, 2017, eq. (2).
@@ -97,6 +102,11 @@ def forgetting(matrix) -> float:
 
     Raises:
       ValueError: as :func:`backward_transfer`.
+
+    Examples:
+      >>> nan = float("nan")
+      >>> forgetting([[0.5, nan, nan], [0.9, 1.0, nan], [0.6, 0.8, 1.0]])
+      0.25
 
     References:
       Chaudhry et al., `Riemannian Walk for Incremental Learning

@@ -341,6 +341,11 @@ class FactDetector:
 
     Args:
       config: the fact detection settings.
+
+    References:
+      Hearst, `Automatic Acquisition of Hyponyms from Large Text Corpora
+      <https://aclanthology.org/C92-2082/>`_, COLING 1992 (lexico-syntactic
+      patterns for relation extraction).
     """
 
     def __init__(self, config: FactDetectionConfig):
@@ -618,6 +623,10 @@ class FactMemory:
 
     Args:
       config: the fact memory settings.
+
+    References:
+      Rolnick et al., `Experience Replay for Continual Learning
+      <https://arxiv.org/abs/1811.11682>`_, 2019.
     """
 
     def __init__(self, config: FactMemoryConfig):

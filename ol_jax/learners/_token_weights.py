@@ -151,6 +151,10 @@ def token_importance_weights(
     Raises:
       ValueError: malformed offsets or spans (out of ``text``, start > end).
 
+    References:
+      Lin et al., `Not All Tokens Are What You Need for Pretraining (Rho-1)
+      <https://arxiv.org/abs/2404.07965>`_, 2024.
+
     Examples:
       >>> cfg = ImportanceWeightingConfig()
       >>> token_importance_weights(
