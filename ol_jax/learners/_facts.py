@@ -114,58 +114,25 @@ _DEFAULT_PATTERNS: tuple[dict[str, Any], ...] = (
         "relation": "name",
         "min_confidence": 0.8,
     },
-    {
-        "name": "born_in",
-        "pattern": _SUBJ + r"\s+(?:was|were)\s+born\s+(?:in|on|at)\s+" + _OBJ,
-        "relation": "born_in",
-        "min_confidence": 0.8,
-    },
-    {
-        "name": "lives_in",
-        "pattern": _SUBJ + r"\s+(?:lives|lived|resides|live)\s+(?:in|at|on)\s+" + _OBJ,
-        "relation": "lives_in",
-        "min_confidence": 0.8,
-    },
-    {
-        "name": "works_as",
-        "pattern": _SUBJ + r"\s+works?\s+as\s+" + _OBJ,
-        "relation": "works_as",
-        "min_confidence": 0.8,
-    },
-    {
-        "name": "works_at",
-        "pattern": _SUBJ + r"\s+works?\s+(?:at|for|in)\s+" + _OBJ,
-        "relation": "works_at",
-        "min_confidence": 0.8,
-    },
-    {
-        "name": "owns",
-        "pattern": _SUBJ
-        + r"\s+(?:owns|own|has|have)\s+(?!been\b|to\b|had\b|got\b)"
-        + _OBJ,
-        "relation": "owns",
-        "min_confidence": 0.75,
-    },
-    {
-        "name": "likes",
-        "pattern": _SUBJ
-        + r"\s+(?:likes|like|loves|love|enjoys|enjoy|adores)\s+"
-        + _OBJ,
-        "relation": "likes",
-        "min_confidence": 0.75,
-    },
-    {
-        "name": "dislikes",
-        "pattern": _SUBJ + r"\s+(?:dislikes|hates|hate|detests)\s+" + _OBJ,
-        "relation": "dislikes",
-        "min_confidence": 0.75,
-    },
-    {
-        "name": "named",
-        "pattern": _SUBJ + r"\s+(?:is|was)\s+(?:called|named)\s+" + _OBJ,
-        "relation": "named",
-        "min_confidence": 0.8,
-    },
+    # "<subject> <verb phrase> <object>": (name, verb phrase, min_confidence).
+    *(
+        {
+            "name": name,
+            "pattern": _SUBJ + rf"\s+{verb}\s+" + _OBJ,
+            "relation": name,
+            "min_confidence": confidence,
+        }
+        for name, verb, confidence in (
+            ("born_in", r"(?:was|were)\s+born\s+(?:in|on|at)", 0.8),
+            ("lives_in", r"(?:lives|lived|resides|live)\s+(?:in|at|on)", 0.8),
+            ("works_as", r"works?\s+as", 0.8),
+            ("works_at", r"works?\s+(?:at|for|in)", 0.8),
+            ("owns", r"(?:owns|own|has|have)(?!\s+(?:been|to|had|got)\b)", 0.75),
+            ("likes", r"(?:likes|like|loves|love|enjoys|enjoy|adores)", 0.75),
+            ("dislikes", r"(?:dislikes|hates|hate|detests)", 0.75),
+            ("named", r"(?:is|was)\s+(?:called|named)", 0.8),
+        )
+    ),
     {
         "name": "is_a",
         "pattern": _SUBJ + r"\s+(?:is|are|was|were)\s+(?!not\b)" + _OBJ,
