@@ -104,19 +104,19 @@ def test_most_confident_pattern_wins():
     assert info.pattern == "capital_of"
 
 
+def _one_pattern(pattern, relation="r", **kw):
+    """A detector with the single pattern ``pattern`` (min confidence 0.7)."""
+    spec = {"name": relation, "pattern": pattern, "relation": relation}
+    return FactDetector(FactDetectionConfig(patterns=[spec], **kw))
+
+
 def test_custom_pattern_with_unnamed_groups_and_simple_entities():
-    cfg = FactDetectionConfig(
-        patterns=[
-            {
-                "name": "drives",
-                "pattern": r"(\w+(?:\s+\w+)?)\s+drives\s+an?\s+(.+)",
-                "relation": "drives",
-                "min_confidence": 0.7,
-            }
-        ],
+    detector = _one_pattern(
+        r"(\w+(?:\s+\w+)?)\s+drives\s+an?\s+(.+)",
+        "drives",
         entity_extraction={"method": "simple"},
     )
-    info = FactDetector(cfg).detect("Quillon Marsh drives a purple Tractor")
+    info = detector.detect("Quillon Marsh drives a purple Tractor")
     assert info.relation == "drives"
     assert info.subject == "Quillon Marsh" and info.object == "purple Tractor"
     # "simple" keeps only the capitalized words.
@@ -124,38 +124,19 @@ def test_custom_pattern_with_unnamed_groups_and_simple_entities():
 
 
 def test_patterns_without_groups_or_with_an_absent_subject():
-    no_groups = FactDetectionConfig(
-        patterns=[{"name": "sky", "pattern": r"the sky is green", "relation": "r"}]
-    )
-    info = FactDetector(no_groups).detect("The sky is green.")
+    info = _one_pattern(r"the sky is green").detect("The sky is green.")
     assert (info.subject, info.object, info.entities) == ("", "", ())
-    optional = FactDetectionConfig(
-        patterns=[
-            {
-                "name": "opt",
-                "pattern": r"(?:(?P<subject>\w+) )?sails to (?P<object>\w+)",
-                "relation": "sails_to",
-            }
-        ]
-    )
-    detector = FactDetector(optional)
+    detector = _one_pattern(r"(?:(?P<subject>\w+) )?sails to (?P<object>\w+)")
     assert detector.detect("Tavi sails to Quell").subject == "Tavi"
     # A pattern with groups whose subject took no part has no subject entity.
     assert detector.detect("sails to Quell") is None
 
 
 def test_document_pattern_from_the_configuration_section():
-    cfg = FactDetectionConfig(
-        patterns=[
-            {
-                "name": "is_relation",
-                "pattern": r"(\w+(?:\s+\w+)*)\s+is\s+(?:my\s+)?(friend|brother)",
-                "relation": "is_friend",
-                "min_confidence": 0.7,
-            }
-        ]
+    detector = _one_pattern(
+        r"(\w+(?:\s+\w+)*)\s+is\s+(?:my\s+)?(friend|brother)", "is_friend"
     )
-    info = FactDetector(cfg).detect("Tom is my friend")
+    info = detector.detect("Tom is my friend")
     assert info.relation == "is_friend" and info.entities == ("Tom", "friend")
     assert info.confidence == pytest.approx(0.7 + 0.2 * 0.5 + 0.1 * 0.5)
 
@@ -165,19 +146,12 @@ def test_confidence_threshold_rejects_weak_matches():
     text = "Zorblax lives in Varnholm, " + "and that is all I wanted to say " * 3
     info = DETECTOR.detect(text)
     assert info is None or info.relation != "lives_in"
-    strict = FactDetectionConfig(
-        patterns=[
-            {
-                "name": "lives",
-                "pattern": r"(?P<subject>\w+)\s+lives\s+in\s+(?P<object>\w+)",
-                "relation": "lives_in",
-                "min_confidence": 0.7,
-            }
-        ],
+    strict = _one_pattern(
+        r"(?P<subject>\w+)\s+lives\s+in\s+(?P<object>\w+)",
         confidence_calculation={"coverage_boost_factor": 0.5},
     )
-    assert FactDetector(strict).detect(text) is None
-    assert FactDetector(strict).detect("Zorblax lives in Varnholm") is not None
+    assert strict.detect(text) is None
+    assert strict.detect("Zorblax lives in Varnholm") is not None
 
 
 @given(st.text(max_size=200))
