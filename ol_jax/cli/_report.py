@@ -86,8 +86,14 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
     """
     path = os.fspath(path)
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{path}:{lineno}: not UTF-8 (byte {exc.start + 1} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -120,6 +126,8 @@ def _series(records: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]
     out = {}
     for key in keys:
         pairs = [(r["turn"], float(r[key])) for r in records if _is_number(r.get(key))]
+        # A resumed run may repeat turns; sort so the curve runs left to right.
+        pairs.sort(key=lambda pair: pair[0])
         turns, values = zip(*pairs, strict=True)
         out[key] = (np.asarray(turns, np.float64), np.asarray(values, np.float64))
     return out
@@ -143,8 +151,9 @@ def _plot_group(path: str, title: str, series, fact_turns) -> None:
     )
     axes = np.atleast_1d(axes)
     for ax, (key, (turns, values)) in zip(axes, series.items(), strict=True):
-        for t in fact_turns:
-            ax.axvline(t, color="tab:orange", alpha=0.25, linewidth=1)
+        if fact_turns:
+            ax.vlines(fact_turns, 0, 1, transform=ax.get_xaxis_transform(),
+                      color="tab:orange", alpha=0.25, linewidth=1)  # fmt: skip
         # Non-finite values (a diverged loss) are gaps, not axis-breaking points.
         values = np.where(np.isfinite(values), values, np.nan)
         ax.plot(turns, values, marker="." if len(turns) < 60 else None)

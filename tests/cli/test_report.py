@@ -98,6 +98,14 @@ def test_malformed_metrics_name_the_line(tmp_path, capsys, lines, match):
     assert re.search(match, err), err
 
 
+def test_non_utf8_line_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes(b'{"turn": 1, "loss": 1.0}\n{"turn": 2\xff}\n')
+    assert main(["report", str(run)]) == 2
+    assert "metrics.jsonl:2: not UTF-8 (byte 11" in capsys.readouterr().err
+
+
 def test_missing_folder_file_and_not_a_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
