@@ -1,5 +1,6 @@
 """The pure core: the state pytree, ``make_step`` and our optax transforms."""
 
+from ol_jax.core._addressed import make_addressed_step as make_addressed_step
 from ol_jax.core._cache import default_cache_dir as default_cache_dir
 from ol_jax.core._cache import enable_compilation_cache as enable_compilation_cache
 from ol_jax.core._ewc import EwcState as EwcState
@@ -41,6 +42,7 @@ __all__ = [
     "freeze_all_but",
     "get_learning_rate",
     "init_state",
+    "make_addressed_step",
     "make_multi_step",
     "make_step",
     "merge_params",

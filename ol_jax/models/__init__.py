@@ -52,6 +52,7 @@ from ol_jax.models._lora import lora_to_hf as lora_to_hf
 from ol_jax.models._lora import merge_lora as merge_lora
 from ol_jax.models._lora import save_adapter as save_adapter
 from ol_jax.models._lora import unmerge_lora as unmerge_lora
+from ol_jax.models._multi_lora import generate_multi_lora as generate_multi_lora
 from ol_jax.models._peft import PeftAdapter as PeftAdapter
 from ol_jax.models._peft import load_peft_adapter as load_peft_adapter
 from ol_jax.models._peft import lora_from_peft as lora_from_peft
@@ -109,6 +110,7 @@ __all__ = [
     "expected_tensor_names",
     "generate",
     "generate_glyphs",
+    "generate_multi_lora",
     "init_glyph",
     "llama_apply",
     "llama_params_from_hf",
