@@ -41,6 +41,9 @@ from ol_jax.learners.controller import run_soak as run_soak
 from ol_jax.learners.glyph import Glyph as Glyph
 from ol_jax.learners.glyph import GlyphLearner as GlyphLearner
 from ol_jax.learners.multi_glyph import MultiGlyphLearner as MultiGlyphLearner
+from ol_jax.learners.teacher import ProxyDecision as ProxyDecision
+from ol_jax.learners.teacher import TeacherProxyConfig as TeacherProxyConfig
+from ol_jax.learners.teacher import TeacherProxyLearner as TeacherProxyLearner
 
 __all__ = [
     "EntityExtractionConfig",
@@ -71,6 +74,9 @@ __all__ = [
     "LearningConfig",
     "LearningStats",
     "OnlineLearner",
+    "ProxyDecision",
+    "TeacherProxyConfig",
+    "TeacherProxyLearner",
     "Glyph",
     "GlyphLearner",
     "MultiGlyphLearner",

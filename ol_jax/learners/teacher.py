@@ -1,0 +1,965 @@
+"""``TeacherProxyLearner``: answer locally, or ask a teacher and learn (seed 002).
+
+Three models learn after every teacher answer, each with one jit-compiled
+``ol_jax.core.make_step`` update:
+
+* the **generator** (an LLM with LoRA) is distilled from the teacher's answer
+  (token CE + KL to the base model), on the new example plus a prioritized
+  replay batch;
+* the **validator** (binary head over the frozen sentence embeddings of the
+  query and an answer) learns that the teacher's answer is good, that a local
+  answer is good iff its embedding's cosine similarity to the teacher's is at
+  least ``policy.similarity_threshold``, and (optionally) that the previous,
+  different teacher answer is a bad answer to this query;
+* the **router** (binary head over the query embedding) learns whether answering
+  locally would have been good: the similarity test when a local answer was
+  made, else whether greedy decoding would have reproduced the teacher's answer
+  exactly (read from the generator step's forward pass, before its update).
+
+The sentence encoder stays frozen: route + validate then costs one encoder pass
+per text (cached) and two tiny heads, the similarity that labels every example
+is measured with a fixed ruler, and no encoder gradient is ever needed.
+
+Policy (every number in :class:`TeacherProxyConfig`): the first ``cold_start``
+queries are always forwarded; until ``conservative_until`` the router and
+validator thresholds are the stricter ``*_conservative`` ones; a query the
+router and validator would answer locally is still forwarded with probability
+``s(n) = end + (start - end) * 2^(-(n - cold_start) / half_life)`` (strategic
+sampling, 50% decaying to 5% by default), which also audits local accuracy.
+
+References:
+    Hinton et al., `Distilling the knowledge in a neural network
+    <https://arxiv.org/abs/1503.02531>`_, 2015.
+    Schaul et al., `Prioritized Experience Replay
+    <https://arxiv.org/abs/1511.05952>`_, 2016.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ol_jax.core import init_state, make_step, online_optimizer
+from ol_jax.feedback import Teacher
+from ol_jax.learners._teacher_models import (
+    build_encoder,
+    build_generator,
+    head_loss,
+    head_prob,
+    init_head,
+    make_generator_loss,
+    pair_features,
+)
+from ol_jax.memory import prioritized_replay
+from ol_jax.models import LLAMA_PROJECTIONS, LoRAConfig, generate, split_lora
+from ol_jax.store import (
+    BaseNetworkConfig,
+    RunStore,
+    load_config,
+    load_pytree,
+    save_pytree,
+)
+
+__all__ = [
+    "ProxyDecision",
+    "TeacherProxyConfig",
+    "TeacherProxyLearner",
+]
+
+_STATE_DIR = "state"
+_META_FILE = "learner.json"
+_MODELS = ("router", "validator", "generator")
+
+
+# ----------------------------------------------------------------- configuration
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicySection(_Section):
+    """When to forward to the teacher, and what counts as a match.
+
+    Attributes:
+      cold_start: the first this many queries are always forwarded.
+      conservative_until: up to this query the ``*_conservative`` thresholds
+        apply.
+      router_threshold: answer locally only if ``p_local >=`` this.
+      router_threshold_conservative: the same during the conservative phase.
+      validator_threshold: serve a local answer only if ``p_good >=`` this.
+      validator_threshold_conservative: the same during the conservative phase.
+      sampling_start: share of locally answerable queries forwarded anyway right
+        after the cold start.
+      sampling_end: the share it decays to.
+      sampling_half_life: queries over which the excess over ``sampling_end``
+        halves.
+      similarity_threshold: a local answer matches the teacher's if the cosine
+        similarity of their sentence embeddings is at least this.
+      teacher_cost_per_query: cost of one teacher call (e.g. USD), reported as
+        ``cost_saved`` of each local answer.
+    """
+
+    cold_start: int = Field(default=50, ge=0)
+    conservative_until: int = Field(default=200, ge=0)
+    router_threshold: float = Field(default=0.5, ge=0, le=1)
+    router_threshold_conservative: float = Field(default=0.7, ge=0, le=1)
+    validator_threshold: float = Field(default=0.5, ge=0, le=1)
+    validator_threshold_conservative: float = Field(default=0.7, ge=0, le=1)
+    sampling_start: float = Field(default=0.5, ge=0, le=1)
+    sampling_end: float = Field(default=0.05, ge=0, le=1)
+    sampling_half_life: float = Field(default=40.0, gt=0)
+    similarity_threshold: float = Field(default=0.9, ge=-1, le=1)
+    teacher_cost_per_query: float = Field(default=0.002, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> PolicySection:
+        if self.conservative_until < self.cold_start:
+            raise ValueError(
+                f"conservative_until must be >= cold_start={self.cold_start}, got "
+                f"{self.conservative_until}"
+            )
+        return self
+
+
+class EncoderSection(_Section):
+    """The frozen sentence encoder of the router, validator and similarity.
+
+    Attributes:
+      name: an alias (``"all-minilm-l6-v2"``) or encoder folder for
+        ``ol_jax.models.load_encoder``, or ``"tiny"`` (random, for tests).
+    """
+
+    name: str = "all-minilm-l6-v2"
+
+
+class HeadSection(_Section):
+    """A binary head (router or validator) and its update rule.
+
+    Attributes:
+      hidden: width of the hidden layer.
+      learning_rate: Adam step size.
+      clip_norm: global gradient-norm clip.
+      replay_capacity: recent examples kept for replay.
+      replay_batch: replayed examples per update (besides the new ones).
+    """
+
+    hidden: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=3e-3, gt=0)
+    clip_norm: float = Field(default=1.0, gt=0)
+    replay_capacity: int = Field(default=64, ge=1)
+    replay_batch: int = Field(default=7, ge=1)
+
+    @model_validator(mode="after")
+    def _replay(self) -> HeadSection:
+        if self.replay_batch > self.replay_capacity:
+            raise ValueError(
+                f"replay_batch must be <= replay_capacity={self.replay_capacity}, "
+                f"got {self.replay_batch}"
+            )
+        return self
+
+
+class ValidatorSection(HeadSection):
+    """The validator head; see :class:`HeadSection`.
+
+    Attributes:
+      mismatched_negatives: also learn that the previous teacher answer, when it
+        does not match this one, is a bad answer to this query.
+    """
+
+    replay_capacity: int = Field(default=256, ge=1)
+    replay_batch: int = Field(default=13, ge=1)
+    mismatched_negatives: bool = True
+
+
+class GeneratorSection(_Section):
+    """The LLM with LoRA, distilled from the teacher.
+
+    Attributes:
+      name: alias (``"smollm2-135m"``), ``.gguf`` file or model folder for
+        ``ol_jax.models.load_llama``, or ``"tiny"`` (random byte-level Llama).
+      dtype: parameter dtype.
+      lora_rank: adapter rank.
+      lora_alpha: adapter scale numerator.
+      lora_targets: projections with adapters.
+      learning_rate: Adam step size of the adapters.
+      clip_norm: global gradient-norm clip.
+      kl_weight: weight of ``KL(p_base || p_lora)`` on the answer tokens.
+      max_new_tokens: longest local answer in tokens (EOS included); longer
+        teacher answers are cut to this for training.
+      max_length: training sequence length (prompt + answer + EOS, padded).
+      prompt_format: the prompt, with ``{query}`` where the query goes.
+      replay_capacity: teacher answers kept for replay.
+      replay_batch: replayed answers per update (besides the new one).
+      replay_alpha: priority exponent (priorities are the replayed rows' CE).
+    """
+
+    name: str = "smollm2-135m"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    learning_rate: float = Field(default=2e-3, gt=0)
+    clip_norm: float = Field(default=1.0, gt=0)
+    kl_weight: float = Field(default=0.05, ge=0)
+    max_new_tokens: int = Field(default=16, ge=1)
+    max_length: int = Field(default=48, ge=8)
+    prompt_format: str = "Question: {query}\nAnswer:"
+    replay_capacity: int = Field(default=256, ge=1)
+    replay_batch: int = Field(default=3, ge=1)
+    replay_alpha: float = Field(default=0.6, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> GeneratorSection:
+        if "{query}" not in self.prompt_format:
+            raise ValueError(
+                f"prompt_format must contain '{{query}}', got {self.prompt_format!r}"
+            )
+        bad = [t for t in self.lora_targets if t not in LLAMA_PROJECTIONS]
+        if bad or not self.lora_targets:
+            raise ValueError(
+                f"lora_targets must be a non-empty subset of {list(LLAMA_PROJECTIONS)}"
+                f", got {list(self.lora_targets)}"
+            )
+        if self.max_length < self.max_new_tokens + 4:
+            raise ValueError(
+                f"max_length must be >= max_new_tokens + 4 = {self.max_new_tokens + 4}"
+                f", got {self.max_length}"
+            )
+        if self.replay_batch > self.replay_capacity:
+            raise ValueError(
+                f"replay_batch must be <= replay_capacity={self.replay_capacity}, "
+                f"got {self.replay_batch}"
+            )
+        return self
+
+
+class TeacherProxyConfig(BaseNetworkConfig):
+    """``configs/teacher_proxy.yaml``: the whole seed-002 learner.
+
+    Load it with ``ol_jax.store.load_config(path, TeacherProxyConfig)``. For
+    tests, ``TeacherProxyConfig(encoder={"name": "tiny"}, generator={"name":
+    "tiny", "max_new_tokens": 32, "max_length": 96})`` builds tiny random models.
+
+    Attributes:
+      network_id: the network folder name under the store root.
+      seed: root PRNG seed (model inits, replay sampling, strategic sampling).
+      policy: routing policy.
+      encoder: the sentence encoder.
+      router: the router head.
+      validator: the validator head.
+      generator: the LLM with LoRA.
+    """
+
+    network_id: str = Field(
+        default="teacher-proxy", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )
+    policy: PolicySection = Field(default_factory=PolicySection)
+    encoder: EncoderSection = Field(default_factory=EncoderSection)
+    router: HeadSection = Field(default_factory=HeadSection)
+    validator: ValidatorSection = Field(default_factory=ValidatorSection)
+    generator: GeneratorSection = Field(default_factory=GeneratorSection)
+
+
+# ----------------------------------------------------------------- decisions
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyDecision:
+    """One routing decision and the answer served.
+
+    Attributes:
+      query: the query text.
+      answer: the answer served (the local one, or the teacher's).
+      route: ``"local"`` or ``"forward"``.
+      reason: why: ``"cold_start"``, ``"router"`` (router said forward),
+        ``"validator"`` (validator rejected the local answer), ``"sampling"``
+        (strategic sampling forwarded a locally answerable query) or
+        ``"validated"`` (served locally).
+      teacher_answer: the teacher's answer, or ``None`` when served locally.
+      local_answer: the generator's answer, or ``None`` when none was made.
+      similarity: cosine similarity of the local and teacher answers' embeddings
+        when both exist.
+      route_validate_ms: time spent routing and validating (encoder passes and
+        heads, not generation or the teacher).
+      latency_ms: total time of the decision, generation and teacher included.
+      cost_saved: ``policy.teacher_cost_per_query`` when served locally, else 0.
+      index: the query's number in the stream (0-based).
+      router_prob: the router's ``p_local`` (``None`` during the cold start).
+      validator_prob: the validator's ``p_good`` (``None`` without local answer).
+    """
+
+    query: str
+    answer: str
+    route: Literal["local", "forward"]
+    reason: str
+    teacher_answer: str | None
+    local_answer: str | None
+    similarity: float | None
+    route_validate_ms: float
+    latency_ms: float
+    cost_saved: float
+    index: int = -1
+    router_prob: float | None = None
+    validator_prob: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------- the learner
+
+
+def _now_ms() -> float:
+    return time.perf_counter() * 1e3
+
+
+class TeacherProxyLearner:
+    """Routes queries between a local generator and a teacher, and learns.
+
+    ``answer(query, teacher)`` decides and returns a :class:`ProxyDecision`
+    (asking the teacher when forwarding); ``learn(decision)`` runs one update of
+    each model that has something to learn from it; ``handle`` does both. A
+    :class:`~ol_jax.feedback.TeacherError` from the teacher propagates out of
+    ``answer`` and nothing is counted or learned.
+
+    Args:
+      config: a :class:`TeacherProxyConfig`, or a path to its YAML.
+      root: a store root; with it the learner opens a run of
+        ``config.network_id`` (a :class:`~ol_jax.store.RunStore`) and appends
+        each decision to ``<run_dir>/decisions.jsonl``.
+      run_id: the run to open (new or resumed); default a fresh id.
+
+    Examples:
+      >>> cfg = TeacherProxyConfig(  # doctest: +SKIP
+      ...     encoder={"name": "tiny"}, generator={"name": "tiny"})
+      >>> learner = TeacherProxyLearner(cfg)  # doctest: +SKIP
+      >>> decision = learner.handle("How do I reset my password?", teacher)
+    """
+
+    def __init__(
+        self,
+        config: TeacherProxyConfig | str | os.PathLike[str] | None = None,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+    ):
+        if config is None:
+            config = TeacherProxyConfig()
+        elif not isinstance(config, TeacherProxyConfig):
+            config = load_config(config, TeacherProxyConfig)
+        self.config = config
+        keys = jax.random.split(jax.random.key(config.seed), 8)
+        self._encoder = build_encoder(config.encoder.name, key=keys[0])
+        g = config.generator
+        lora = LoRAConfig(
+            rank=g.lora_rank, alpha=g.lora_alpha, target_modules=g.lora_targets
+        )
+        model, self._codec = build_generator(g.name, lora, dtype=g.dtype, key=keys[1])
+        self._graphdef, self._base, lora_params = split_lora(model)
+        del model
+        dim = self._encoder.config.hidden_size
+        self._tx = {
+            "router": online_optimizer(
+                config.router.learning_rate,
+                optimizer="adam",
+                clip_norm=config.router.clip_norm,
+            ),
+            "validator": online_optimizer(
+                config.validator.learning_rate,
+                optimizer="adam",
+                clip_norm=config.validator.clip_norm,
+            ),
+            "generator": online_optimizer(
+                g.learning_rate, optimizer="adam", clip_norm=g.clip_norm
+            ),
+        }
+        self._states = {
+            "router": init_state(
+                init_head(dim, config.router.hidden, key=keys[2]),
+                self._tx["router"],
+                key=keys[3],
+            ),
+            "validator": init_state(
+                init_head(3 * dim, config.validator.hidden, key=keys[4]),
+                self._tx["validator"],
+                key=keys[5],
+            ),
+            "generator": init_state(lora_params, self._tx["generator"], key=keys[6]),
+        }
+        self._steps = {
+            "router": make_step(head_loss, self._tx["router"]),
+            "validator": make_step(head_loss, self._tx["validator"]),
+            "generator": make_step(
+                make_generator_loss(self._graphdef, kl_weight=g.kl_weight),
+                self._tx["generator"],
+                has_aux=True,
+            ),
+        }
+        self._replay = {
+            "router": prioritized_replay(
+                config.router.replay_capacity, config.router.replay_batch, alpha=0.0
+            ),
+            "validator": prioritized_replay(
+                config.validator.replay_capacity,
+                config.validator.replay_batch,
+                alpha=0.0,
+            ),
+            "generator": prioritized_replay(
+                g.replay_capacity, g.replay_batch, alpha=g.replay_alpha
+            ),
+        }
+        self._sample = {
+            name: jax.jit(replay.sample) for name, replay in self._replay.items()
+        }
+        self._buffers = {
+            "router": self._replay["router"].init(
+                {"x": jnp.zeros((dim,), jnp.float32), "label": jnp.float32(0)}
+            ),
+            "validator": self._replay["validator"].init(
+                {"x": jnp.zeros((3 * dim,), jnp.float32), "label": jnp.float32(0)}
+            ),
+            "generator": self._replay["generator"].init(
+                {
+                    "tokens": jnp.zeros((g.max_length,), jnp.int32),
+                    "mask": jnp.zeros((g.max_length,), jnp.float32),
+                }
+            ),
+        }
+        self._policy_key = keys[7]
+        self._embeddings: dict[str, np.ndarray] = {}
+        self._counters = {
+            "queries": 0,
+            "forwarded": 0,
+            "local": 0,
+            "teacher_errors": 0,
+            "generated": 0,
+            "audited": 0,
+            "audit_matches": 0,
+            "updates_router": 0,
+            "updates_validator": 0,
+            "updates_generator": 0,
+        }
+        # Per-query history: 1 forwarded / 0 local, and audit outcomes.
+        self._routes: list[int] = []
+        self._audits: list[tuple[int, int]] = []
+        self._reasons: dict[str, int] = {}
+        self._route_ms: list[float] = []
+        self._last_teacher: tuple[str, np.ndarray] | None = None
+        self._store: RunStore | None = None
+        if root is not None:
+            self._store = RunStore(
+                root, config.network_id, config=config, config_cls=TeacherProxyConfig
+            )
+            self._store.start_run(run_id)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def run_dir(self) -> str | None:
+        """The open run's folder, or ``None`` without a store."""
+        return None if self._store is None else self._store.run_dir
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The trainable parameters of the three models (LoRA for the generator)."""
+        return {name: self._states[name].params for name in _MODELS}
+
+    # ------------------------------------------------------------ encoding
+
+    def _embed(self, text: str) -> np.ndarray:
+        cached = self._embeddings.get(text)
+        if cached is None:
+            cached = np.asarray(self._encoder.embed(text), np.float32)
+            if len(self._embeddings) >= 4096:
+                self._embeddings.pop(next(iter(self._embeddings)))
+            self._embeddings[text] = cached
+        return cached
+
+    def similarity(self, a: str, b: str) -> float:
+        """Cosine similarity of the sentence embeddings of two texts."""
+        ea, eb = self._embed(a), self._embed(b)
+        denom = max(float(np.linalg.norm(ea) * np.linalg.norm(eb)), 1e-12)
+        return float(np.dot(ea, eb)) / denom
+
+    def _prompt_ids(self, query: str) -> list[int]:
+        g = self.config.generator
+        ids = self._codec.encode(g.prompt_format.format(query=query))
+        # Keep the end of a long prompt: the "Answer:" cue must stay.
+        return ids[-(g.max_length - g.max_new_tokens) :] or [self._codec.eos]
+
+    def generate_local(self, query: str) -> str:
+        """The generator's greedy answer to ``query`` (no routing, no learning)."""
+        g = self.config.generator
+        model = nnx.merge(self._graphdef, self._base, self._states["generator"].params)
+        (ids,) = generate(
+            model,
+            [self._prompt_ids(query)],
+            max_new_tokens=g.max_new_tokens,
+            eos_token_id=self._codec.eos,
+        )
+        self._counters["generated"] += 1
+        return self._codec.decode(ids).strip()
+
+    # ------------------------------------------------------------ policy
+
+    def _sampling_rate(self, n: int) -> float:
+        p = self.config.policy
+        age = max(n - p.cold_start, 0)
+        return p.sampling_end + (p.sampling_start - p.sampling_end) * 2.0 ** (
+            -age / p.sampling_half_life
+        )
+
+    def _uniform(self, n: int) -> float:
+        return float(jax.random.uniform(jax.random.fold_in(self._policy_key, n)))
+
+    def answer(self, query: str, teacher: Teacher) -> ProxyDecision:
+        """Routes ``query`` and returns the decision with the answer to serve.
+
+        Nothing is learned here (see :meth:`learn`).
+
+        Args:
+          query: a non-empty query.
+          teacher: called when the query is forwarded.
+
+        Returns:
+          A :class:`ProxyDecision`.
+
+        Raises:
+          ValueError: an empty or non-string query.
+          TeacherError: the teacher failed; the query is not counted.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query must be a non-empty string, got {query!r}")
+        start = _now_ms()
+        p = self.config.policy
+        n = self._counters["queries"]
+        conservative = n < p.conservative_until
+        route_ms = 0.0
+        local = router_prob = validator_prob = None
+        if n < p.cold_start:
+            reason = "cold_start"
+        else:
+            t0 = _now_ms()
+            e_q = self._embed(query)
+            router_prob = float(head_prob(self._states["router"].params, e_q))
+            route_ms += _now_ms() - t0
+            threshold = (
+                p.router_threshold_conservative if conservative else p.router_threshold
+            )
+            if router_prob < threshold:
+                reason = "router"
+            else:
+                local = self.generate_local(query)
+            if local == "":
+                # An empty answer is never served; the validator learns it is bad.
+                reason = "validator"
+            elif local is not None:
+                t0 = _now_ms()
+                features = pair_features(e_q, self._embed(local))
+                validator_prob = float(
+                    head_prob(self._states["validator"].params, features)
+                )
+                route_ms += _now_ms() - t0
+                threshold = (
+                    p.validator_threshold_conservative
+                    if conservative
+                    else p.validator_threshold
+                )
+                if validator_prob < threshold:
+                    reason = "validator"
+                elif self._uniform(n) < self._sampling_rate(n):
+                    reason = "sampling"
+                else:
+                    reason = "validated"
+        teacher_answer = similarity = None
+        if reason != "validated":
+            try:
+                teacher_answer = teacher(query)
+            except Exception:
+                self._counters["teacher_errors"] += 1
+                raise
+            if local is not None:
+                similarity = self.similarity(local, teacher_answer)
+        served = local if reason == "validated" else teacher_answer
+        forward = reason != "validated"
+        decision = ProxyDecision(
+            query=query,
+            answer=served,
+            route="forward" if forward else "local",
+            reason=reason,
+            teacher_answer=teacher_answer,
+            local_answer=local,
+            similarity=similarity,
+            route_validate_ms=route_ms,
+            latency_ms=_now_ms() - start,
+            cost_saved=0.0 if forward else p.teacher_cost_per_query,
+            index=n,
+            router_prob=router_prob,
+            validator_prob=validator_prob,
+        )
+        self._record(decision)
+        return decision
+
+    def _record(self, d: ProxyDecision) -> None:
+        c = self._counters
+        c["queries"] += 1
+        c["forwarded" if d.route == "forward" else "local"] += 1
+        self._routes.append(int(d.route == "forward"))
+        self._reasons[d.reason] = self._reasons.get(d.reason, 0) + 1
+        if d.router_prob is not None:
+            self._route_ms.append(d.route_validate_ms)
+        if d.reason == "sampling" and d.similarity is not None:
+            c["audited"] += 1
+            hit = int(d.similarity >= self.config.policy.similarity_threshold)
+            c["audit_matches"] += hit
+            self._audits.append((d.index, hit))
+        if self._store is not None:
+            with open(os.path.join(self.run_dir, "decisions.jsonl"), "a") as f:
+                f.write(json.dumps(d.to_dict()) + "\n")
+
+    # ------------------------------------------------------------ learning
+
+    def _generator_example(self, query: str, answer: str):
+        g = self.config.generator
+        prompt = self._prompt_ids(query)
+        target = self._codec.encode(" " + answer.strip())[: g.max_new_tokens - 1]
+        target = [*target, self._codec.eos]
+        seq = [*prompt, *target][-g.max_length :]
+        tokens = np.full((g.max_length,), self._codec.eos, np.int32)
+        mask = np.zeros((g.max_length,), np.float32)
+        tokens[: len(seq)] = seq
+        mask[len(seq) - len(target) : len(seq)] = 1.0
+        return tokens, mask
+
+    def _update_head(self, name: str, xs: np.ndarray, labels: np.ndarray, k: int):
+        """One update of a head on ``k`` padded new rows plus a replay batch."""
+        replay, count = self._replay[name], int(len(labels))
+        buffer = replay.add(
+            self._buffers[name],
+            {"x": jnp.asarray(xs), "label": jnp.asarray(labels, jnp.float32)},
+        )
+        step_key = jax.random.fold_in(
+            self._states[name].key, self._counters[f"updates_{name}"]
+        )
+        drawn = self._sample[name](buffer, key=jax.random.fold_in(step_key, 1))
+        dim = xs.shape[1]
+        new_x = np.zeros((k, dim), np.float32)
+        new_y = np.zeros((k,), np.float32)
+        new_w = np.zeros((k,), np.float32)
+        new_x[:count], new_y[:count], new_w[:count] = xs, labels, 1.0
+        batch = {
+            "x": jnp.concatenate([jnp.asarray(new_x), drawn.experience["x"]]),
+            "label": jnp.concatenate(
+                [jnp.asarray(new_y), drawn.experience["label"].astype(jnp.float32)]
+            ),
+            "weight": jnp.concatenate([jnp.asarray(new_w), drawn.weights]),
+        }
+        self._states[name], metrics = self._steps[name](self._states[name], batch)
+        self._buffers[name] = buffer
+        self._counters[f"updates_{name}"] += 1
+        return metrics
+
+    def _update_generator(self, query: str, answer: str):
+        tokens, mask = self._generator_example(query, answer)
+        replay = self._replay["generator"]
+        buffer = replay.add(
+            self._buffers["generator"],
+            {"tokens": jnp.asarray(tokens[None]), "mask": jnp.asarray(mask[None])},
+        )
+        state = self._states["generator"]
+        key = jax.random.fold_in(state.key, self._counters["updates_generator"])
+        drawn = self._sample["generator"](buffer, key=jax.random.fold_in(key, 1))
+        batch = {
+            "tokens": jnp.concatenate(
+                [jnp.asarray(tokens[None]), drawn.experience["tokens"]]
+            ),
+            "mask": jnp.concatenate(
+                [jnp.asarray(mask[None]), drawn.experience["mask"]]
+            ),
+            "weight": jnp.concatenate([jnp.ones((1,), jnp.float32), drawn.weights]),
+        }
+        self._states["generator"], metrics = self._steps["generator"](
+            state, batch, self._base
+        )
+        # Replayed answers the model still gets wrong are drawn more often.
+        self._buffers["generator"] = replay.update_priorities(
+            buffer, drawn.indices, metrics["aux"]["ce"][1:]
+        )
+        self._counters["updates_generator"] += 1
+        return metrics
+
+    def learn(self, decision: ProxyDecision) -> dict[str, Any]:
+        """One update of each model that can learn from ``decision``.
+
+        A decision without a teacher answer (served locally) teaches nothing.
+        Otherwise the generator is distilled from the teacher's answer, the
+        validator learns from the (query, answer) pairs whose quality is known,
+        and the router learns whether a local answer would have been good.
+
+        Returns:
+          Per-model metrics (``loss`` and, for the router, its ``label``), empty
+          when nothing was learned.
+        """
+        if decision.teacher_answer is None:
+            return {}
+        p = self.config.policy
+        query, teacher_answer = decision.query, decision.teacher_answer
+        out: dict[str, Any] = {}
+        gen = self._update_generator(query, teacher_answer)
+        exact = bool(gen["aux"]["greedy_match"][0])
+        out["generator"] = {"loss": float(gen["loss"]), "greedy_match": exact}
+
+        e_q = self._embed(query)
+        e_t = self._embed(teacher_answer)
+        if decision.similarity is None:
+            good = exact
+        else:
+            good = decision.similarity >= p.similarity_threshold
+        router = self._update_head(
+            "router", e_q[None], np.asarray([float(good)], np.float32), 1
+        )
+        out["router"] = {"loss": float(router["loss"]), "label": float(good)}
+
+        rows = [np.asarray(pair_features(e_q, e_t))]
+        labels = [1.0]
+        if decision.local_answer is not None:
+            e_l = self._embed(decision.local_answer)
+            rows.append(np.asarray(pair_features(e_q, e_l)))
+            labels.append(float(good))
+        last = self._last_teacher
+        if (
+            self.config.validator.mismatched_negatives
+            and last is not None
+            and self.similarity(last[0], teacher_answer) < p.similarity_threshold
+        ):
+            rows.append(np.asarray(pair_features(e_q, last[1])))
+            labels.append(0.0)
+        validator = self._update_head(
+            "validator", np.stack(rows), np.asarray(labels, np.float32), 3
+        )
+        out["validator"] = {"loss": float(validator["loss"])}
+        self._last_teacher = (teacher_answer, e_t)
+        return out
+
+    def handle(self, query: str, teacher: Teacher) -> ProxyDecision:
+        """:meth:`answer` then :meth:`learn`; returns the decision."""
+        decision = self.answer(query, teacher)
+        self.learn(decision)
+        return decision
+
+    # ------------------------------------------------------------ statistics
+
+    def stats(self, *, window: int = 100) -> dict[str, Any]:
+        """Counters and rates so far.
+
+        ``local_accuracy`` is estimated from the strategic-sampling audits: the
+        queries the learner would have answered locally but forwarded anyway,
+        whose local answer was compared with the teacher's.
+
+        Args:
+          window: length of the recent window of ``forward_rate_window``.
+
+        Returns:
+          A JSON-ready dict.
+        """
+        c = self._counters
+        recent = self._routes[-window:]
+        return {
+            **c,
+            "forward_rate": c["forwarded"] / c["queries"] if c["queries"] else None,
+            "forward_rate_window": sum(recent) / len(recent) if recent else None,
+            "local_accuracy": c["audit_matches"] / c["audited"]
+            if c["audited"]
+            else None,
+            "reasons": dict(self._reasons),
+            "route_validate_ms": float(np.mean(self._route_ms))
+            if self._route_ms
+            else None,
+            "updates": {name: c[f"updates_{name}"] for name in _MODELS},
+        }
+
+    def forward_history(self) -> list[int]:
+        """1 for each forwarded query and 0 for each local one, in order."""
+        return list(self._routes)
+
+    def plot(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        window: int = 50,
+        local_matches: Sequence[tuple[int, bool]] | None = None,
+    ) -> str:
+        """Writes a PNG of the forward rate and the local accuracy over queries.
+
+        Args:
+          path: the file; default ``<run_dir>/teacher_proxy.png``.
+          window: queries per point of the rolling forward rate.
+          local_matches: ``(query index, matched)`` pairs of local answers checked
+            against the teacher (e.g. by an evaluation harness); default the
+            strategic-sampling audits.
+
+        Returns:
+          The path written.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if path is None:
+            if self.run_dir is None:
+                raise ValueError("path is required when the learner has no run")
+            path = os.path.join(self.run_dir, "teacher_proxy.png")
+        path = os.fspath(path)
+        routes = np.asarray(self._routes, np.float64)
+        matches = self._audits if local_matches is None else list(local_matches)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if routes.size:
+            w = max(1, min(window, routes.size))
+            rolling = np.convolve(routes, np.ones(w) / w, mode="valid")
+            ax.plot(np.arange(w, routes.size + 1), rolling, label="forward rate")
+        if matches:
+            idx = np.asarray([i for i, _ in matches])
+            acc = np.cumsum([float(m) for _, m in matches]) / np.arange(
+                1, len(matches) + 1
+            )
+            ax.plot(idx + 1, acc, label="local accuracy (cumulative)")
+        ax.set_xlabel("query")
+        ax.set_ylim(0, 1.05)
+        ax.legend()
+        ax.set_title("teacher proxy: forward rate and local accuracy")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    # ------------------------------------------------------------ persistence
+
+    def _tree(self) -> dict[str, Any]:
+        states = {
+            name: s._replace(key=jax.random.key_data(s.key))
+            for name, s in self._states.items()
+        }
+        tree = {
+            "states": states,
+            "buffers": self._buffers,
+            "policy_key": jax.random.key_data(self._policy_key),
+        }
+        # Numbered leaves: Orbax stores plain dicts of arrays whatever the node
+        # types of the optax and replay states are; the live learner is the
+        # template for loading.
+        return {str(i): x for i, x in enumerate(jax.tree.leaves(tree))}, tree
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Writes all three models, optimizer and replay states, counters and RNG.
+
+        ``TeacherProxyLearner.load(path)`` rebuilds a learner whose next
+        decisions, answers and updates are identical to this one's.
+
+        Args:
+          path: a folder (created; an existing save there is replaced).
+
+        Returns:
+          The absolute path.
+        """
+        path = os.path.abspath(os.fspath(path))
+        os.makedirs(path, exist_ok=True)
+        leaves, _ = self._tree()
+        save_pytree(os.path.join(path, _STATE_DIR), leaves, overwrite=True)
+        meta = {
+            "config": self.config.model_dump(mode="json"),
+            "counters": self._counters,
+            "routes": self._routes,
+            "audits": self._audits,
+            "reasons": self._reasons,
+            "route_ms": self._route_ms,
+            "last_teacher": None
+            if self._last_teacher is None
+            else self._last_teacher[0],
+        }
+        tmp = os.path.join(path, _META_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+        os.replace(tmp, os.path.join(path, _META_FILE))
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        root: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+    ) -> TeacherProxyLearner:
+        """Rebuilds a learner written by :meth:`save` (base models from config).
+
+        Args:
+          path: the folder given to :meth:`save`.
+          root: optional store root, as for the constructor.
+          run_id: optional run to open.
+
+        Raises:
+          ValueError: ``path`` holds no saved learner, or its arrays do not fit
+            the configured models.
+        """
+        path = os.path.abspath(os.fspath(path))
+        meta_file = os.path.join(path, _META_FILE)
+        if not os.path.isfile(meta_file):
+            raise ValueError(f"path must hold a saved learner ({_META_FILE}): {path}")
+        with open(meta_file) as f:
+            meta = json.load(f)
+        config = TeacherProxyConfig.model_validate(meta["config"])
+        learner = cls(config, root=root, run_id=run_id)
+        like, tree = learner._tree()
+        loaded = load_pytree(os.path.join(path, _STATE_DIR))
+        leaves = []
+        for i in range(len(like)):
+            want, got = like[str(i)], loaded.get(str(i))
+            if got is None or np.shape(got) != np.shape(want):
+                raise ValueError(
+                    f"saved learner at {path} does not fit the configured models: "
+                    f"leaf {i} has shape {None if got is None else np.shape(got)}, "
+                    f"expected {np.shape(want)}"
+                )
+            leaves.append(jnp.asarray(got, dtype=want.dtype))
+        restored = jax.tree.unflatten(jax.tree.structure(tree), leaves)
+        learner._states = {
+            name: s._replace(key=jax.random.wrap_key_data(s.key))
+            for name, s in restored["states"].items()
+        }
+        learner._buffers = restored["buffers"]
+        learner._policy_key = jax.random.wrap_key_data(restored["policy_key"])
+        learner._counters = {k: int(v) for k, v in meta["counters"].items()}
+        learner._routes = [int(x) for x in meta["routes"]]
+        learner._audits = [(int(i), int(m)) for i, m in meta["audits"]]
+        learner._reasons = {k: int(v) for k, v in meta["reasons"].items()}
+        learner._route_ms = [float(x) for x in meta["route_ms"]]
+        if meta["last_teacher"] is not None:
+            text = meta["last_teacher"]
+            learner._last_teacher = (text, learner._embed(text))
+        return learner
+
+    def close(self) -> None:
+        """Flushes and closes the run store, if any."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> TeacherProxyLearner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
