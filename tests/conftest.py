@@ -111,3 +111,11 @@ def messages_api():
     api = FakeMessagesAPI()
     yield api
     api.close()
+
+
+@pytest.fixture(scope="module")
+def module_messages_api():
+    """A :class:`FakeMessagesAPI` shared by the tests of one module."""
+    api = FakeMessagesAPI()
+    yield api
+    api.close()

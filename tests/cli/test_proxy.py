@@ -1,0 +1,469 @@
+"""``ol-jax proxy`` end to end: the official ``anthropic`` SDK as the client, a
+loopback fake Messages API as the upstream teacher, tiny random models."""
+
+import http.client
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ol_jax.cli import main
+from ol_jax.feedback import faq_domain
+
+anthropic = pytest.importorskip("anthropic")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = "ol-jax-test"
+# Tiny random encoder and generator: the proxy starts and learns in seconds.
+TINY = {
+    "network_id": "proxy-test",
+    "policy": {"cold_start": 2, "conservative_until": 4},
+    "encoder": {"name": "tiny"},
+    "generator": {"name": "tiny", "max_new_tokens": 16, "max_length": 48},
+    "proxy": {"models": [MODEL, "claude-test"], "simulated_families": 4},
+}
+
+
+class Proxy:
+    """``ol-jax proxy`` in a subprocess; ``url`` once it serves."""
+
+    def __init__(self, tmp, *args, env=None, config=None):
+        path = tmp / "config.yaml"
+        path.write_text(yaml.safe_dump(config or TINY))
+        extra = os.environ.get("PYTHONPATH", "")
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": REPO + (os.pathsep + extra if extra else ""),
+            "JAX_PLATFORMS": "cpu",
+            **(env or {}),
+        }
+        command = [sys.executable, "-m", "ol_jax.cli._main", "proxy", "--port", "0"]
+        command += ["--root", str(tmp / "networks"), "--config", str(path), *args]
+        self.process = subprocess.Popen(
+            command,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.output = []
+        deadline = time.monotonic() + 240
+        while True:
+            line = self.lines.get(timeout=max(1.0, deadline - time.monotonic()))
+            if line is None:
+                raise RuntimeError("proxy exited:\n" + "".join(self.output))
+            self.output.append(line)
+            if "serving http://" in line:
+                self.url = line.split("serving ")[1].split()[0]
+                self.run_dir = line.rsplit("run folder ", 1)[1].strip()
+                break
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def client(self, **kwargs):
+        kwargs = {"max_retries": 0, "timeout": 60.0, **kwargs}
+        return anthropic.Anthropic(base_url=self.url, api_key="test", **kwargs)
+
+    def stats(self):
+        with urllib.request.urlopen(self.url + "/stats", timeout=60) as reply:
+            return json.load(reply)
+
+    def post(self, body, *, path="/v1/messages", headers=None):
+        """Raw POST; returns (status, parsed JSON body)."""
+        host, port = self.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        conn.request("POST", path, body=data, headers=headers or {})
+        reply = conn.getresponse()
+        status, payload = reply.status, json.loads(reply.read())
+        conn.close()
+        return status, payload
+
+    def stop(self):
+        """SIGTERM; returns the exit status once the learner is saved."""
+        if self.process.returncode is None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=120)
+            while (line := self.lines.get(timeout=10)) is not None:
+                self.output.append(line)
+        return self.process.returncode
+
+
+def _ask(client, text, model=MODEL):
+    response = client.messages.with_raw_response.create(
+        model=model, max_tokens=64, messages=[{"role": "user", "content": text}]
+    )
+    return response.headers, response.parse()
+
+
+def _decisions(run_dir):
+    with open(os.path.join(run_dir, "decisions.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def upstream(module_messages_api):
+    module_messages_api.answer = lambda query: f"Teacher says: {query[::-1]}"
+    return module_messages_api
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, upstream):
+    """A proxy whose teacher is the fake API (1 s timeout, no SDK retries).
+
+    Its cold start outlasts the module, so every query goes upstream; the last
+    test stops it and resumes its run.
+    """
+    tmp = tmp_path_factory.mktemp("proxy")
+    server = Proxy(
+        tmp,
+        "--upstream",
+        upstream.base_url,
+        "--run-id",
+        "fake-upstream",
+        "--save-every",
+        "5",
+        env={"ANTHROPIC_API_KEY": "upstream-key"},
+        config={
+            **TINY,
+            "policy": {"cold_start": 1000, "conservative_until": 1000},
+            "proxy": {
+                **TINY["proxy"],
+                "upstream_timeout_s": 1.0,
+                "upstream_max_retries": 0,
+                "teacher_model": "claude-teacher",
+            },
+        },
+    )
+    server.tmp = tmp
+    yield server
+    server.stop()
+
+
+def _queries(proxy):
+    return proxy.stats()["learner"]["queries"]
+
+
+# ------------------------------------------------------------------ answers
+
+
+def test_sdk_client_gets_teacher_answers_and_learner_learns(proxy, upstream):
+    client = proxy.client()
+    before = proxy.stats()
+    for text in ("How do I reset my password?", "Where is my invoice?"):
+        headers, message = _ask(client, text)
+        assert message.type == "message" and message.role == "assistant"
+        assert message.model == MODEL and message.stop_reason == "end_turn"
+        assert message.content[0].type == "text"
+        assert headers["x-ol-jax-route"] == "forward"
+        assert headers["x-ol-jax-reason"] == "cold_start"
+        assert message.content[0].text == f"Teacher says: {text[::-1]}"
+        assert message.usage.output_tokens == len(message.content[0].text.split())
+    after = proxy.stats()
+    assert after["learner"]["queries"] == before["learner"]["queries"] + 2
+    assert after["server"]["answered"] == before["server"]["answered"] + 2
+    # The learner learns between requests: a stats call waits for that update.
+    assert after["server"]["learned"] == before["server"]["learned"] + 2
+    _, headers, body = upstream.requests[-1]
+    assert body["model"] == "claude-teacher"
+    sent = headers.get("x-api-key") or headers.get("authorization", "")
+    assert sent.endswith("upstream-key")
+
+
+def test_content_blocks_system_and_history(proxy, upstream):
+    response = proxy.client().messages.with_raw_response.create(
+        model="claude-test",
+        max_tokens=32,
+        system=[{"type": "text", "text": "Answer briefly."}],
+        messages=[
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": [{"type": "text", "text": "Cancel my plan"}]},
+        ],
+    )
+    assert response.parse().model == "claude-test"
+    # Only the last user message is the query the teacher gets.
+    assert upstream.requests[-1][2]["messages"][-1]["content"] == "Cancel my plan"
+    assert _decisions(proxy.run_dir)[-1]["query"] == "Cancel my plan"
+
+
+def test_concurrent_requests_are_all_served(proxy):
+    client = proxy.client()
+    before = _queries(proxy)
+    results = []
+
+    def ask(i):
+        results.append(_ask(client, f"Question number {i}?")[1].content[0].text)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and all(results)
+    assert _queries(proxy) == before + 4
+
+
+def test_decision_log_has_one_line_per_answer(proxy):
+    _ask(proxy.client(), "Log this decision, please")
+    lines = _decisions(proxy.run_dir)
+    stats = proxy.stats()
+    assert len(lines) == stats["learner"]["queries"] == stats["server"]["answered"]
+    for line in lines:
+        assert line["route"] in ("local", "forward")
+        for key in ("reason", "similarity", "latency_ms", "cost_saved"):
+            assert key in line
+        assert line["latency_ms"] >= 0 and line["cost_saved"] >= 0
+    assert lines[-1]["query"] == "Log this decision, please"
+    assert [line["index"] for line in lines] == list(range(len(lines)))
+
+
+# ------------------------------------------------------------------ upstream failures
+
+
+def _fails_cleanly(proxy, expected_status, expected_type):
+    before = proxy.stats()
+    with pytest.raises(anthropic.APIStatusError) as info:
+        _ask(proxy.client(), "What happens when the teacher fails?")
+    assert info.value.status_code == expected_status
+    assert info.value.body["type"] == "error"
+    assert info.value.body["error"]["type"] == expected_type
+    assert "upstream teacher failed" in info.value.body["error"]["message"]
+    after = proxy.stats()
+    # Nothing was learned or counted as a decision.
+    assert after["learner"]["queries"] == before["learner"]["queries"]
+    assert after["server"]["learned"] == before["server"]["learned"]
+    assert after["server"]["upstream_errors"] == before["server"]["upstream_errors"] + 1
+    return info.value
+
+
+def test_upstream_failures_become_anthropic_errors(proxy, upstream):
+    before = proxy.stats()
+    error = {"type": "error", "error": {"type": "api_error", "message": "boom"}}
+    upstream.replies.append((500, error, 0))
+    e = _fails_cleanly(proxy, 502, "api_error")
+    assert "HTTP 500" in e.body["error"]["message"]
+    upstream.replies.append((200, b"{this is not json", 0))
+    e = _fails_cleanly(proxy, 502, "api_error")
+    assert "malformed" in e.body["error"]["message"]
+    upstream.replies.append((200, {"type": "message", "content": "nope"}, 0))
+    _fails_cleanly(proxy, 502, "api_error")
+    upstream.replies.append((200, upstream.message("", content=[]), 0))
+    e = _fails_cleanly(proxy, 502, "api_error")
+    assert "no text answer" in e.body["error"]["message"]
+    upstream.replies.append((200, upstream.message("late"), 3.0))
+    e = _fails_cleanly(proxy, 504, "timeout_error")
+    assert "timed out after 1 s" in e.body["error"]["message"]
+    # The proxy keeps serving and learning after failures.
+    _, message = _ask(proxy.client(), "And now?")
+    assert message.content[0].text == "Teacher says: ?won dnA"
+    after = proxy.stats()
+    assert after["learner"]["queries"] == before["learner"]["queries"] + 1
+    assert after["server"]["learned"] == before["server"]["learned"] + 1
+    errors = after["learner"]["teacher_errors"] - before["learner"]["teacher_errors"]
+    assert errors == 5
+    assert len(_decisions(proxy.run_dir)) == after["learner"]["queries"]
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _request(**fields):
+    body = {
+        "model": MODEL,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "How do I reset my password?"}],
+    }
+    body.update(fields)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _missing(name):
+    body = _request()
+    del body[name]
+    return body
+
+
+BAD_REQUESTS = [
+    ("empty query", _request(messages=[{"role": "user", "content": "  \n "}]), "empty"),
+    (
+        "empty text blocks",
+        _request(
+            messages=[{"role": "user", "content": [{"type": "text", "text": " "}] * 2}]
+        ),
+        "empty",
+    ),
+    ("invalid JSON", b'{"model": "ol-jax-test", ', "not valid JSON"),
+    ("not UTF-8", b"\xff\xfe{}", "not valid JSON"),
+    ("not an object", [1, 2], "must be a JSON object"),
+    ("unknown model", _request(model="gpt-4"), "unknown model 'gpt-4'"),
+    ("missing model", _missing("model"), "model: field required"),
+    ("missing max_tokens", _missing("max_tokens"), "max_tokens: field required"),
+    ("missing messages", _missing("messages"), "messages: field required"),
+    ("model not a string", _request(model=3), "model: expected a string"),
+    ("max_tokens zero", _request(max_tokens=0), "max_tokens: must be >= 1"),
+    ("max_tokens float", _request(max_tokens=1.5), "max_tokens: expected an integer"),
+    ("no messages", _request(messages=[]), "non-empty list"),
+    ("bad role", _request(messages=[{"role": "bot", "content": "x"}]), "role"),
+    ("no content", _request(messages=[{"role": "user"}]), "content: field required"),
+    (
+        "last is assistant",
+        _request(
+            messages=[
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+            ]
+        ),
+        "last message must be the user's",
+    ),
+    (
+        "image block",
+        _request(messages=[{"role": "user", "content": [{"type": "image"}]}]),
+        "only 'text' content blocks",
+    ),
+    ("bad system", _request(system=5), "system: expected a string"),
+    ("streaming", _request(stream=True), "streaming is not supported"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_input_is_400_and_learns_nothing(proxy, body, message):
+    before = proxy.stats()
+    status, reply = proxy.post(body)
+    assert status == 400
+    assert reply["type"] == "error"
+    assert reply["error"]["type"] == "invalid_request_error"
+    assert message in reply["error"]["message"]
+    after = proxy.stats()
+    assert after["learner"] == before["learner"]
+    assert after["server"]["bad_requests"] == before["server"]["bad_requests"] + 1
+
+
+def test_body_over_1_mb_is_400(proxy):
+    before = proxy.stats()["learner"]
+    big = _request(messages=[{"role": "user", "content": "x" * 1_000_001}])
+    status, reply = proxy.post(big)
+    assert status == 400
+    assert "the limit is 1000000 bytes" in reply["error"]["message"]
+    assert proxy.stats()["learner"] == before
+
+
+def test_sdk_sees_bad_request_error(proxy):
+    with pytest.raises(anthropic.BadRequestError, match="unknown model 'nope'"):
+        _ask(proxy.client(), "hello", model="nope")
+    with pytest.raises(anthropic.BadRequestError, match="query is empty"):
+        _ask(proxy.client(), " ")
+
+
+def test_unknown_paths_are_404(proxy):
+    status, reply = proxy.post(_request(), path="/v1/complete")
+    assert status == 404 and reply["error"]["type"] == "not_found_error"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(proxy.url + "/nothing", timeout=30)
+    assert info.value.code == 404
+
+
+_text = st.one_of(st.just(""), st.just("How do I reset my password?"), st.text())
+_content = st.one_of(
+    _text,
+    st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _text})),
+    st.integers(),
+)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system"]), "content": _content}
+)
+_field = st.one_of(st.none(), st.integers(-2, 3), st.text(max_size=5))
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    model=st.one_of(st.just(MODEL), _field),
+    max_tokens=st.one_of(st.just(16), _field),
+    messages=st.one_of(st.lists(_message, max_size=3), _field),
+)
+def test_any_request_is_answered_or_refused(proxy, model, max_tokens, messages):
+    before = _queries(proxy)
+    body = {"model": model, "max_tokens": max_tokens, "messages": messages}
+    status, reply = proxy.post({k: v for k, v in body.items() if v is not None})
+    if status == 200:
+        assert reply["content"][0]["type"] == "text"
+        assert _queries(proxy) == before + 1
+    else:
+        assert status == 400, reply
+        assert reply["error"]["type"] == "invalid_request_error"
+        assert reply["error"]["message"]
+        assert _queries(proxy) == before
+
+
+# ------------------------------------------------------------------ save and resume
+
+
+def test_saves_every_n_and_on_shutdown_then_resumes(proxy):
+    # Runs last in this module: it stops the shared proxy.
+    stats = proxy.stats()
+    answered = stats["server"]["answered"]
+    assert answered >= 5 and stats["server"]["saves"] == answered // 5
+    assert os.path.isdir(os.path.join(proxy.run_dir, "learner"))
+    before = stats["learner"]
+    assert proxy.stop() == 0
+    assert "learner saved" in "".join(proxy.output)
+
+    # Resumed without --upstream: the default teacher is the offline FAQ one.
+    resumed = Proxy(proxy.tmp, "--run-id", "fake-upstream")
+    try:
+        assert resumed.run_dir == proxy.run_dir
+        stats = resumed.stats()["learner"]
+        assert stats["queries"] == before["queries"]
+        assert stats["updates"] == before["updates"]
+        assert stats["reasons"] == before["reasons"]
+        assert stats["teacher_errors"] == before["teacher_errors"]
+        query = faq_domain(4).queries[0]
+        _, message = _ask(resumed.client(), query)
+        assert message.content[0].text == faq_domain(4).answer(query)
+        lines = _decisions(resumed.run_dir)
+        assert [line["index"] for line in lines] == list(range(len(lines)))
+        assert len(lines) == before["queries"] + 1
+    finally:
+        assert resumed.stop() == 0
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_help_documents_the_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["proxy", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--host", "--port", "--config", "--upstream", "--run-id"):
+        assert option in out
+    assert "/v1/messages" in out and "/stats" in out
+
+
+def test_bad_config_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "proxy": {"save_evry": 3}}))
+    assert main(["proxy", "--config", str(path), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "proxy.save_evry: unknown key (did you mean 'save_every'?)" in err
