@@ -39,8 +39,9 @@ def standard_promotion():
 class FakeMessagesAPI:
     """A loopback imitation of ``POST /v1/messages`` for API client tests.
 
-    Replies come from ``replies`` in order, ``(status, body, delay_s)`` with a dict
-    body sent as JSON and bytes sent raw, then from ``answer(query) -> text`` as a
+    Replies come from ``replies`` in order, ``(status, body)`` or ``(status, body,
+    delay_s)`` with a dict body sent as JSON and bytes sent raw (``answer(*texts)``
+    queues well-formed messages), then from ``respond(query) -> text`` as a
     well-formed message. Every request is kept in ``requests`` as
     ``(path, headers, body)``.
     """
@@ -53,7 +54,7 @@ class FakeMessagesAPI:
 
         self.replies = []
         self.requests = []
-        self.answer = lambda query: f"answer to: {query}"
+        self.respond = lambda query: f"answer to: {query}"
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,11 +64,11 @@ class FakeMessagesAPI:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 api.requests.append((self.path, headers, body))
                 if api.replies:
-                    status, reply, delay = api.replies.pop(0)
+                    status, reply, *delay = api.replies.pop(0)
                 else:
                     content = body["messages"][-1]["content"]
-                    status, reply, delay = 200, api.message(api.answer(content)), 0
-                time.sleep(delay)
+                    status, reply, delay = 200, api.message(api.respond(content)), []
+                time.sleep(sum(delay))
                 data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
                 try:
                     self.send_response(status)
@@ -99,6 +100,10 @@ class FakeMessagesAPI:
             "stop_sequence": None,
             "usage": {"input_tokens": 10, "output_tokens": 5},
         }
+
+    def answer(self, *texts):
+        """Queues one well-formed reply per text."""
+        self.replies.extend((200, self.message(t)) for t in texts)
 
     def close(self):
         self.server.shutdown()

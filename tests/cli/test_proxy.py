@@ -120,7 +120,7 @@ def _decisions(run_dir):
 
 @pytest.fixture(scope="module")
 def upstream(module_messages_api):
-    module_messages_api.answer = lambda query: f"Teacher says: {query[::-1]}"
+    module_messages_api.respond = lambda query: f"Teacher says: {query[::-1]}"
     return module_messages_api
 
 

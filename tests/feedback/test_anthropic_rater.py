@@ -2,9 +2,6 @@
 
 import base64
 import io
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -25,62 +22,10 @@ anthropic = pytest.importorskip("anthropic")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _message(text):
-    return {
-        "id": "msg_test",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-test",
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 10, "output_tokens": 5},
-    }
-
-
-class FakeMessagesAPI:
-    """POST /v1/messages on 127.0.0.1 answering from a script of replies."""
-
-    def __init__(self):
-        self.replies = []  # (status, body dict) in order
-        self.requests = []  # (path, headers, body dict)
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("content-length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                api.requests.append((self.path, headers, body))
-                status, reply = api.replies.pop(0)
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                del args
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def answer(self, *texts):
-        self.replies.extend((200, _message(t)) for t in texts)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def api():
-    server = FakeMessagesAPI()
-    yield server
-    server.close()
+def api(messages_api):
+    """The loopback fake Messages API of ``tests/conftest.py``."""
+    return messages_api
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ def _teacher(api, **kwargs):
 
 
 def test_answer_and_request_shape(messages_api):
-    messages_api.answer = lambda q: f"The answer to {q!r} is 42."
+    messages_api.respond = lambda q: f"The answer to {q!r} is 42."
     teacher = _teacher(messages_api, max_tokens=100, system="Be brief.")
     assert isinstance(teacher, Teacher)
     assert teacher("What is six times seven?") == (
@@ -162,5 +162,5 @@ def test_blank_query_is_rejected_before_a_request(query):
 @settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(min_size=1, max_size=40).filter(str.strip))
 def test_any_text_answer_comes_back_unchanged(messages_api, text):
-    messages_api.answer = lambda query: text
+    messages_api.respond = lambda query: text
     assert _teacher(messages_api)("q") == text
