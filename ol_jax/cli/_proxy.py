@@ -7,7 +7,9 @@ with ``base_url`` pointed here. The query is the text of the last user message. 
 the teacher (an :class:`~ol_jax.feedback.AnthropicTeacher` on the configured
 upstream, or the offline :class:`~ol_jax.feedback.SimulatedTeacher` by default),
 the reply goes out in the Messages API shape, and only then does the learner learn
-from the decision.
+from the decision. Usage is counted in whitespace-separated words (the proxy shares
+no tokenizer with its clients); an answer longer than ``max_tokens`` words is cut
+there with ``stop_reason: "max_tokens"`` (the learner still learns from all of it).
 
 One learner thread owns the models: requests are served in arrival order, each
 one's answer is computed and sent, then its update runs before the next request is
@@ -18,13 +20,14 @@ missing or mistyped fields, an empty query, a model name the config does not
 accept) is answered ``400 invalid_request_error`` with a message naming the
 problem, before the learner sees it.
 
-The run folder ``<root>/<network_id>/runs/<run_id>/`` (a
-:class:`~ol_jax.store.RunStore` run) holds ``decisions.jsonl`` (one JSON line per
-request that reached the learner: route, reason, similarity, latencies, cost
-saved, or the upstream error) and the learner, saved every ``save_every``
-answered requests and on shutdown; starting again with the same ``--run-id``
-resumes from it. ``GET /stats`` returns the learner's statistics and the server's
-counters.
+The learner's run folder ``<root>/<network_id>/runs/<run_id>/`` (a
+:class:`~ol_jax.store.RunStore` run) holds its ``decisions.jsonl`` (one JSON line
+per answered query: route, reason, similarity, latencies, cost saved) and
+``learner/``, the learner saved every ``save_every`` answered requests and on
+shutdown (written beside the previous save, then swapped in); starting again with
+the same ``--run-id`` resumes from it. ``GET /stats`` returns the learner's
+statistics and the server's counters (requests, answers by route, bad requests,
+upstream and internal errors, updates, saves, the last error).
 
 References:
   Anthropic, `Messages API <https://docs.anthropic.com/en/api/messages>`_ and
@@ -262,6 +265,8 @@ class ProxyServer:
       host: the interface to listen on.
       port: the port (0 picks a free one).
       max_body_bytes: the largest request body accepted.
+
+    Call :meth:`serve_forever`, and :meth:`close` once it has returned.
     """
 
     def __init__(
@@ -309,7 +314,6 @@ class ProxyServer:
         }
         self._httpd = ThreadingHTTPServer((host, port), _handler(self))
         self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
         self._closed = False
         self.last_error: str | None = None
 
@@ -327,40 +331,19 @@ class ProxyServer:
         return os.path.join(self.run_dir, LEARNER_DIR)
 
     def serve_forever(self) -> None:
-        """Serves in the calling thread until :meth:`shutdown`."""
+        """Serves in the calling thread until interrupted (SIGINT, SIGTERM)."""
         self._httpd.serve_forever()
 
-    def start(self) -> ProxyServer:
-        """Serves in a background thread; returns ``self``."""
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="ol-jax-proxy", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def shutdown(self) -> None:
-        """Stops accepting requests (call from another thread than the server's)."""
-        self._httpd.shutdown()
-
     def close(self) -> None:
-        """Stops the server, finishes queued work and saves the learner."""
+        """Closes the socket, finishes queued work and saves the learner."""
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join()
         self._httpd.server_close()
         try:
             self._worker.submit(self._save).result()
         finally:
             self._worker.shutdown(wait=True)
-
-    def __enter__(self) -> ProxyServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ requests
 
@@ -543,7 +526,11 @@ def _handler(proxy: ProxyServer) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._error(500, "api_error", f"{type(e).__name__}: {e}")
                 return
-            answer = decision.answer
+            answer, stop_reason = decision.answer, "end_turn"
+            words = answer.split()
+            if len(words) > request.max_tokens:
+                answer = " ".join(words[: request.max_tokens])
+                stop_reason = "max_tokens"
             message_id = "msg_" + secrets.token_hex(12)
             self._send(
                 200,
@@ -553,12 +540,12 @@ def _handler(proxy: ProxyServer) -> type[BaseHTTPRequestHandler]:
                     "role": "assistant",
                     "content": [{"type": "text", "text": answer}],
                     "model": request.model,
-                    "stop_reason": "end_turn",
+                    "stop_reason": stop_reason,
                     "stop_sequence": None,
                     # Word counts: the proxy has no tokenizer shared with clients.
                     "usage": {
                         "input_tokens": request.input_words,
-                        "output_tokens": len(answer.split()),
+                        "output_tokens": min(len(words), request.max_tokens),
                     },
                 },
                 {

@@ -204,6 +204,18 @@ def test_content_blocks_system_and_history(proxy, upstream):
     assert _decisions(proxy.run_dir)[-1]["query"] == "Cancel my plan"
 
 
+def test_long_answer_is_cut_at_max_tokens_words(proxy):
+    message = proxy.client().messages.create(
+        model=MODEL,
+        max_tokens=2,
+        messages=[{"role": "user", "content": "one two three four"}],
+    )
+    assert message.content[0].text == "Teacher says:"
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 2
+    # The learner saw the whole teacher answer.
+    assert _decisions(proxy.run_dir)[-1]["answer"] == "Teacher says: ruof eerht owt eno"
+
+
 def test_concurrent_requests_are_all_served(proxy):
     client = proxy.client()
     before = _queries(proxy)
