@@ -11,6 +11,9 @@ A batch is a dict of padded arrays (``B`` examples, ``T`` tokens):
 * for the contrastive loss also ``input_tokens`` / ``input_mask`` and
   ``target_tokens`` / ``target_mask`` (``[B, T]``, the mask marks real tokens).
 
+A learner of float vectors (a regressor) has ``inputs [B, *in]`` and
+``targets [B, *out]`` float32 instead of the token arrays.
+
 Each loss is ``L = sum_b w_b l_b / max(sum_b valid_b, 1)``: the mean over real
 examples of the weighted per-example loss, so weight 2 counts an example twice.
 """
@@ -104,6 +107,26 @@ def make_batch_loss(
             per_example = jax.vmap(
                 lambda t, m: example_loss(apply, kind, params, frozen, t, m)
             )(batch["tokens"], batch["mask"])
+        return _batch_mean(per_example, batch)
+
+    return loss_fn
+
+
+def make_vector_loss(apply: ApplyFn) -> Callable[..., jax.Array]:
+    """The MSE ``loss_fn(params, batch, *, frozen, extras, key)`` of a regressor.
+
+    ``l_b = mean_i (f(x_b)_i - y_b,i)^2`` for the prediction ``f(x_b) =
+    apply(params, frozen, x_b)`` of the batch's ``inputs`` and its ``targets``.
+
+    References:
+      Gauss, *Theoria motus corporum coelestium*, 1809 (least squares).
+    """
+
+    def loss_fn(params, batch, *, frozen, extras, key):
+        del extras, key
+        per_example = jax.vmap(
+            lambda x, y: mean_squared_error(apply(params, frozen, x), y)
+        )(batch["inputs"], batch["targets"])
         return _batch_mean(per_example, batch)
 
     return loss_fn

@@ -43,7 +43,12 @@ from ol_jax.core import (
     path_str,
     set_learning_rate,
 )
-from ol_jax.learners._buffered_loss import LOSSES, example_loss, make_batch_loss
+from ol_jax.learners._buffered_loss import (
+    LOSSES,
+    example_loss,
+    make_batch_loss,
+    make_vector_loss,
+)
 from ol_jax.models import (
     Llama,
     LlamaConfig,
@@ -244,8 +249,14 @@ class _Example(NamedTuple):
     target_ids: np.ndarray
 
 
+class _VectorExample(NamedTuple):
+    inputs: np.ndarray  # float32, the learner's input shape
+    targets: np.ndarray  # float32, its target shape
+    weight: float
+
+
 class _Job(NamedTuple):
-    examples: tuple[_Example, ...]
+    examples: tuple[_Example | _VectorExample, ...]
     forced: bool
     done: threading.Event
 
@@ -288,6 +299,13 @@ def _check_learning_rate(lr: Any) -> float:
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"learning_rate must be finite and > 0, got {lr}")
     return float(lr)
+
+
+def _check_weight(weight: Any) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(f"weight must be a number, got {weight!r}")
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"weight must be finite and >= 0, got {weight}")
 
 
 def _greedy_loop(apply, params, frozen, tokens, length, eos, *, max_new_tokens):
@@ -356,6 +374,10 @@ class BufferedLearner:
       import_weights: ``import_weights(tree) -> params tree`` for
         :meth:`load_weights`, turning a foreign layout (Hugging Face tensor
         names) into this model's; ``None`` accepts this model's layout only.
+      vector_shapes: ``(input_shape, target_shape)`` for a model of float
+        vectors instead of text (a regressor, ``apply_fn(params, x) -> y``):
+        examples are arrays, the loss is ``"mse"`` (or a callable over the
+        ``inputs`` / ``targets`` batch), and :meth:`predict` serves it.
 
     Examples:
       >>> learner = BufferedLearner.from_llama(  # doctest: +SKIP
@@ -378,8 +400,21 @@ class BufferedLearner:
         generate_fn: Callable[..., Sequence[int]] | None = None,
         background: bool = True,
         import_weights: Callable[[Any], Any] | None = None,
+        vector_shapes: tuple[Sequence[int], Sequence[int]] | None = None,
     ):
         self._config = config = config or LearningConfig()
+        self._vector = None
+        if vector_shapes is not None:
+            self._vector = tuple(tuple(int(d) for d in s) for s in vector_shapes)
+            if len(self._vector) != 2:
+                raise ValueError(
+                    "vector_shapes must be (input_shape, target_shape), got "
+                    f"{vector_shapes!r}"
+                )
+            if not callable(config.loss) and config.loss != "mse":
+                raise ValueError(
+                    f"a learner of vectors needs loss='mse', got {config.loss!r}"
+                )
         self._import_weights = import_weights
         self._tokenizer = tokenizer or ByteTokenizer()
         self._tok = _Tokens(self._tokenizer)
@@ -398,7 +433,9 @@ class BufferedLearner:
             weight_decay=config.weight_decay,
         )
         loss = config.loss
-        if not callable(loss):
+        if self._vector is not None and not callable(loss):
+            loss = make_vector_loss(self._apply)
+        elif not callable(loss):
             loss = make_batch_loss(
                 self._apply, loss, temperature=config.contrastive_temperature
             )
@@ -416,6 +453,7 @@ class BufferedLearner:
         kind = config.loss if isinstance(config.loss, str) else "cross_entropy"
         kind = "cross_entropy" if kind == "contrastive" else kind
         self._eval = jax.jit(functools.partial(example_loss, self._apply, kind))
+        self._predict = jax.jit(self._apply)
 
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -440,7 +478,7 @@ class BufferedLearner:
         self._share = float(config.learner_share) if background else 1.0
         self._pause = 0.0
         self._wake = threading.Event()
-        self._compiled: set[tuple[int, ...]] = set()
+        self._compiled: set[Any] = set()
         self._closed = False
         self._queue: queue.Queue[Any] = queue.Queue()
         self._worker = None
@@ -570,18 +608,20 @@ class BufferedLearner:
         return _Example(tokens, mask, 0.0, input_ids, target_ids)
 
     def add_example(
-        self, input: str, target: str | None = None, *, weight: float = 1.0
+        self, input: Any, target: Any = None, *, weight: float = 1.0
     ) -> int:
         """Adds one example; queues an update after every ``update_frequency``.
 
         Self-supervised (``target=None``): the model learns to predict every token
         of ``input``. Supervised: it learns ``target`` as the continuation of
         ``input``. While learning is disabled, examples are still buffered and
-        counted but do not count towards an automatic update.
+        counted but do not count towards an automatic update. A learner of
+        vectors takes float arrays of its ``vector_shapes`` (self-supervised:
+        the input is its own target).
 
         Args:
-          input: the input text (non-empty).
-          target: the target text, or ``None`` for self-supervised.
+          input: the input text (non-empty), or an array for a learner of vectors.
+          target: the target text (or array), or ``None`` for self-supervised.
           weight: importance ``>= 0`` (the loss of this example is scaled by it).
 
         Returns:
@@ -591,17 +631,44 @@ class BufferedLearner:
           ValueError: empty input, a bad weight, a missing target with the
             contrastive loss, or a closed learner.
         """
+        if self._vector is not None:
+            example = self._encode_vectors(input, target, weight)
+            return self._add(example)
         if not isinstance(input, str) or not input:
             raise ValueError(f"input must be a non-empty string, got {input!r}")
         if target is not None and not isinstance(target, str):
             raise ValueError(f"target must be a string or None, got {target!r}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ValueError(f"weight must be a number, got {weight!r}")
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"weight must be finite and >= 0, got {weight}")
+        _check_weight(weight)
         if self._config.loss == "contrastive" and not target:
             raise ValueError("the contrastive loss needs a non-empty target")
-        example = self._encode(input, target)._replace(weight=float(weight))
+        return self._add(self._encode(input, target)._replace(weight=float(weight)))
+
+    def _encode_vectors(self, input: Any, target: Any, weight: Any) -> _VectorExample:
+        _check_weight(weight)
+        in_shape, out_shape = self._vector
+        if target is None:  # self-supervised: reproduce the input
+            if in_shape != out_shape:
+                raise ValueError(
+                    "target is needed when the input shape "
+                    f"{in_shape} differs from the target shape {out_shape}"
+                )
+            target = input
+        arrays = []
+        for name, value, shape in (
+            ("input", input, in_shape),
+            ("target", target, out_shape),
+        ):
+            if isinstance(value, str):
+                raise ValueError(f"{name} must be an array of floats, got {value!r}")
+            array = np.asarray(value, np.float32)
+            if array.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"{name} must be finite, got {array}")
+            arrays.append(array)
+        return _VectorExample(*arrays, float(weight))
+
+    def _add(self, example: _Example | _VectorExample) -> int:
         jobs = []
         with self._lock:
             self._check_open()
@@ -718,6 +785,7 @@ class BufferedLearner:
         Returns:
           A :class:`Generation` (text without ``EOS``, the ids, the version used).
         """
+        self._check_text()
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {prompt!r}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
@@ -759,12 +827,29 @@ class BufferedLearner:
         Cross-entropy (or MSE, with that loss) of the target tokens, or of every
         token of ``input`` when ``target`` is ``None``.
         """
+        self._check_text()
         example = self._encode(input, target)
         bucket = self._bucket(len(example.tokens))
         tokens, mask = self._pad_one(example.tokens, example.mask, bucket)
         with self._request() as (_, params):
             loss = self._eval(params, self._frozen, tokens, mask)
             return float(loss)
+
+    def predict(self, input: Any) -> np.ndarray:
+        """The output of a learner of vectors for one input, served now.
+
+        Raises:
+          ValueError: a learner of text, or an input of the wrong shape.
+        """
+        if self._vector is None:
+            raise ValueError("predict is for a learner of vectors; use generate")
+        x = self._encode_vectors(input, np.zeros(self._vector[1]), 1.0).inputs
+        with self._request() as (_, params):
+            return np.asarray(self._predict(params, self._frozen, x))
+
+    def _check_text(self) -> None:
+        if self._vector is not None:
+            raise ValueError("this learner takes vectors; use predict")
 
     # ------------------------------------------------------------- weights
 
@@ -860,6 +945,20 @@ class BufferedLearner:
     def _batches(self, groups: Sequence[Sequence[_Example]]) -> dict[str, np.ndarray]:
         """``K`` padded batches stacked on a leading axis, one per update."""
         k, n = len(groups), self._config.effective_batch_size
+        if self._vector is not None:
+            batch = {
+                name: np.zeros((k, n, *shape), np.float32)
+                for name, shape in zip(("inputs", "targets"), self._vector, strict=True)
+            }
+            batch["weight"] = np.zeros((k, n), np.float32)
+            batch["valid"] = np.zeros((k, n), np.float32)
+            for g, group in enumerate(groups):
+                for row, e in enumerate(group):
+                    batch["inputs"][g, row] = e.inputs
+                    batch["targets"][g, row] = e.targets
+                    batch["weight"][g, row] = e.weight
+                    batch["valid"][g, row] = 1.0
+            return batch
         contrastive = self._config.loss == "contrastive"
         examples = [e for group in groups for e in group]
         longest = max(len(e.tokens) for e in examples)
@@ -911,7 +1010,7 @@ class BufferedLearner:
         k, pause = len(jobs), 0.0
         try:
             batches = self._batches([job.examples for job in jobs])
-            shape = batches["tokens"].shape
+            shape = tuple((name, a.shape) for name, a in sorted(batches.items()))
             self._yield_to_inference()
             with self._step_lock:
                 state = self._state
