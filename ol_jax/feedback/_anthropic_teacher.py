@@ -62,10 +62,12 @@ class AnthropicTeacher:
     ):
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"model must be a non-empty string, got {model!r}")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        if (
+            isinstance(max_tokens, bool)
+            or not isinstance(max_tokens, int)
+            or (max_tokens < 1)
+        ):
             raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens}")
         self._client = MessagesClient(
             error=TeacherError,
             api_key=api_key,

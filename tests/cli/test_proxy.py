@@ -479,3 +479,26 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert main(["proxy", "--config", str(path), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "proxy.save_evry: unknown key (did you mean 'save_every'?)" in err
+
+
+@pytest.mark.slow
+def test_real_models_behind_the_proxy(tmp_path):
+    """SmolLM2-135M generator and all-MiniLM-L6-v2 encoder (the shipped config)."""
+    with open(os.path.join(REPO, "configs", "teacher_proxy.yaml")) as f:
+        config = yaml.safe_load(f)
+    config["policy"] = {**config["policy"], "cold_start": 2, "conservative_until": 2}
+    config["proxy"] = {"models": [MODEL], "simulated_families": 4}
+    server = Proxy(tmp_path, "--run-id", "real", config=config)
+    try:
+        queries = faq_domain(4).queries
+        for text in queries[:4]:
+            _, message = _ask(server.client(), text)
+            assert message.content[0].text
+        stats = server.stats()
+        assert stats["learner"]["queries"] == 4 and stats["server"]["learned"] == 4
+        assert stats["learner"]["updates"]["generator"] >= 2
+        lines = _decisions(server.run_dir)
+        assert [line["route"] for line in lines[:2]] == ["forward", "forward"]
+    finally:
+        assert server.stop() == 0
+    assert os.path.isdir(os.path.join(server.run_dir, "learner"))
