@@ -52,7 +52,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ol_jax.feedback import DEFAULT_ANTHROPIC_MODEL
+from ol_jax.feedback import DEFAULT_ANTHROPIC_MODEL, TeacherError
 from ol_jax.learners import TeacherProxyConfig
 from ol_jax.store import load_config, validate_config
 
@@ -311,6 +311,7 @@ class ProxyServer:
             "internal_errors": 0,
             "learned": 0,
             "saves": 0,
+            "save_errors": 0,
         }
         self._httpd = ThreadingHTTPServer((host, port), _handler(self))
         self._httpd.daemon_threads = True
@@ -373,8 +374,6 @@ class ProxyServer:
         return reply
 
     def _serve(self, request: MessagesRequest, reply: concurrent.futures.Future):
-        from ol_jax.feedback import TeacherError
-
         try:
             decision = self.learner.answer(request.query, self.teacher)
         except Exception as e:
@@ -398,7 +397,10 @@ class ProxyServer:
             self.count("learned")
         self._since_save += 1
         if self._since_save >= self.save_every:
-            self._save()
+            try:
+                self._save()
+            except Exception as e:  # the next save tries again
+                self._failed("save_errors", e)
 
     def _failed(self, counter: str, error: BaseException) -> None:
         with self._lock:
@@ -518,8 +520,6 @@ def _handler(proxy: ProxyServer) -> type[BaseHTTPRequestHandler]:
             try:
                 decision = proxy.submit(request).result()
             except Exception as e:
-                from ol_jax.feedback import TeacherError
-
                 if isinstance(e, TeacherError):
                     status, kind = _upstream_failure(e)
                     self._error(status, kind, f"the upstream teacher failed: {e}")
