@@ -46,6 +46,7 @@ from ol_jax.models import (
     LoRAConfig,
     generate,
     llama_apply,
+    llama_apply_with_reference,
     llama_params_from_hf,
     llama_params_to_hf,
     load_pretrained,
@@ -129,10 +130,10 @@ def _jax_update_step(graphdef):
     def loss_fn(lora, batch, *, frozen, extras, key):
         del extras, key
         inputs, targets = batch["tokens"][:-1], batch["tokens"][1:]
-        base = llama_apply(graphdef, lora, inputs, frozen=frozen, use_lora=False)
-        logits = llama_apply(graphdef, lora, inputs, frozen=frozen)
+        # Base and adapted logits in one pass over the base weights.
+        base, logits = llama_apply_with_reference(graphdef, lora, inputs, frozen=frozen)
         ce = token_cross_entropy(logits, targets)
-        kl = token_kl(jax.lax.stop_gradient(base), logits)
+        kl = token_kl(base, logits)
         return ce + kl
 
     tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.adamw(LR))

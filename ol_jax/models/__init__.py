@@ -36,6 +36,9 @@ from ol_jax.models._llama import Llama as Llama
 from ol_jax.models._llama import LlamaConfig as LlamaConfig
 from ol_jax.models._llama import LoRAConfig as LoRAConfig
 from ol_jax.models._llama import llama_apply as llama_apply
+from ol_jax.models._llama import (
+    llama_apply_with_reference as llama_apply_with_reference,
+)
 from ol_jax.models._llama import llama_params_from_hf as llama_params_from_hf
 from ol_jax.models._llama import llama_params_to_hf as llama_params_to_hf
 from ol_jax.models._llama import split_lora as split_lora
@@ -113,6 +116,7 @@ __all__ = [
     "generate_multi_lora",
     "init_glyph",
     "llama_apply",
+    "llama_apply_with_reference",
     "llama_params_from_hf",
     "llama_params_to_hf",
     "load_adapter",

@@ -47,6 +47,7 @@ __all__ = [
     "LoRAConfig",
     "Llama",
     "llama_apply",
+    "llama_apply_with_reference",
     "split_lora",
     "llama_params_from_hf",
     "llama_params_to_hf",
@@ -435,16 +436,17 @@ class Llama(nnx.Module):
         Returns:
             float32 logits ``[..., T, vocab]``.
         """
-        return _call(
+        (logits,) = _call(
             self.config,
             self.lora_config,
             _base_arrays(self),
-            _lora_arrays(self) if use_lora else {},
+            (_lora_arrays(self) if use_lora else {},),
             tokens,
             positions=positions,
             attention_mask=attention_mask,
             key=key,
         )
+        return logits
 
 
 def _random_weights(config: LlamaConfig, key: jax.Array) -> dict[str, Any]:
@@ -540,67 +542,90 @@ def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def _linear(
+def _dot(x: jax.Array, w: jax.Array, head: bool) -> jax.Array:
+    """``x @ w`` for a projection ``w [in, out]``; with ``head`` the output head,
+    ``w`` then ``[V, D]`` (tied embedding) or ``[D, V]``, with float32 logits."""
+    if not head:
+        return x @ w
+    if w.shape[0] == x.shape[-1]:
+        return jnp.einsum("...d,dv->...v", x, w, preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _paired_dot(
+    x_ref: jax.Array, x: jax.Array, w: jax.Array, head: bool
+) -> tuple[jax.Array, jax.Array]:
+    """``(x_ref @ w, x @ w)`` as one matmul over the rows of both inputs.
+
+    One pass over ``w`` serves the reference stream and the trained stream, and
+    the taller matmul runs closer to peak. The derivative is that of ``x @ w``
+    alone: the reference output is data (no tangent), so the backward pass is a
+    matmul over the trained rows only instead of over both.
+    """
+    n = x_ref.shape[0]
+    y = _dot(jnp.concatenate([x_ref, x], axis=0), w, head)
+    return y[:n], y[n:]
+
+
+def _paired_dot_jvp(head, primals, tangents):
+    x_ref, x, w = primals
+    _, dx, dw = tangents
+    y_ref, y = _paired_dot(x_ref, x, w, head)
+    zero = jax.custom_derivatives.SymbolicZero
+    dy = jnp.zeros_like(y)
+    if not isinstance(dx, zero):
+        dy = _dot(dx, w, head)
+    if not isinstance(dw, zero):
+        dy = dy + _dot(x, dw, head)
+    return (y_ref, y), (jnp.zeros_like(y_ref), dy)
+
+
+_paired_dot.defjvp(_paired_dot_jvp, symbolic_zeros=True)
+
+
+def _project(
+    xs: tuple[jax.Array, ...], w: jax.Array, head: bool = False
+) -> tuple[jax.Array, ...]:
+    """Every stream through ``w``: one stream plainly, a (reference, trained) pair
+    through ``_paired_dot`` with the reference output cut from the gradient."""
+    if len(xs) == 1:
+        return (_dot(xs[0], w, head),)
+    y_ref, y = _paired_dot(xs[0], xs[1], w, head)
+    return jax.lax.stop_gradient(y_ref), y
+
+
+def _lora_delta(
     x: jax.Array,
-    layer: Mapping[str, Any],
     lora: Mapping[str, Any],
     name: str,
     scale: float,
     dropout: float,
     key: jax.Array | None,
-) -> jax.Array:
-    """``x W + b`` plus the scaled LoRA path when ``name`` has an adapter."""
-    y = x @ layer[name]
-    if name + "_bias" in layer:
-        bias = layer[name + "_bias"]
-        y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
-    if name in lora:
-        a, b = lora[name]
-        xa = x
-        if key is not None and dropout > 0.0:
-            keep = jax.random.bernoulli(key, 1.0 - dropout, x.shape)
-            xa = jnp.where(keep, x / (1.0 - dropout), jnp.zeros((), x.dtype))
-        y = y + ((xa @ a.astype(x.dtype)) @ b.astype(x.dtype)) * scale
-    return y
+) -> jax.Array | None:
+    """The scaled LoRA path ``s dropout(x) A B`` (``None`` without an adapter)."""
+    if name not in lora:
+        return None
+    a, b = lora[name]
+    xa = x
+    if key is not None and dropout > 0.0:
+        keep = jax.random.bernoulli(key, 1.0 - dropout, x.shape)
+        xa = jnp.where(keep, x / (1.0 - dropout), jnp.zeros((), x.dtype))
+    return ((xa @ a.astype(x.dtype)) @ b.astype(x.dtype)) * scale
 
 
-def _block(
+def _attend(
     config: LlamaConfig,
-    lora_config: LoRAConfig | None,
-    h: jax.Array,
-    layer: Mapping[str, Any],
-    lora: Mapping[str, Any],
-    cos: jax.Array,
-    sin: jax.Array,
+    q: jax.Array,
+    keys_all: jax.Array,
+    values_all: jax.Array,
     kv_valid: jax.Array,
     q_slots: jax.Array,
-    cache: tuple[jax.Array, jax.Array] | None,
-    cache_index: jax.Array | None,
-    key: jax.Array | None,
-):
-    """One pre-norm block on ``h [B, T, D]``; returns the new ``h`` and KV cache."""
-    B, T, _ = h.shape
+) -> jax.Array:
+    """Causal grouped-query attention of ``q [B, T, H, hd]`` over ``[B, S, KV, hd]``
+    keys and values; returns ``[B, T, H * hd]``."""
+    B, T = q.shape[:2]
     H, KV, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    scale = 0.0 if lora_config is None else lora_config.scale
-    rate = 0.0 if lora_config is None else lora_config.dropout
-    keys = (
-        [None] * len(LLAMA_PROJECTIONS)
-        if key is None
-        else list(jax.random.split(key, len(LLAMA_PROJECTIONS)))
-    )
-    lin = lambda x, i, name: _linear(x, layer, lora, name, scale, rate, keys[i])
-
-    x = _rms_norm(h, layer["input_layernorm"], config.rms_norm_eps)
-    q = lin(x, 0, "q_proj").reshape(B, T, H, hd)
-    k = lin(x, 1, "k_proj").reshape(B, T, KV, hd)
-    v = lin(x, 2, "v_proj").reshape(B, T, KV, hd)
-    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-    if cache is None:
-        keys_all, values_all, new_cache = k, v, None
-    else:
-        keys_all = jax.lax.dynamic_update_slice_in_dim(cache[0], k, cache_index, 1)
-        values_all = jax.lax.dynamic_update_slice_in_dim(cache[1], v, cache_index, 1)
-        new_cache = (keys_all, values_all)
     S = keys_all.shape[1]
     qg = q.reshape(B, T, KV, H // KV, hd)
     scores = jnp.einsum(
@@ -610,13 +635,151 @@ def _block(
     allowed = causal[None, :, :] & kv_valid[:, None, :]  # [B, T, S]
     scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(values_all.dtype)
-    attn = jnp.einsum("bkgts,bskd->btkgd", probs, values_all).reshape(B, T, H * hd)
-    h = h + lin(attn, 3, "o_proj")
+    return jnp.einsum("bkgts,bskd->btkgd", probs, values_all).reshape(B, T, H * hd)
 
-    x = _rms_norm(h, layer["post_attention_layernorm"], config.rms_norm_eps)
-    gated = jax.nn.silu(lin(x, 4, "gate_proj")) * lin(x, 5, "up_proj")
-    h = h + lin(gated, 6, "down_proj")
-    return h, new_cache
+
+def _block(
+    config: LlamaConfig,
+    lora_config: LoRAConfig | None,
+    hs: tuple[jax.Array, ...],
+    layer: Mapping[str, Any],
+    loras: tuple[Mapping[str, Any], ...],
+    cos: jax.Array,
+    sin: jax.Array,
+    kv_valid: jax.Array,
+    q_slots: jax.Array,
+    cache: tuple[jax.Array, jax.Array] | None,
+    cache_index: jax.Array | None,
+    key: jax.Array | None,
+):
+    """One pre-norm block on the streams ``hs`` (each ``[B, T, D]``).
+
+    A single stream is the ordinary model. Two streams are (reference, trained):
+    they share every base matmul (``_project``), each adds its own adapters, and
+    only the last gets LoRA dropout and a gradient. Returns the new streams and,
+    for one stream, the new KV cache.
+    """
+    B, T, _ = hs[0].shape
+    H, KV, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    scale = 0.0 if lora_config is None else lora_config.scale
+    rate = 0.0 if lora_config is None else lora_config.dropout
+    keys = (
+        [None] * len(LLAMA_PROJECTIONS)
+        if key is None
+        else list(jax.random.split(key, len(LLAMA_PROJECTIONS)))
+    )
+    last = len(hs) - 1
+
+    def lin(xs, i, name):
+        ys = _project(xs, layer[name])
+        out = []
+        for s, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            if name + "_bias" in layer:
+                bias = layer[name + "_bias"]
+                y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+            delta = _lora_delta(
+                x, loras[s], name, scale, rate, keys[i] if s == last else None
+            )
+            out.append(y if delta is None else y + delta)
+        return out
+
+    eps = config.rms_norm_eps
+    xs = [_rms_norm(h, layer["input_layernorm"], eps) for h in hs]
+    qs = [_rope(q.reshape(B, T, H, hd), cos, sin) for q in lin(xs, 0, "q_proj")]
+    ks = [_rope(k.reshape(B, T, KV, hd), cos, sin) for k in lin(xs, 1, "k_proj")]
+    vs = [v.reshape(B, T, KV, hd) for v in lin(xs, 2, "v_proj")]
+    new_cache = None
+    if cache is not None:
+        keys_all = jax.lax.dynamic_update_slice_in_dim(cache[0], ks[0], cache_index, 1)
+        values_all = jax.lax.dynamic_update_slice_in_dim(
+            cache[1], vs[0], cache_index, 1
+        )
+        ks, vs, new_cache = [keys_all], [values_all], (keys_all, values_all)
+    attn = [
+        _attend(config, q, k, v, kv_valid, q_slots)
+        for q, k, v in zip(qs, ks, vs, strict=True)
+    ]
+    hs = [h + o for h, o in zip(hs, lin(attn, 3, "o_proj"), strict=True)]
+
+    xs = [_rms_norm(h, layer["post_attention_layernorm"], eps) for h in hs]
+    gated = [
+        jax.nn.silu(g) * u
+        for g, u in zip(lin(xs, 4, "gate_proj"), lin(xs, 5, "up_proj"), strict=True)
+    ]
+    hs = [h + d for h, d in zip(hs, lin(gated, 6, "down_proj"), strict=True)]
+    if len(hs) == 2:
+        # The reference stream is data: nothing upstream gets a gradient through it.
+        hs[0] = jax.lax.stop_gradient(hs[0])
+    return tuple(hs), new_cache
+
+
+def _forward_streams(
+    config: LlamaConfig,
+    lora_config: LoRAConfig | None,
+    params: Mapping[str, Any],
+    loras: tuple[Mapping[str, Any], ...],
+    tokens: jax.Array,
+    positions: jax.Array,
+    kv_valid: jax.Array,
+    *,
+    cache: tuple[jax.Array, jax.Array] | None = None,
+    cache_index: jax.Array | None = None,
+    key: jax.Array | None = None,
+    last_only: bool = False,
+):
+    """The batched decoder on plain arrays, for one stream or a (reference,
+    trained) pair of adapter sets over the same tokens (see ``_block``).
+
+    Args:
+        loras: one adapter mapping per stream (``{}`` for none).
+        tokens: ``[B, T]`` int ids; ``positions`` ``[B, T]`` rotary positions.
+        kv_valid: ``[B, S]`` bool, keys that may be attended to (``S = T`` without a
+            cache, the cache length with one).
+        cache: ``(k, v)``, each ``[L, B, S, KV, hd]``, single stream only; the new
+            keys/values are written at slots ``cache_index .. cache_index + T``.
+        last_only: compute logits only for the last position (prefill).
+
+    Returns:
+        ``(tuple of float32 logits [B, T or 1, V] per stream, new cache or None)``.
+    """
+    L = config.num_hidden_layers
+    h = jnp.take(params["embed_tokens"], tokens, axis=0)
+    inv = jnp.asarray(_inv_freq(config))
+    freqs = positions.astype(jnp.float32)[..., None] * inv[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(h.dtype), jnp.sin(emb).astype(h.dtype)
+    T = tokens.shape[1]
+    start = jnp.zeros((), jnp.int32) if cache_index is None else cache_index
+    q_slots = start + jnp.arange(T, dtype=jnp.int32)
+    layer_keys = None if key is None else jax.random.split(key, L)
+
+    def body(hs, xs):
+        layer, layer_loras, layer_key, layer_cache = xs
+        return _block(
+            config,
+            lora_config,
+            hs,
+            layer,
+            layer_loras,
+            cos,
+            sin,
+            kv_valid,
+            q_slots,
+            layer_cache,
+            cache_index,
+            layer_key,
+        )
+
+    hs, new_cache = jax.lax.scan(
+        body,
+        (h,) * len(loras),
+        (params["layers"], tuple(dict(lora) for lora in loras), layer_keys, cache),
+    )
+    if last_only:
+        hs = tuple(h[:, -1:, :] for h in hs)
+    hs = tuple(_rms_norm(h, params["norm"], config.rms_norm_eps) for h in hs)
+    head = params["embed_tokens"] if params["lm_head"] is None else params["lm_head"]
+    return _project(hs, head, head=True), new_cache
 
 
 def _forward(
@@ -633,62 +796,21 @@ def _forward(
     key: jax.Array | None = None,
     last_only: bool = False,
 ):
-    """The batched decoder on plain arrays.
-
-    Args:
-        tokens: ``[B, T]`` int ids; ``positions`` ``[B, T]`` rotary positions.
-        kv_valid: ``[B, S]`` bool, keys that may be attended to (``S = T`` without a
-            cache, the cache length with one).
-        cache: ``(k, v)``, each ``[L, B, S, KV, hd]``; the new keys/values are
-            written at slots ``cache_index .. cache_index + T``.
-        last_only: compute logits only for the last position (prefill).
-
-    Returns:
-        ``(logits float32 [B, T or 1, V], new cache or None)``.
-    """
-    L = config.num_hidden_layers
-    h = jnp.take(params["embed_tokens"], tokens, axis=0)
-    inv = jnp.asarray(_inv_freq(config))
-    freqs = positions.astype(jnp.float32)[..., None] * inv[None, None, :]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(emb).astype(h.dtype), jnp.sin(emb).astype(h.dtype)
-    T = tokens.shape[1]
-    start = jnp.zeros((), jnp.int32) if cache_index is None else cache_index
-    q_slots = start + jnp.arange(T, dtype=jnp.int32)
-    layer_keys = None if key is None else jax.random.split(key, L)
-
-    def body(h, xs):
-        layer, layer_lora, layer_key, layer_cache = xs
-        h, new_cache = _block(
-            config,
-            lora_config,
-            h,
-            layer,
-            layer_lora,
-            cos,
-            sin,
-            kv_valid,
-            q_slots,
-            layer_cache,
-            cache_index,
-            layer_key,
-        )
-        return h, new_cache
-
-    h, new_cache = jax.lax.scan(
-        body, h, (params["layers"], dict(lora), layer_keys, cache)
+    """The batched decoder on plain arrays for one adapter set (see
+    ``_forward_streams``); returns ``(logits float32 [B, T or 1, V], cache)``."""
+    (logits,), new_cache = _forward_streams(
+        config,
+        lora_config,
+        params,
+        (lora,),
+        tokens,
+        positions,
+        kv_valid,
+        cache=cache,
+        cache_index=cache_index,
+        key=key,
+        last_only=last_only,
     )
-    if last_only:
-        h = h[:, -1:, :]
-    h = _rms_norm(h, params["norm"], config.rms_norm_eps)
-    if params["lm_head"] is None:
-        logits = jnp.einsum(
-            "btd,vd->btv", h, params["embed_tokens"], preferred_element_type=jnp.float32
-        )
-    else:
-        logits = jnp.einsum(
-            "btd,dv->btv", h, params["lm_head"], preferred_element_type=jnp.float32
-        )
     return logits, new_cache
 
 
@@ -717,7 +839,10 @@ def _positions_and_mask(tokens, positions, attention_mask):
     return positions, mask
 
 
-def _call(config, lora_config, params, lora, tokens, *, positions, attention_mask, key):
+def _call(
+    config, lora_config, params, loras, tokens, *, positions, attention_mask, key
+):
+    """Validates and batches the inputs; returns one logits array per stream."""
     tokens = jnp.asarray(tokens)
     if tokens.ndim not in (1, 2):
         raise ValueError(f"tokens must have shape [T] or [B, T], got {tokens.shape}")
@@ -732,17 +857,17 @@ def _call(config, lora_config, params, lora, tokens, *, positions, attention_mas
         )
     positions, mask = _positions_and_mask(tokens, positions, attention_mask)
     logits = _forward_jit(
-        config, lora_config, params, lora, tokens, positions, mask, key
+        config, lora_config, params, tuple(loras), tokens, positions, mask, key
     )
-    return logits[0] if single else logits
+    return tuple(x[0] for x in logits) if single else logits
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _forward_jit(config, lora_config, params, lora, tokens, positions, mask, key):
+def _forward_jit(config, lora_config, params, loras, tokens, positions, mask, key):
     # One compiled program per shape even when the module is called eagerly; under
     # an outer jit this is inlined.
-    logits, _ = _forward(
-        config, lora_config, params, lora, tokens, positions, mask, key=key
+    logits, _ = _forward_streams(
+        config, lora_config, params, loras, tokens, positions, mask, key=key
     )
     return logits
 
@@ -808,6 +933,64 @@ def llama_apply(
         use_lora=use_lora,
         key=key,
     )
+
+
+def llama_apply_with_reference(
+    graphdef: nnx.GraphDef,
+    lora: Any,
+    tokens: jax.Array,
+    *,
+    frozen: Any,
+    reference: Any = None,
+    positions: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+    key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Reference and adapted logits in one pass over the base weights.
+
+    Equals ``(stop_gradient(llama_apply(.., use_lora=False)), llama_apply(..))``
+    (or the reference adapter's logits in place of the base's), the pair a
+    ``KL(p_ref || p_theta)`` term needs, but each base matmul runs once over the
+    rows of both streams, and the backward pass runs over the adapted stream
+    only. The reference logits are data: no gradient flows through them, to the
+    LoRA params or to ``frozen``.
+
+    Args:
+        graphdef: from ``split_lora``.
+        lora: the LoRA state (or its pure dict) being trained.
+        tokens: int ids ``[T]`` or ``[B, T]``.
+        frozen: the base state from ``split_lora``.
+        reference: ``None`` for the base model (adapters off), or a frozen LoRA
+            state with the structure of ``lora`` (e.g. a snapshot taken at the
+            start of a run).
+        positions: optional rotary positions like ``tokens``.
+        attention_mask: optional bool mask like ``tokens`` (true = real token).
+        key: PRNG key for LoRA dropout on the adapted stream (none without a key).
+
+    Returns:
+        ``(reference_logits, logits)``, each float32 ``[..., T, vocab]``.
+
+    References:
+        Hu et al., `LoRA: Low-Rank Adaptation of Large Language Models
+        <https://arxiv.org/abs/2106.09685>`_, 2021.
+    """
+    model = nnx.merge(graphdef, frozen, lora)
+    ref = {}
+    if reference is not None:
+        ref = jax.lax.stop_gradient(
+            _lora_arrays(nnx.merge(graphdef, frozen, reference))
+        )
+    ref_logits, logits = _call(
+        model.config,
+        model.lora_config,
+        _base_arrays(model),
+        (ref, _lora_arrays(model)),
+        tokens,
+        positions=positions,
+        attention_mask=attention_mask,
+        key=key,
+    )
+    return ref_logits, logits
 
 
 # ------------------------------------------------------------- Hugging Face names

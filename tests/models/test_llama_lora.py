@@ -14,6 +14,7 @@ from ol_jax.models import (
     LlamaConfig,
     LoRAConfig,
     llama_apply,
+    llama_apply_with_reference,
     load_adapter,
     lora_from_hf,
     lora_to_hf,
@@ -223,3 +224,106 @@ def test_merge_matches_adapter_property(rank, alpha, seed):
     via_merge = llama_apply(graphdef, lora, TOKENS[0], frozen=merged, use_lora=False)
     assert bool(jnp.all(jnp.isfinite(adapted)))
     np.testing.assert_allclose(np.asarray(via_merge), np.asarray(adapted), atol=1e-4)
+
+
+def _ce_kl(ref_logits, logits, targets):
+    """CE of the targets plus KL(ref || adapted), both averaged over positions."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ref_logp = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits), axis=-1)
+    ce = -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+    kl = jnp.mean(jnp.sum(jnp.exp(ref_logp) * (ref_logp - logp), axis=-1))
+    return ce + kl
+
+
+def test_apply_with_reference_equals_two_calls():
+    lcfg = LoRAConfig(rank=2, target_modules=("q_proj", "v_proj", "down_proj"))
+    model = Llama(CONFIG, lora_config=lcfg, key=jax.random.key(20))
+    graphdef, base, lora = split_lora(model)
+    trained = _randomize_b(lora, jax.random.key(21))
+    snapshot = _randomize_b(lora, jax.random.key(22))
+    mask = jnp.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]], jnp.bool_)
+    for tokens, kwargs in ((TOKENS, {"attention_mask": mask}), (TOKENS[0], {})):
+        want = llama_apply(graphdef, trained, tokens, frozen=base, **kwargs)
+        ref, got = llama_apply_with_reference(
+            graphdef, trained, tokens, frozen=base, **kwargs
+        )
+        base_logits = llama_apply(
+            graphdef, trained, tokens, frozen=base, use_lora=False, **kwargs
+        )
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(ref), np.asarray(base_logits), atol=1e-5)
+        ref, got = llama_apply_with_reference(
+            graphdef, trained, tokens, frozen=base, reference=snapshot, **kwargs
+        )
+        snap_logits = llama_apply(graphdef, snapshot, tokens, frozen=base, **kwargs)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(ref), np.asarray(snap_logits), atol=1e-5)
+        assert ref.dtype == got.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_apply_with_reference_gradients(reference):
+    lcfg = LoRAConfig(rank=2, target_modules=ALL)
+    model = Llama(CONFIG, lora_config=lcfg, key=jax.random.key(23))
+    graphdef, base, lora = split_lora(model)
+    trained = _randomize_b(lora, jax.random.key(24))
+    snapshot = _randomize_b(lora, jax.random.key(25)) if reference else None
+    targets = jnp.roll(TOKENS, -1, axis=1)
+
+    def two_calls(lora, base):
+        if snapshot is None:
+            ref = llama_apply(graphdef, lora, TOKENS, frozen=base, use_lora=False)
+        else:
+            ref = llama_apply(graphdef, snapshot, TOKENS, frozen=base)
+        logits = llama_apply(graphdef, lora, TOKENS, frozen=base)
+        return _ce_kl(ref, logits, targets)
+
+    def one_pass(lora, base):
+        ref, logits = llama_apply_with_reference(
+            graphdef, lora, TOKENS, frozen=base, reference=snapshot
+        )
+        return _ce_kl(ref, logits, targets)
+
+    # Gradients to the adapter and, through the paired matmul's rule, to the base.
+    want = jax.grad(two_calls, argnums=(0, 1))(trained, base)
+    got = jax.jit(jax.grad(one_pass, argnums=(0, 1)))(trained, base)
+    flat_want, flat_got = jax.tree.leaves(want), jax.tree.leaves(got)
+    assert len(flat_want) == len(flat_got)
+    for w, g in zip(flat_want, flat_got, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5)
+    assert max(float(jnp.abs(g).max()) for g in flat_got) > 1e-3
+
+
+def test_apply_with_reference_dropout_on_adapted_stream_only():
+    lcfg = LoRAConfig(rank=2, dropout=0.5)
+    model = Llama(CONFIG, lora_config=lcfg, key=jax.random.key(26))
+    graphdef, base, lora = split_lora(model)
+    lora = _randomize_b(lora, jax.random.key(27))
+    k = jax.random.key(28)
+    ref, got = llama_apply_with_reference(graphdef, lora, TOKENS, frozen=base, key=k)
+    want = llama_apply(graphdef, lora, TOKENS, frozen=base, key=k)
+    base_logits = llama_apply(graphdef, lora, TOKENS, frozen=base, use_lora=False)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ref), np.asarray(base_logits), atol=1e-5)
+
+
+@settings(max_examples=4)
+@given(length=st.integers(1, 9), seed=st.integers(0, 99))
+def test_apply_with_reference_properties(length, seed):
+    model = Llama(CONFIG, lora_config=LoRAConfig(rank=3), key=jax.random.key(seed))
+    graphdef, base, lora = split_lora(model)
+    lora = _randomize_b(lora, jax.random.key(seed + 1))
+    tokens = jax.random.randint(jax.random.key(seed + 2), (length,), 0, VOCAB)
+    before = jax.tree.map(np.asarray, (lora, tokens))
+    eager = llama_apply_with_reference(graphdef, lora, tokens, frozen=base)
+    jitted = jax.jit(
+        lambda lo, t: llama_apply_with_reference(graphdef, lo, t, frozen=base)
+    )(lora, tokens)
+    for e, j in zip(eager, jitted, strict=True):
+        assert e.shape == (length, VOCAB) and e.dtype == jnp.float32
+        assert bool(jnp.all(jnp.isfinite(e)))
+        np.testing.assert_allclose(np.asarray(j), np.asarray(e), atol=1e-5)
+    jax.tree.map(
+        np.testing.assert_array_equal, jax.tree.map(np.asarray, lora), before[0]
+    )
+    np.testing.assert_array_equal(np.asarray(tokens), before[1])
