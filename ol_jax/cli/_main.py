@@ -46,7 +46,19 @@ def _proxy(args: argparse.Namespace) -> int:
     return proxy_main(args.rest)
 
 
-_OWN_PARSERS = {"soak": _soak, "mcp": _mcp, "report": _report, "proxy": _proxy}
+def _chat(args: argparse.Namespace) -> int:
+    from ol_jax.cli._chat import chat_main
+
+    return chat_main(args.rest)
+
+
+_OWN_PARSERS = {
+    "soak": _soak,
+    "mcp": _mcp,
+    "report": _report,
+    "proxy": _proxy,
+    "chat": _chat,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("mcp", _mcp, "MCP server over a buffered online learner (seed 004)"),
         ("report", _report, "PNG plots of a run's metrics.jsonl (seed 001)"),
         ("proxy", _proxy, "Anthropic Messages API proxy that learns (seed 002)"),
+        ("chat", _chat, "terminal chat whose LLM learns after every turn (seed 001)"),
     ):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

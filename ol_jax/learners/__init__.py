@@ -35,6 +35,10 @@ from ol_jax.learners.buffered import Generation as Generation
 from ol_jax.learners.buffered import LearningConfig as LearningConfig
 from ol_jax.learners.buffered import LearningStats as LearningStats
 from ol_jax.learners.buffered import byte_llama_config as byte_llama_config
+from ol_jax.learners.chat import ChatConfig as ChatConfig
+from ol_jax.learners.chat import ChatLearner as ChatLearner
+from ol_jax.learners.chat import load_chat_config as load_chat_config
+from ol_jax.learners.chat import write_accuracy_matrix as write_accuracy_matrix
 from ol_jax.learners.controller import ControllerConfig as ControllerConfig
 from ol_jax.learners.controller import OnlineLearner as OnlineLearner
 from ol_jax.learners.controller import run_soak as run_soak
@@ -69,6 +73,8 @@ __all__ = [
     "stability_metrics",
     "BufferedLearner",
     "ByteTokenizer",
+    "ChatConfig",
+    "ChatLearner",
     "ControllerConfig",
     "Generation",
     "LearningConfig",
@@ -81,5 +87,7 @@ __all__ = [
     "GlyphLearner",
     "MultiGlyphLearner",
     "byte_llama_config",
+    "load_chat_config",
+    "write_accuracy_matrix",
     "run_soak",
 ]

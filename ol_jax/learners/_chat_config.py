@@ -1,0 +1,332 @@
+"""The chat learner's configuration (seed 001's ``default_config.yaml``), validated.
+
+Every knob of the document's configuration section is a field here, under the
+same section and key names (``model.lora.rank``, ``training.loss.kl_regularization
+.fact_lambda``, ``adaptive_optimizer.fact_lr_multiplier``, ...); the fact detection,
+fact memory and importance weighting sections are the schemas of their own modules.
+A few sections the document leaves in code are knobs here too: generation,
+input limits, the training-sequence length buckets, metrics and checkpointing.
+Unknown keys and bad values are :class:`~ol_jax.store.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ol_jax.learners._facts import FactDetectionConfig, FactMemoryConfig
+from ol_jax.learners._token_weights import ImportanceWeightingConfig
+from ol_jax.models import LLAMA_PROJECTIONS
+from ol_jax.store import BaseNetworkConfig
+
+__all__ = [
+    "AdaptiveOptimizerConfig",
+    "ChatConfig",
+    "ChatModelConfig",
+    "ChatTrainingConfig",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be finite, got {value}")
+    return value
+
+
+class LoraSection(_Section):
+    """``model.lora``: the adapter (PEFT conventions, update ``(alpha / r) A B``).
+
+    Attributes:
+      rank: adapter rank ``r`` (the document recommends 2-4).
+      alpha: scale numerator.
+      target_modules: projections that get an adapter.
+      dropout: dropout on the adapter input during updates, in [0, 1).
+      bias: only ``"none"`` (biases are never trained).
+    """
+
+    rank: int = Field(default=4, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    bias: Literal["none"] = "none"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one projection, got []")
+        for name in value:
+            if name not in LLAMA_PROJECTIONS:
+                raise ValueError(
+                    f"must be projections from {list(LLAMA_PROJECTIONS)}, got {name!r}"
+                )
+        return value
+
+
+class ChatModelConfig(_Section):
+    """``model``: the frozen base LLM and its adapter.
+
+    Attributes:
+      base_model_name: an alias of ``ol_jax.models.PRETRAINED`` (``smollm2-135m``),
+        a ``.gguf`` file or a Hugging Face folder (Llama or Qwen2).
+      dtype: parameter dtype of the base, ``float32`` (the fast path on CPU) or
+        ``bfloat16``.
+      lora: the adapter.
+    """
+
+    base_model_name: str = "smollm2-135m"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+
+class KlRegularizationSection(_Section):
+    """``training.loss.kl_regularization``: the KL weight of each kind of turn.
+
+    Attributes:
+      base_lambda: KL weight of regular and question turns.
+      fact_lambda: KL weight of fact turns (lower: more adaptation).
+      min_kl, max_kl: every KL weight is clipped into ``[min_kl, max_kl]``.
+    """
+
+    base_lambda: float = Field(default=0.1, ge=0)
+    fact_lambda: float = Field(default=0.01, ge=0)
+    min_kl: float = Field(default=0.001, ge=0)
+    max_kl: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min_kl > self.max_kl:
+            raise ValueError(
+                f"min_kl must be <= max_kl, got {self.min_kl} and {self.max_kl}"
+            )
+        return self
+
+
+class DynamicKlSection(_Section):
+    """``training.loss.dynamic_kl``: lower the KL weight for confident facts.
+
+    With ``enabled``, a fact turn uses
+    ``fact_lambda * (1 - confidence * fact_importance_factor)``.
+    """
+
+    enabled: bool = True
+    fact_importance_factor: float = Field(default=0.5, ge=0, le=1)
+
+
+class LossSection(_Section):
+    """``training.loss``: ``L = task_lambda * CE_w + lambda_KL * KL(base || adapted)``.
+
+    Attributes:
+      kl_lambda: the KL weight of every turn when ``dynamic_kl`` is off.
+      task_lambda: weight of the token-weighted cross-entropy.
+      kl_regularization: per-context KL weights (used when ``dynamic_kl`` is on).
+      dynamic_kl: the fact-confidence scaling.
+    """
+
+    kl_lambda: float = Field(default=0.1, ge=0)
+    task_lambda: float = Field(default=1.0, ge=0)
+    kl_regularization: KlRegularizationSection = Field(
+        default_factory=KlRegularizationSection
+    )
+    dynamic_kl: DynamicKlSection = Field(default_factory=DynamicKlSection)
+
+
+class ChatTrainingConfig(_Section):
+    """``training``: the update of every turn.
+
+    Attributes:
+      learning_rate: base AdamW step size (multiplied per turn by the adaptive
+        optimizer's context multiplier).
+      gradient_clip_norm: global-norm clip of the LoRA gradient.
+      weight_decay: decoupled AdamW weight decay.
+      adam_b1, adam_b2, adam_eps: Adam moments.
+      iterations_per_fact: updates on a fact turn's training text (>= 1).
+      sequence_buckets: training sequences are right-padded to the smallest of
+        these lengths that fits, so turns of different lengths reuse a few
+        compiled steps; longer sequences keep their last ``max`` tokens.
+      loss: the loss weights.
+    """
+
+    learning_rate: float = Field(default=1e-6, gt=0)
+    gradient_clip_norm: float = Field(default=0.1, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    adam_b1: float = Field(default=0.9, ge=0, lt=1)
+    adam_b2: float = Field(default=0.999, ge=0, lt=1)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    iterations_per_fact: int = Field(default=1, ge=1)
+    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
+    loss: LossSection = Field(default_factory=LossSection)
+
+    @field_validator("learning_rate", "weight_decay", "gradient_clip_norm")
+    @classmethod
+    def _finite_numbers(cls, value: float) -> float:
+        return _finite(value)
+
+    @field_validator("sequence_buckets")
+    @classmethod
+    def _buckets(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(b < 4 for b in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"must be increasing lengths >= 4, got {list(value)}")
+        return value
+
+
+class AdaptiveOptimizerConfig(_Section):
+    """``adaptive_optimizer``: the learning-rate multiplier of each kind of turn.
+
+    ``m = clip(context * (1 + (n - 1) * repetition_boost_factor *
+    repetition_lr_multiplier), min_lr_multiplier, max_lr_multiplier)`` for the
+    ``n``-th mention of a fact (``n = 1`` for other turns); the step size is
+    ``learning_rate * m``, set as data, so no recompilation. Disabled: ``m = 1``.
+    """
+
+    enabled: bool = True
+    fact_lr_multiplier: float = Field(default=5.0, gt=0)
+    question_lr_multiplier: float = Field(default=2.0, gt=0)
+    regular_lr_multiplier: float = Field(default=1.0, gt=0)
+    repetition_lr_multiplier: float = Field(default=1.2, ge=0)
+    repetition_boost_factor: float = Field(default=0.1, ge=0)
+    replay_lr_multiplier: float = Field(default=0.5, gt=0)
+    max_lr_multiplier: float = Field(default=10.0, gt=0)
+    min_lr_multiplier: float = Field(default=0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min_lr_multiplier > self.max_lr_multiplier:
+            raise ValueError(
+                "min_lr_multiplier must be <= max_lr_multiplier, got "
+                f"{self.min_lr_multiplier} and {self.max_lr_multiplier}"
+            )
+        return self
+
+
+class GenerationSection(_Section):
+    """``generation``: how the reply of each turn is decoded.
+
+    Attributes:
+      max_new_tokens: reply length limit.
+      temperature: 0 for greedy decoding.
+      top_p: nucleus mass when sampling.
+      system_prompt: the system message of every prompt; ``null`` keeps the chat
+        template's default (SmolLM2's is about 15 tokens long).
+      stop_at_eos: end the reply at the end-of-sequence token.
+      max_prompt_tokens: longer prompts keep their last tokens.
+    """
+
+    max_new_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    system_prompt: str | None = ""
+    stop_at_eos: bool = True
+    max_prompt_tokens: int = Field(default=256, ge=8)
+
+
+class ChatInputSection(_Section):
+    """``chat``: what one turn accepts and trains on.
+
+    Attributes:
+      max_input_chars: longest user message.
+      on_too_long: ``truncate`` (keep the first ``max_input_chars`` characters) or
+        ``error``.
+      invalid_utf8: for ``bytes`` input that is not UTF-8: ``error`` or
+        ``replace`` (undecodable bytes become U+FFFD).
+      fact_response: the assistant text a fact turn trains on, ``{text}`` being
+        the user's message (the document's ``"I understand. {text}"``).
+    """
+
+    max_input_chars: int = Field(default=4000, ge=1)
+    on_too_long: Literal["truncate", "error"] = "truncate"
+    invalid_utf8: Literal["error", "replace"] = "error"
+    fact_response: str = "I understand. {text}"
+
+    @field_validator("fact_response")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if "{text}" not in value:
+            raise ValueError(f"must contain '{{text}}', got {value!r}")
+        try:
+            value.format(text="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"must be a format string with only {{text}}: {e}"
+            ) from None
+        return value
+
+
+_DEFAULT_ANCHORS = (
+    "The capital of France is Paris.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "The sun rises in the east and sets in the west.",
+    "A week has seven days.",
+)
+
+
+class MetricsSection(_Section):
+    """``metrics``: stability, plasticity and forgetting, one row per turn.
+
+    Attributes:
+      anchor_prompts: fixed texts whose perplexity and KL to the base are the
+        stability and forgetting measures.
+      eval_every: measure the anchors every this many turns (0: never; rows in
+        between repeat the last measurement and its ``anchor_turn``).
+      window_size: turns in the plasticity window (recent loss, improvement,
+        adaptation speed).
+      metrics_file: the JSON-lines file in the run folder.
+    """
+
+    anchor_prompts: tuple[str, ...] = _DEFAULT_ANCHORS
+    eval_every: int = Field(default=1, ge=0)
+    window_size: int = Field(default=10, ge=2)
+    metrics_file: str = "metrics.jsonl"
+
+    @field_validator("anchor_prompts")
+    @classmethod
+    def _anchors(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not p.strip() for p in value):
+            raise ValueError(f"anchor prompts must be non-empty, got {list(value)}")
+        return value
+
+
+class CheckpointSection(_Section):
+    """``checkpoint``: LoRA, optimizer state, fact memory and counters are saved
+    to the run store every ``save_every`` turns (0: only on close)."""
+
+    save_every: int = Field(default=10, ge=0)
+
+
+class ChatConfig(BaseNetworkConfig):
+    """A chat network's ``config.yaml`` (seed 001), every section validated.
+
+    Attributes:
+      model: base LLM and LoRA.
+      training: learning rate, clipping, decay, loss weights, length buckets.
+      fact_detection: question filter, fact patterns, entities, confidence.
+      fact_memory: capacity, importance, eviction, decay, replay.
+      adaptive_optimizer: per-context learning-rate multipliers.
+      importance_weighting: token weights of the cross-entropy.
+      generation: reply decoding.
+      chat: input limits and the fact training template.
+      metrics: anchor prompts and windows.
+      checkpoint: how often the run store is written.
+    """
+
+    network_id: str = Field(default="chat", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: ChatModelConfig = Field(default_factory=ChatModelConfig)
+    training: ChatTrainingConfig = Field(default_factory=ChatTrainingConfig)
+    fact_detection: FactDetectionConfig = Field(default_factory=FactDetectionConfig)
+    fact_memory: FactMemoryConfig = Field(default_factory=FactMemoryConfig)
+    adaptive_optimizer: AdaptiveOptimizerConfig = Field(
+        default_factory=AdaptiveOptimizerConfig
+    )
+    importance_weighting: ImportanceWeightingConfig = Field(
+        default_factory=ImportanceWeightingConfig
+    )
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+    chat: ChatInputSection = Field(default_factory=ChatInputSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)

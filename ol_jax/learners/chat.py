@@ -1,0 +1,804 @@
+"""``ChatLearner``: an LLM chat that learns after every turn (seed 001).
+
+Each turn, :meth:`ChatLearner.chat_and_update` generates a reply with the current
+LoRA adapter, then takes one jit-compiled update on the turn:
+
+* a *fact* ("Zorblax lives in Varnholm", found by the configured patterns) trains on
+  the user message followed by the assistant's ``"I understand. <fact>"``, with
+  entity / position / repetition token weights, the fact learning rate (5x, more
+  for a repeated fact) and a KL weight lowered by the fact's confidence, and is
+  stored in the fact memory;
+* a *question* or *regular* turn trains on the user message and the model's own
+  reply (self-supervised), at 2x or 1x the learning rate with the base KL weight.
+
+Every ``replay_interval`` turns the facts in memory are replayed at 0.5x the
+learning rate. The loss is ``task_lambda * CE_w + lambda * KL(base || adapted)``,
+clipped and applied by AdamW to the LoRA parameters only; the learning rate and
+KL weight are data, and training sequences are padded to a few length buckets,
+so the step compiles once per bucket. After every turn one row of metrics
+(stability, plasticity, forgetting) is appended to ``metrics.jsonl`` in the run
+folder, and every ``checkpoint.save_every`` turns the adapter, optimizer state,
+fact memory and counters are saved to the run store, from which a new learner
+resumes exactly.
+
+References:
+    Hu et al., `LoRA: Low-Rank Adaptation of Large Language Models
+    <https://arxiv.org/abs/2106.09685>`_, 2021.
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019.
+    Lopez-Paz & Ranzato, `Gradient Episodic Memory for Continual Learning
+    <https://arxiv.org/abs/1706.08840>`_, 2017 (the accuracy matrix).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ol_jax.core import (
+    context_lr_multiplier,
+    init_state,
+    make_step,
+    online_optimizer,
+    set_learning_rate,
+)
+from ol_jax.learners._chat_config import (
+    AdaptiveOptimizerConfig,
+    ChatConfig,
+    ChatModelConfig,
+    ChatTrainingConfig,
+)
+from ol_jax.learners._chat_metrics import TurnMetrics
+from ol_jax.learners._chat_step import (
+    chat_turn_loss,
+    padded_rows,
+    score_sequences,
+    turn_batch,
+)
+from ol_jax.learners._facts import FactDetector, FactInfo, FactMemory
+from ol_jax.learners._token_weights import token_importance_weights
+from ol_jax.models import (
+    Llama,
+    LoRAConfig,
+    chat_token_ids,
+    generate,
+    load_llama,
+    split_lora,
+)
+from ol_jax.store import RunStore, load_config
+
+__all__ = [
+    "AdaptiveOptimizerConfig",
+    "ChatConfig",
+    "ChatLearner",
+    "ChatModelConfig",
+    "ChatTrainingConfig",
+    "PreparedTurn",
+    "chat_turn_loss",
+    "load_chat_config",
+    "lora_config_of",
+    "turn_batch",
+    "write_accuracy_matrix",
+]
+
+ACCURACY_MATRIX_FILE = "accuracy_matrix.json"
+
+
+def load_chat_config(path: str | os.PathLike[str]) -> ChatConfig:
+    """Loads and validates a chat ``config.yaml`` (errors name the bad key)."""
+    return load_config(path, ChatConfig)
+
+
+def lora_config_of(config: ChatConfig) -> LoRAConfig:
+    """The model's :class:`~ol_jax.models.LoRAConfig` from ``model.lora``."""
+    lora = config.model.lora
+    return LoRAConfig(
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        target_modules=tuple(lora.target_modules),
+    )
+
+
+def write_accuracy_matrix(
+    run_dir: str | os.PathLike[str],
+    facts: Sequence[str],
+    matrix: Sequence[Sequence[float | None]] | np.ndarray,
+) -> str:
+    """Writes ``accuracy_matrix.json``: ``R[j][i]`` = recall of fact ``i`` after
+    learning fact ``j`` (``i <= j``; ``null`` above the diagonal).
+
+    Args:
+      run_dir: the run folder.
+      facts: one name per fact (row and column order).
+      matrix: ``[n, n]`` accuracies; entries above the diagonal are written as
+        ``null`` whatever they hold.
+
+    Returns:
+      The file's path.
+    """
+    n = len(facts)
+    arr = np.asarray(matrix, dtype=np.float64)
+    if arr.shape != (n, n):
+        raise ValueError(f"matrix must have shape ({n}, {n}), got {arr.shape}")
+    rows = [[float(arr[j, i]) if i <= j else None for i in range(n)] for j in range(n)]
+    path = os.path.join(os.fspath(run_dir), ACCURACY_MATRIX_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"facts": list(facts), "matrix": rows}, f, indent=1)
+    return path
+
+
+class _ChatFormat:
+    """The prompt and training token ids of a turn, with character offsets.
+
+    With a chat template, a turn is rendered as ``[system] user [assistant]``
+    messages; without one, as the document's ``"User: ...\\nAssistant: ..."``.
+    """
+
+    def __init__(self, tokenizer: Any, system_prompt: str | None):
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.templated = bool(getattr(tokenizer, "chat_template", None))
+        eos = getattr(tokenizer, "eos_token_id", None)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else (eos if eos is not None else 0))
+
+    def _messages(self, user: str, assistant: str | None) -> list[dict[str, str]]:
+        msgs = []
+        if self.system_prompt is not None:
+            msgs.append({"role": "system", "content": self.system_prompt})
+        msgs.append({"role": "user", "content": user})
+        if assistant is not None:
+            msgs.append({"role": "assistant", "content": assistant})
+        return msgs
+
+    def prompt_ids(self, user: str) -> list[int]:
+        """Token ids that end where the assistant's reply begins."""
+        if self.templated:
+            return chat_token_ids(self.tokenizer, self._messages(user, None))
+        return self.encode(f"User: {user}\nAssistant:")[0]
+
+    def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and character offsets of ``text`` (special tokens parsed, none added)."""
+        enc = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True
+        )
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    def training_text(self, user: str, assistant: str) -> str:
+        """The text of a whole turn, as it is trained on."""
+        if self.templated:
+            return self.tokenizer.apply_chat_template(
+                self._messages(user, assistant),
+                tokenize=False,
+                add_generation_prompt=False,
+            )
+        return f"User: {user}\nAssistant: {assistant}"
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+class PreparedTurn(NamedTuple):
+    """A turn ready for its update (see :meth:`ChatLearner.prepare_turn`).
+
+    Attributes:
+      text: the cleaned user message.
+      context: ``"fact"``, ``"question"`` or ``"regular"``.
+      info: the detected fact, or ``None``.
+      is_question: the question filter matched.
+      repetition: times this fact was stored before.
+      batch: the padded training batch (``tokens``, ``weights``, ``mask``,
+        ``kl_lambda``, ``task_lambda``).
+      lr_multiplier: the context learning-rate multiplier.
+      kl_lambda: the turn's KL weight.
+      truncated: the message was cut to ``chat.max_input_chars``.
+    """
+
+    text: str
+    context: str
+    info: FactInfo | None
+    is_question: bool
+    repetition: int
+    batch: dict[str, np.ndarray]
+    lr_multiplier: float
+    kl_lambda: float
+    truncated: bool
+
+
+class ChatLearner:
+    """A chat model whose LoRA adapter is updated after every turn (seed 001).
+
+    Args:
+      config: a :class:`ChatConfig` or the path of its YAML file.
+      root: the networks folder of the run store (``<root>/<network_id>/runs``).
+      run_id: the run to open; an existing run with saved versions is resumed
+        (adapter, optimizer state, fact memory, turn count and metric windows).
+        ``None`` starts a new run with a fresh id.
+      model: a ``Llama`` with adapters as ``config.model.lora`` describes (its
+        adapter values are copied, never modified); default: loaded from
+        ``config.model.base_model_name``.
+      tokenizer: the model's tokenizer (required with ``model``).
+      key: root PRNG key; default ``jax.random.key(config.seed)``.
+
+    Examples:
+      >>> learner = ChatLearner("configs/chat_smollm2.yaml")  # doctest: +SKIP
+      >>> reply, metrics = learner.chat_and_update("Zorblax lives in Varnholm.")
+      >>> metrics["is_fact"], metrics["learning_rate"]  # doctest: +SKIP
+      (1.0, 0.0005)
+      >>> learner.close()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: ChatConfig | str | os.PathLike[str] | None = None,
+        *,
+        root: str | os.PathLike[str] = "networks",
+        run_id: str | None = None,
+        model: Llama | None = None,
+        tokenizer: Any = None,
+        key: jax.Array | None = None,
+    ):
+        if config is None:
+            config = ChatConfig()
+        elif not isinstance(config, ChatConfig):
+            config = load_chat_config(config)
+        self.config = config
+        key = jax.random.key(config.seed) if key is None else key
+        if model is None:
+            model, tokenizer = load_llama(
+                config.model.base_model_name,
+                dtype=config.model.dtype,
+                lora_config=lora_config_of(config),
+                key=jax.random.fold_in(key, 0),
+            )
+        elif tokenizer is None:
+            raise ValueError("tokenizer is required when a model is given, got None")
+        self._check_model(model)
+        self.tokenizer = tokenizer
+        self._format = _ChatFormat(tokenizer, config.generation.system_prompt)
+        self._graphdef, self._frozen, lora = split_lora(model)
+        # The caller keeps its model: the step donates (deletes) our copies.
+        lora = jax.tree.map(jnp.copy, lora)
+        self._eos = self._eos_ids(model, tokenizer)
+
+        tc = config.training
+        self._tx = online_optimizer(
+            tc.learning_rate,
+            optimizer="adamw",
+            clip_norm=tc.gradient_clip_norm,
+            weight_decay=tc.weight_decay,
+            b1=tc.adam_b1,
+            b2=tc.adam_b2,
+            eps=tc.adam_eps,
+        )
+        self._traces = 0
+        loss_fn = chat_turn_loss(
+            self._graphdef,
+            dropout=config.model.lora.dropout > 0,
+            on_trace=self._count_trace,
+        )
+        self._step = make_step(loss_fn, self._tx, has_aux=True)
+        self._state = init_state(lora, self._tx, key=jax.random.fold_in(key, 1))
+        self._gen_key = jax.random.fold_in(key, 2)
+        self.detector = FactDetector(config.fact_detection)
+        self.memory = FactMemory(config.fact_memory)
+        self.turn = 0
+        self._tracker = TurnMetrics(window=config.metrics.window_size)
+        self._since_save = 0
+
+        self.store = RunStore(root, config.network_id, config=config)
+        resumed = run_id is not None and run_id in self.store.runs()
+        self.run_id = self.store.start_run(run_id)
+        self.run_dir = self.store.run_dir
+        self.metrics_path = os.path.join(self.run_dir, config.metrics.metrics_file)
+        if resumed and self.store.latest_version() is not None:
+            self._resume()
+        else:
+            self._tracker.set_baseline(self._anchor_scores())
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_model(self, model: Llama) -> None:
+        want = lora_config_of(self.config)
+        got = model.lora_config
+        if got is None or (
+            got.rank,
+            got.target_modules,
+        ) != (want.rank, want.target_modules):
+            raise ValueError(
+                "model must carry LoRA adapters matching model.lora "
+                f"(rank {want.rank}, {list(want.target_modules)}), got {got}"
+            )
+
+    def _eos_ids(self, model: Llama, tokenizer: Any) -> tuple[int, ...]:
+        eos = list(model.config.eos_token_ids)
+        tok_eos = getattr(tokenizer, "eos_token_id", None)
+        if tok_eos is not None and int(tok_eos) not in eos:
+            eos.append(int(tok_eos))
+        return tuple(eos)
+
+    def _count_trace(self) -> None:
+        self._traces += 1
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def lora(self) -> Any:
+        """The current adapter (a pytree of arrays)."""
+        return self._state.params
+
+    @property
+    def state(self):
+        """The whole :class:`~ol_jax.core.OnlineState` (adapter, AdamW, key)."""
+        return self._state
+
+    @property
+    def num_compiled_steps(self) -> int:
+        """How many times the update step was traced (once per length bucket)."""
+        return self._traces
+
+    @property
+    def model(self) -> Llama:
+        """The adapted model (base and current adapter) as a ``Llama``."""
+        return nnx.merge(self._graphdef, self._frozen, self._state.params)
+
+    # ------------------------------------------------------------------ input
+
+    def _clean(self, text: Any) -> tuple[str, bool]:
+        """The validated message and whether it was truncated; raises ValueError."""
+        cc = self.config.chat
+        if isinstance(text, bytes | bytearray):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as e:
+                if cc.invalid_utf8 == "error":
+                    raise ValueError(
+                        f"text must be valid UTF-8, got undecodable bytes at "
+                        f"position {e.start}"
+                    ) from None
+                text = bytes(text).decode("utf-8", errors="replace")
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str or bytes, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"text must be valid Unicode, got a lone surrogate at position "
+                f"{e.start}"
+            ) from None
+        text = text.replace("\x00", "").strip()
+        if not text:
+            raise ValueError("text must contain non-whitespace characters, got ''")
+        truncated = len(text) > cc.max_input_chars
+        if truncated:
+            if cc.on_too_long == "error":
+                raise ValueError(
+                    f"text must be at most chat.max_input_chars={cc.max_input_chars} "
+                    f"characters, got {len(text)}"
+                )
+            text = text[: cc.max_input_chars]
+        return text, truncated
+
+    # ------------------------------------------------------------------ generation
+
+    def _prompt(self, text: str) -> list[int]:
+        ids = self._format.prompt_ids(text)
+        return ids[-self.config.generation.max_prompt_tokens :]
+
+    def respond(self, text: str, *, greedy: bool = False) -> str:
+        """The reply to ``text`` under the current adapter (no update).
+
+        Args:
+          text: the user message.
+          greedy: decode greedily whatever ``generation.temperature`` says.
+        """
+        text, _ = self._clean(text)
+        return self._generate([self._prompt(text)], greedy=greedy)[0]
+
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        greedy: bool,
+        max_new_tokens: int | None = None,
+    ) -> list[str]:
+        gc = self.config.generation
+        temperature = 0.0 if greedy else gc.temperature
+        out = generate(
+            self.model,
+            prompts,
+            max_new_tokens=max_new_tokens or gc.max_new_tokens,
+            key=jax.random.fold_in(self._gen_key, self.turn),
+            temperature=temperature,
+            top_p=gc.top_p,
+            eos_token_id=list(self._eos) if gc.stop_at_eos else [],
+            pad_token_id=self._format.pad_id,
+        )
+        return [self._format.decode(ids) for ids in out]
+
+    def answers(
+        self, questions: Sequence[str], *, max_new_tokens: int | None = None
+    ) -> list[str]:
+        """Greedy replies to several questions in one batch (no update)."""
+        prompts = [self._prompt(self._clean(q)[0]) for q in questions]
+        return self._generate(prompts, greedy=True, max_new_tokens=max_new_tokens)
+
+    def recall(
+        self,
+        questions: Sequence[str],
+        objects: Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+    ) -> list[bool]:
+        """Whether each greedy answer contains its object (case-insensitive)."""
+        if len(questions) != len(objects):
+            raise ValueError(
+                f"questions and objects must have equal length, got "
+                f"{len(questions)} and {len(objects)}"
+            )
+        replies = self.answers(questions, max_new_tokens=max_new_tokens)
+        return [o.lower() in r.lower() for r, o in zip(replies, objects, strict=True)]
+
+    def answer_log_prob(self, question: str, answer: str) -> float:
+        """``log p(answer | prompt(question))`` summed over the answer's tokens."""
+        return self.answer_log_probs([question], [answer])[0]
+
+    def answer_log_probs(
+        self, questions: Sequence[str], answers: Sequence[str]
+    ) -> list[float]:
+        """:meth:`answer_log_prob` of several pairs in one batch."""
+        rows = []
+        for q, a in zip(questions, answers, strict=True):
+            prompt = self._prompt(self._clean(q)[0])
+            ids, _ = self._format.encode(a)
+            if not ids:
+                raise ValueError(f"answer must have at least one token, got {a!r}")
+            rows.append((prompt + ids, len(prompt)))
+        tokens, mask = padded_rows(
+            rows, buckets=self._score_buckets(rows), pad_id=self._format.pad_id
+        )
+        out = score_sequences(
+            self._graphdef, self._state.params, self._frozen, tokens, mask
+        )
+        return [float(x) for x in np.asarray(out["log_prob"])]
+
+    def _score_buckets(self, rows) -> tuple[int, ...]:
+        longest = max(len(ids) for ids, _ in rows)
+        return (*self.config.training.sequence_buckets, 1 << (longest - 1).bit_length())
+
+    # ------------------------------------------------------------------ learning
+
+    def chat_and_update(self, text: str | bytes) -> tuple[str, dict[str, Any]]:
+        """One turn: reply with the current adapter, then learn from the turn.
+
+        Args:
+          text: the user message (``str``, or UTF-8 ``bytes``).
+
+        Returns:
+          ``(reply, metrics)``; ``metrics`` is the row appended to
+          ``metrics.jsonl`` (see :meth:`learn`).
+
+        Raises:
+          ValueError: empty text, text over ``chat.max_input_chars`` with
+            ``on_too_long: error``, or bytes that are not UTF-8 with
+            ``invalid_utf8: error``. The learner's state is then unchanged.
+        """
+        clean, truncated = self._clean(text)
+        t0 = time.perf_counter()
+        reply = self._generate([self._prompt(clean)], greedy=False)[0]
+        generate_ms = (time.perf_counter() - t0) * 1e3
+        metrics = self.learn(clean, reply, _truncated=truncated, _gen_ms=generate_ms)
+        return reply, metrics
+
+    def prepare_turn(self, text: str, reply: str) -> PreparedTurn:
+        """What a turn will train on, without training: context, batch, rates.
+
+        A fact trains on ``chat.fact_response`` as the assistant's answer with
+        token importance weights; any other turn on the model's own ``reply``.
+
+        Raises:
+          ValueError: for bad ``text`` (see :meth:`chat_and_update`).
+        """
+        text, truncated = self._clean(text)
+        fd_on = self.config.fact_detection.enabled
+        is_question = bool(self.detector.is_question(text)) if fd_on else False
+        info = None if (is_question or not fd_on) else self.detector.detect(text)
+        repetition = 0
+        if info is not None:
+            context = "fact"
+            if self.config.fact_memory.enabled:
+                repetition = self.memory.repetition_count(text)
+            assistant = self.config.chat.fact_response.format(text=text)
+        else:
+            context = "question" if is_question else "regular"
+            assistant = reply
+        kl_lambda = self._kl_lambda(info)
+        batch = self._batch(text, assistant, info)
+        batch["kl_lambda"] = np.float32(kl_lambda)
+        return PreparedTurn(
+            text=text,
+            context=context,
+            info=info,
+            is_question=is_question,
+            repetition=repetition,
+            batch=batch,
+            lr_multiplier=self._lr_multiplier(context, repetition),
+            kl_lambda=kl_lambda,
+            truncated=truncated,
+        )
+
+    def learn(
+        self,
+        text: str,
+        reply: str,
+        *,
+        _truncated: bool = False,
+        _gen_ms: float = float("nan"),
+    ) -> dict[str, Any]:
+        """The update part of a turn: detect, train, remember, replay, measure.
+
+        Args:
+          text: the user message.
+          reply: the assistant's reply to it.
+
+        Returns:
+          The turn's metrics: ``turn``, ``context``, ``is_fact``, ``is_question``,
+          ``loss``, ``ce``, ``kl``, ``learning_rate``, ``lr_multiplier``,
+          ``kl_lambda``, ``grad_norm``, ``train_tokens``, ``replayed``,
+          ``update_ms``, stability / plasticity / forgetting figures, and for
+          facts ``fact_confidence`` and ``fact_repetition``.
+        """
+        t0 = time.perf_counter()
+        turn = self.prepare_turn(text, reply)
+        info = turn.info
+        iterations = self.config.training.iterations_per_fact if info else 1
+        for _ in range(iterations):
+            metrics = self._update(turn.batch, turn.lr_multiplier)
+        mem_on = self.config.fact_memory.enabled
+        self.turn += 1
+        replayed = 0
+        if info is not None and mem_on:
+            self.memory.store(turn.text, info, turn=self.turn)
+        if mem_on:
+            self.memory.decay(self.turn)
+            if self.memory.should_replay(self.turn):
+                replayed = self._replay()
+        update_ms = (time.perf_counter() - t0) * 1e3
+        row = {
+            "turn": self.turn,
+            "context": turn.context,
+            "is_fact": float(info is not None),
+            "is_question": float(turn.is_question),
+            "loss": float(metrics["loss"]),
+            "ce": float(metrics["aux"]["ce"]),
+            "kl": float(metrics["aux"]["kl"]),
+            "grad_norm": float(metrics["grad_norm"]),
+            "applied": float(metrics["applied"]),
+            "learning_rate": float(metrics["learning_rate"]),
+            "lr_multiplier": turn.lr_multiplier,
+            "kl_lambda": turn.kl_lambda,
+            "train_tokens": int(np.sum(turn.batch["mask"])),
+            "replayed": replayed,
+            "input_truncated": float(turn.truncated or _truncated),
+            "generate_ms": _gen_ms,
+            "update_ms": update_ms,
+        }
+        if info is not None:
+            row["fact_confidence"] = float(info.confidence)
+            row["fact_repetition"] = turn.repetition + 1
+        row.update(self._tracker.add_loss(row["ce"]))
+        every = self.config.metrics.eval_every
+        anchors = self._anchor_scores() if every and self.turn % every == 0 else None
+        row.update(self._tracker.stability(anchors, turn=self.turn))
+        self._append_metrics(row)
+        self._since_save += 1
+        save_every = self.config.checkpoint.save_every
+        if save_every and self.turn % save_every == 0:
+            self.save()
+        return row
+
+    def _batch(self, user: str, assistant: str, info: FactInfo | None):
+        text = self._format.training_text(user, assistant)
+        ids, offsets = self._format.encode(text)
+        iw = self.config.importance_weighting
+        if info is not None and iw.enabled:
+            # The fact is in the user message and in the assistant's echo of it.
+            spans = [m.span() for m in re.finditer(re.escape(user), text)]
+            weights = token_importance_weights(
+                text,
+                offsets,
+                entities=tuple(info.entities),
+                fact_spans=spans,
+                config=iw,
+            )
+        else:
+            weights = np.ones((len(ids),), np.float32)
+        return turn_batch(
+            ids,
+            weights,
+            buckets=self.config.training.sequence_buckets,
+            pad_id=self._format.pad_id,
+            kl_lambda=0.0,
+            task_lambda=self.config.training.loss.task_lambda,
+        )
+
+    def _lr_multiplier(self, context: str, repetition: int) -> float:
+        ao = self.config.adaptive_optimizer
+        if not ao.enabled:
+            return 1.0
+        return context_lr_multiplier(
+            context,
+            multipliers={
+                "regular": ao.regular_lr_multiplier,
+                "question": ao.question_lr_multiplier,
+                "fact": ao.fact_lr_multiplier,
+                "replay": ao.replay_lr_multiplier,
+            },
+            repetition=repetition,
+            repetition_boost=ao.repetition_boost_factor * ao.repetition_lr_multiplier,
+            min_multiplier=ao.min_lr_multiplier,
+            max_multiplier=ao.max_lr_multiplier,
+        )
+
+    def _kl_lambda(self, info: FactInfo | None) -> float:
+        loss = self.config.training.loss
+        reg = loss.kl_regularization
+        if not loss.dynamic_kl.enabled:
+            lam = loss.kl_lambda
+        elif info is None:
+            lam = reg.base_lambda
+        else:
+            confidence = min(max(float(info.confidence), 0.0), 1.0)
+            factor = loss.dynamic_kl.fact_importance_factor
+            lam = reg.fact_lambda * (1.0 - confidence * factor)
+        return float(min(max(lam, reg.min_kl), reg.max_kl))
+
+    def _update(self, batch: Mapping[str, np.ndarray], multiplier: float):
+        """One step at ``learning_rate * multiplier``; the base rate is restored."""
+        base_lr = self.config.training.learning_rate
+        state = set_learning_rate(self._state, base_lr * multiplier)
+        jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+        state, metrics = self._step(state, jbatch, self._frozen)
+        self._state = set_learning_rate(state, base_lr)
+        return jax.device_get(metrics)
+
+    def _replay(self) -> int:
+        facts = self.memory.facts_for_replay(self.config.fact_memory.replay_limit)
+        multiplier = self._lr_multiplier("replay", 0)
+        for fact in facts:
+            info = self.detector.detect(fact.fact_text)
+            assistant = self.config.chat.fact_response.format(text=fact.fact_text)
+            batch = self._batch(fact.fact_text, assistant, info)
+            batch = {**batch, "kl_lambda": np.float32(self._kl_lambda(info))}
+            self._update(batch, multiplier)
+        return len(facts)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _anchor_scores(self) -> dict[str, float] | None:
+        prompts = self.config.metrics.anchor_prompts
+        if not prompts:
+            return None
+        rows = []
+        for p in prompts:
+            ids, _ = self._format.encode(p)
+            if len(ids) >= 2:
+                rows.append((ids, 1))
+        if not rows:
+            return None
+        tokens, mask = padded_rows(
+            rows, buckets=self._score_buckets(rows), pad_id=self._format.pad_id
+        )
+        out = jax.device_get(
+            score_sequences(
+                self._graphdef,
+                self._state.params,
+                self._frozen,
+                tokens,
+                mask,
+                with_kl=True,
+            )
+        )
+        nll = -float(np.sum(out["log_prob"])) / float(np.sum(out["count"]))
+        return {"nll": nll, "kl": float(np.mean(out["kl"]))}
+
+    def _append_metrics(self, row: Mapping[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of this run's ``metrics.jsonl``."""
+        if not os.path.exists(self.metrics_path):
+            return []
+        with open(self.metrics_path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    # ------------------------------------------------------------------ store
+
+    def _tree(self) -> dict[str, Any]:
+        s = self._state
+        return {
+            "step": s.step,
+            "params": s.params,
+            "opt_state": s.opt_state,
+            "key_data": jax.random.key_data(s.key),
+        }
+
+    def save(self) -> int:
+        """Saves adapter, optimizer state, fact memory and counters as a version."""
+        entry = {
+            "turn": self.turn,
+            "fact_memory": self.memory.state_dict(),
+            "tracker": self._tracker.state_dict(),
+        }
+        version = self.store.save(self._tree(), metadata_entry=entry)
+        self._since_save = 0
+        return version
+
+    def _resume(self) -> None:
+        version = self.store.latest_version()
+        saved = self.store.restore(version, like=self._tree())
+        self._state = self._state._replace(
+            step=saved["step"],
+            params=saved["params"],
+            opt_state=saved["opt_state"],
+            key=jax.random.wrap_key_data(
+                saved["key_data"], impl=jax.random.key_impl(self._state.key)
+            ),
+        )
+        entry = next(
+            e for e in self.store.metadata()["entries"] if e.get("version") == version
+        )
+        self.turn = int(entry["turn"])
+        self.memory = FactMemory.from_state_dict(
+            self.config.fact_memory, entry["fact_memory"]
+        )
+        self._tracker = TurnMetrics.from_state_dict(
+            entry["tracker"], window=self.config.metrics.window_size
+        )
+        self._drop_rows_after(self.turn)
+
+    def _drop_rows_after(self, turn: int) -> None:
+        # Rows written after the last checkpoint belong to turns that are redone.
+        rows = [r for r in self.read_metrics() if int(r["turn"]) <= turn]
+        with open(self.metrics_path, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+    def close(self) -> None:
+        """Saves unsaved turns and closes the run store."""
+        if self.store is None:
+            return
+        try:
+            if self._since_save:
+                self.save()
+        finally:
+            self.store.close()
+            self.store = None
+
+    def __enter__(self) -> ChatLearner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = v
+    return out
