@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ol_jax.models import llama_apply
+from ol_jax.models import llama_apply, llama_apply_with_reference
 from ol_jax.objectives import token_cross_entropy, token_kl
 
 
@@ -108,8 +108,9 @@ def chat_turn_loss(
         if on_trace is not None:
             on_trace()
         inputs, targets = batch["tokens"][:-1], batch["tokens"][1:]
-        base = llama_apply(graphdef, lora, inputs, frozen=frozen, use_lora=False)
-        logits = llama_apply(
+        # Base and adapted logits in one pass over the base weights; the base
+        # logits carry no gradient.
+        base, logits = llama_apply_with_reference(
             graphdef, lora, inputs, frozen=frozen, key=key if dropout else None
         )
         ce = token_cross_entropy(
@@ -125,7 +126,10 @@ def chat_turn_loss(
 def _score(graphdef, lora, frozen, tokens, mask, *, with_kl: bool):
     """Per-row log-likelihood of the masked targets (and KL to the base)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits = llama_apply(graphdef, lora, inputs, frozen=frozen)
+    if with_kl:
+        base, logits = llama_apply_with_reference(graphdef, lora, inputs, frozen=frozen)
+    else:
+        logits = llama_apply(graphdef, lora, inputs, frozen=frozen)
     logp = jax.nn.log_softmax(logits, axis=-1)
     safe = jnp.where(mask > 0, targets, 0)
     picked = jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
@@ -134,7 +138,6 @@ def _score(graphdef, lora, frozen, tokens, mask, *, with_kl: bool):
         "count": jnp.sum(mask, axis=-1),
     }
     if with_kl:
-        base = llama_apply(graphdef, lora, inputs, frozen=frozen, use_lora=False)
         out["kl"] = jax.vmap(lambda b, a, m: token_kl(b, a, mask=m))(base, logits, mask)
     return out
 
