@@ -12,6 +12,14 @@ The step is not given donated buffers: a generation may still be reading the
 previous parameters while the next update runs, so those buffers must stay alive
 until the last reader lets go of them.
 
+When updates queue up faster than they run, the thread takes the whole backlog
+and runs up to ``max_fused`` of them in one compiled ``lax.scan`` (each its own
+step on its own batch), with one host round trip and one swap. Sequences are
+padded to a multiple of 8 tokens. While inference requests are being served the
+thread keeps to ``learner_share`` of the wall time, so requests keep most of
+the CPU; with nobody served it runs flat out. A learner of float vectors
+(``vector_shapes``) trains a regressor the same way and serves ``predict``.
+
 References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2015.
@@ -215,6 +223,9 @@ class LearningStats:
         every :meth:`~BufferedLearner.load_weights`).
       pending_updates: updates queued or running.
       checkpoints: checkpoints written.
+      compiled_variants: update programs compiled so far, one per batch shape
+        met (updates fused in one call x padded length); stops growing once
+        every shape the traffic produces has been seen.
     """
 
     total_examples: int
@@ -227,6 +238,7 @@ class LearningStats:
     version: int
     pending_updates: int
     checkpoints: int
+    compiled_variants: int
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
@@ -768,6 +780,7 @@ class BufferedLearner:
                 version=self._serving[0],
                 pending_updates=self._outstanding,
                 checkpoints=self._checkpoints,
+                compiled_variants=len(self._compiled),
             )
         recent = np.concatenate(jax.device_get(losses))[-100:] if losses else None
         average = None if recent is None else float(np.mean(recent))
@@ -1044,6 +1057,7 @@ class BufferedLearner:
             # A compilation is not the learner's share of the CPU.
             if served and compiled:
                 pause = elapsed * (1.0 - self._share) / self._share
+            self._pause = pause  # before wait() can return
         except BaseException as e:  # reported by wait() / force_update()
             with self._lock:
                 self._errors.append(e)
@@ -1053,7 +1067,6 @@ class BufferedLearner:
                 self._idle.notify_all()
             for job in jobs:
                 job.done.set()
-        self._pause = pause
         if pause > 0:
             self._wake.wait(pause)
 
