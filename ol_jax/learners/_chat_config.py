@@ -11,12 +11,16 @@ Unknown keys and bad values are :class:`~ol_jax.store.ConfigError` naming the ke
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ol_jax.learners._facts import FactDetectionConfig, FactMemoryConfig
+from ol_jax.learners._facts import (
+    FactDetectionConfig,
+    FactMemoryConfig,
+    _Finite,
+    _Section,
+)
 from ol_jax.learners._token_weights import ImportanceWeightingConfig
 from ol_jax.models import LLAMA_PROJECTIONS
 from ol_jax.store import BaseNetworkConfig
@@ -27,16 +31,6 @@ __all__ = [
     "ChatModelConfig",
     "ChatTrainingConfig",
 ]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"must be finite, got {value}")
-    return value
 
 
 class LoraSection(_Section):
@@ -153,20 +147,15 @@ class ChatTrainingConfig(_Section):
       loss: the loss weights.
     """
 
-    learning_rate: float = Field(default=1e-6, gt=0)
-    gradient_clip_norm: float = Field(default=0.1, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
+    learning_rate: _Finite = Field(default=1e-6, gt=0)
+    gradient_clip_norm: _Finite = Field(default=0.1, gt=0)
+    weight_decay: _Finite = Field(default=0.01, ge=0)
     adam_b1: float = Field(default=0.9, ge=0, lt=1)
     adam_b2: float = Field(default=0.999, ge=0, lt=1)
     adam_eps: float = Field(default=1e-8, gt=0)
     iterations_per_fact: int = Field(default=1, ge=1)
     sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
     loss: LossSection = Field(default_factory=LossSection)
-
-    @field_validator("learning_rate", "weight_decay", "gradient_clip_norm")
-    @classmethod
-    def _finite_numbers(cls, value: float) -> float:
-        return _finite(value)
 
     @field_validator("sequence_buckets")
     @classmethod
