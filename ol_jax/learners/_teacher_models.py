@@ -197,49 +197,47 @@ def generator_example_loss(
     base: Any,
     tokens: jax.Array,
     mask: jax.Array,
-    *,
-    kl_weight: float,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Distillation loss of one right-padded sequence ``prompt + answer + EOS``.
+    """Token CE of one right-padded sequence ``prompt + answer + EOS``.
 
     ``mask[t] = 1`` where ``tokens[t]`` is an answer token (or the EOS) to
     predict from the tokens before it.
 
     Returns:
-      ``(loss, ce, greedy_match)``: the loss ``CE + kl_weight * KL``, the CE
-      alone, and whether greedy decoding from the prompt reproduces the answer
-      exactly (every masked token is the argmax of the logits before it).
+      ``(ce, greedy_match, logits)``: the mean CE over the answer tokens,
+      whether greedy decoding from the prompt reproduces the answer exactly
+      (every masked token is the argmax of the logits before it), and the
+      ``[T - 1, V]`` next-token logits.
     """
     logits = llama_apply(graphdef, lora, tokens, frozen=base)[:-1]
-    targets = tokens[1:]
-    keep = mask[1:]
+    targets, keep = tokens[1:], mask[1:]
     ce = token_cross_entropy(logits, targets, mask=keep)
-    loss = ce
-    if kl_weight > 0:
-        ref = llama_apply(graphdef, lora, tokens, frozen=base, use_lora=False)[:-1]
-        loss = ce + jnp.float32(kl_weight) * token_kl(ref, logits, mask=keep)
     hit = (jnp.argmax(logits, axis=-1).astype(targets.dtype) == targets) | (keep == 0)
-    return loss, ce, jnp.all(hit)
+    return ce, jnp.all(hit), logits
 
 
 def make_generator_loss(graphdef: nnx.GraphDef, *, kl_weight: float):
     """``loss_fn(lora, batch, *, frozen, ...)`` over ``{tokens, mask, weight}``.
 
-    The weighted mean of :func:`generator_example_loss` over the rows; the aux
-    holds each row's ``ce`` and ``greedy_match`` (before the update).
+    ``L = sum_b w_b CE_b / sum_b w_b + kl_weight * KL(p_base || p_lora)``, the KL
+    averaged over the answer tokens of row 0 (the new teacher answer; the other
+    rows are replayed ones, which had their KL term when they were new, and
+    skipping theirs saves a base-model pass per row). The aux holds each row's
+    ``ce`` and ``greedy_match``, both before the update.
     """
-    one = functools.partial(generator_example_loss, graphdef, kl_weight=kl_weight)
+    one = functools.partial(generator_example_loss, graphdef)
 
     def loss_fn(lora, batch, *, frozen, extras, key):
         del extras, key
-        losses, ce, match = jax.vmap(one, in_axes=(None, None, 0, 0))(
-            lora, frozen, batch["tokens"], batch["mask"]
+        tokens, mask = batch["tokens"], batch["mask"]
+        ce, match, logits = jax.vmap(one, in_axes=(None, None, 0, 0))(
+            lora, frozen, tokens, mask
         )
-        return _weighted_mean(losses, batch["weight"]), {
-            "ce": ce,
-            "greedy_match": match,
-        }
+        loss = _weighted_mean(ce, batch["weight"])
+        if kl_weight > 0:
+            ref = llama_apply(graphdef, lora, tokens[0], frozen=frozen, use_lora=False)
+            kl = token_kl(ref[:-1], logits[0], mask=mask[0, 1:])
+            loss = loss + jnp.float32(kl_weight) * kl
+        return loss, {"ce": ce, "greedy_match": match}
 
     return loss_fn
-
-

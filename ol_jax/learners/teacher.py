@@ -213,11 +213,11 @@ class GeneratorSection(_Section):
     learning_rate: float = Field(default=2e-3, gt=0)
     clip_norm: float = Field(default=1.0, gt=0)
     kl_weight: float = Field(default=0.05, ge=0)
-    max_new_tokens: int = Field(default=16, ge=1)
-    max_length: int = Field(default=48, ge=8)
+    max_new_tokens: int = Field(default=17, ge=1)
+    max_length: int = Field(default=40, ge=8)
     prompt_format: str = "Question: {query}\nAnswer:"
     replay_capacity: int = Field(default=256, ge=1)
-    replay_batch: int = Field(default=3, ge=1)
+    replay_batch: int = Field(default=2, ge=1)
     replay_alpha: float = Field(default=0.6, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -440,6 +440,7 @@ class TeacherProxyLearner:
         }
         self._policy_key = keys[7]
         self._embeddings: dict[str, np.ndarray] = {}
+        self._answers: dict[str, str] = {}  # local answers under the current LoRA
         self._counters = {
             "queries": 0,
             "forwarded": 0,
@@ -457,6 +458,8 @@ class TeacherProxyLearner:
         self._audits: list[tuple[int, int]] = []
         self._reasons: dict[str, int] = {}
         self._route_ms: list[float] = []
+        # Wall time of each model's updates (not saved: timing is not state).
+        self._update_ms: dict[str, list[float]] = {name: [] for name in _MODELS}
         self._last_teacher: tuple[str, np.ndarray] | None = None
         self._store: RunStore | None = None
         if root is not None:
@@ -500,8 +503,19 @@ class TeacherProxyLearner:
         # Keep the end of a long prompt: the "Answer:" cue must stay.
         return ids[-(g.max_length - g.max_new_tokens) :] or [self._codec.eos]
 
+    def token_count(self, text: str) -> int:
+        """Tokens of ``text`` (as an answer) in the generator's vocabulary."""
+        return len(self._codec.encode(" " + text.strip()))
+
     def generate_local(self, query: str) -> str:
-        """The generator's greedy answer to ``query`` (no routing, no learning)."""
+        """The generator's greedy answer to ``query`` (no routing, no learning).
+
+        Greedy decoding is a function of the query and the adapters, so answers
+        are cached until the next generator update.
+        """
+        cached = self._answers.get(query)
+        if cached is not None:
+            return cached
         g = self.config.generator
         model = nnx.merge(self._graphdef, self._base, self._states["generator"].params)
         (ids,) = generate(
@@ -511,7 +525,9 @@ class TeacherProxyLearner:
             eos_token_id=self._codec.eos,
         )
         self._counters["generated"] += 1
-        return self._codec.decode(ids).strip()
+        answer = self._codec.decode(ids).strip()
+        self._answers[query] = answer
+        return answer
 
     # ------------------------------------------------------------ policy
 
@@ -699,6 +715,7 @@ class TeacherProxyLearner:
             buffer, drawn.indices, metrics["aux"]["ce"][1:]
         )
         self._counters["updates_generator"] += 1
+        self._answers.clear()
         return metrics
 
     def learn(self, decision: ProxyDecision) -> dict[str, Any]:
@@ -710,17 +727,23 @@ class TeacherProxyLearner:
         and the router learns whether a local answer would have been good.
 
         Returns:
-          Per-model metrics (``loss`` and, for the router, its ``label``), empty
-          when nothing was learned.
+          Per-model metrics: ``loss``, ``ms`` (wall time of the update), the
+          router's ``label`` and the generator's ``greedy_match`` (whether it
+          already reproduced the answer); empty when nothing was learned.
         """
         if decision.teacher_answer is None:
             return {}
         p = self.config.policy
         query, teacher_answer = decision.query, decision.teacher_answer
         out: dict[str, Any] = {}
+        t0 = _now_ms()
         gen = self._update_generator(query, teacher_answer)
         exact = bool(gen["aux"]["greedy_match"][0])
-        out["generator"] = {"loss": float(gen["loss"]), "greedy_match": exact}
+        out["generator"] = {
+            "loss": float(gen["loss"]),
+            "greedy_match": exact,
+            "ms": _now_ms() - t0,
+        }
 
         e_q = self._embed(query)
         e_t = self._embed(teacher_answer)
@@ -728,11 +751,17 @@ class TeacherProxyLearner:
             good = exact
         else:
             good = decision.similarity >= p.similarity_threshold
+        t0 = _now_ms()
         router = self._update_head(
             "router", e_q[None], np.asarray([float(good)], np.float32), 1
         )
-        out["router"] = {"loss": float(router["loss"]), "label": float(good)}
+        out["router"] = {
+            "loss": float(router["loss"]),
+            "label": float(good),
+            "ms": _now_ms() - t0,
+        }
 
+        t0 = _now_ms()
         rows = [np.asarray(pair_features(e_q, e_t))]
         labels = [1.0]
         if decision.local_answer is not None:
@@ -750,8 +779,10 @@ class TeacherProxyLearner:
         validator = self._update_head(
             "validator", np.stack(rows), np.asarray(labels, np.float32), 3
         )
-        out["validator"] = {"loss": float(validator["loss"])}
+        out["validator"] = {"loss": float(validator["loss"]), "ms": _now_ms() - t0}
         self._last_teacher = (teacher_answer, e_t)
+        for name in _MODELS:
+            self._update_ms[name].append(out[name]["ms"])
         return out
 
     def handle(self, query: str, teacher: Teacher) -> ProxyDecision:
@@ -767,7 +798,9 @@ class TeacherProxyLearner:
 
         ``local_accuracy`` is estimated from the strategic-sampling audits: the
         queries the learner would have answered locally but forwarded anyway,
-        whose local answer was compared with the teacher's.
+        whose local answer was compared with the teacher's. ``update_ms`` is the
+        median wall time of each model's update, ``route_validate_ms`` the mean
+        time of routing and validating a query after the cold start.
 
         Args:
           window: length of the recent window of ``forward_rate_window``.
@@ -789,6 +822,10 @@ class TeacherProxyLearner:
             if self._route_ms
             else None,
             "updates": {name: c[f"updates_{name}"] for name in _MODELS},
+            "update_ms": {
+                name: float(np.median(ms)) if ms else None
+                for name, ms in self._update_ms.items()
+            },
         }
 
     def forward_history(self) -> list[int]:

@@ -35,7 +35,9 @@ def test_domain_has_enough_distinct_families():
     seed=st.integers(0, 2**31 - 1),
     max_words=st.integers(12, 20),
 )
-def test_every_paraphrase_maps_to_its_family(num_families, paraphrases, seed, max_words):
+def test_every_paraphrase_maps_to_its_family(
+    num_families, paraphrases, seed, max_words
+):
     domain = faq_domain(
         num_families, paraphrases=paraphrases, seed=seed, max_answer_words=max_words
     )

@@ -105,7 +105,11 @@ def test_cold_start_forwards_and_learns_every_model(run):
         assert np.isfinite(metrics["generator"]["loss"])
     updates = learner.stats()["updates"]
     forwarded = sum(d.route == "forward" for d in decisions)
-    assert updates == {"router": forwarded, "validator": forwarded, "generator": forwarded}
+    assert updates == {
+        "router": forwarded,
+        "validator": forwarded,
+        "generator": forwarded,
+    }
 
 
 def test_decisions_after_cold_start_follow_the_policy(run):
@@ -178,7 +182,8 @@ def test_failed_teacher_answer_teaches_nothing(domain):
     stats = learner.stats()
     assert (stats["queries"], stats["teacher_errors"]) == (0, 1)
     assert stats["updates"] == {"router": 0, "validator": 0, "generator": 0}
-    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(learner.params)):
+    after = jax.tree.leaves(learner.params)
+    for a, b in zip(jax.tree.leaves(before), after, strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
     with pytest.raises(ValueError, match="query must be a non-empty string"):
         learner.answer("  ", SimulatedTeacher(domain))
