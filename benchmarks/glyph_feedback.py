@@ -26,12 +26,12 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
 
 from ol_jax.core import enable_compilation_cache
 from ol_jax.learners import GlyphLearner
+from ol_jax.learners._glyph_common import MAX_LOG_STD_STEP
 from ol_jax.store import RunStore
 
 
@@ -47,9 +47,13 @@ def _tree_bytes(tree) -> int:
 def _learner(root: str) -> GlyphLearner:
     os.makedirs(os.path.join(root, "bench"), exist_ok=True)
     with open(os.path.join(root, "bench", "config.yaml"), "w") as f:
-        yaml.safe_dump(
-            {"network_id": "bench", "online_learning": {"learning_rate": 0.05}}, f
+        # The demo network's update settings (networks/glyph-demo/config.yaml).
+        demo = os.path.join(
+            os.path.dirname(__file__), "..", "networks", "glyph-demo", "config.yaml"
         )
+        with open(demo) as g:
+            online = yaml.safe_load(g)["online_learning"]
+        yaml.safe_dump({"network_id": "bench", "online_learning": online}, f)
     return GlyphLearner(RunStore(root, "bench"))
 
 
@@ -66,17 +70,19 @@ def bench_jax(learner: GlyphLearner, repeats: int):
         z[0], img[0] = g.style_z, g.image
         valid = np.zeros((rows,), np.bool_)
         valid[0] = True
-        batch = {
-            "z": jnp.asarray(z),
-            "image": jnp.asarray(img),
-            "reward": jnp.asarray(
-                np.full((rows,), (1 + i % 10 - 5.5) / 4.5, np.float32)
-            ),
-            "valid": jnp.asarray(valid),
-            "time": jnp.asarray(i, jnp.int32),
-        }
+        reward = np.full((rows,), (1 + i % 10 - 5.5) / 4.5, np.float32)
+        batch = jax.device_put(
+            {
+                "z": z,
+                "image": img,
+                "reward": reward,
+                "valid": valid,
+                "time": np.asarray(i, np.int32),
+            }
+        )
+        # The learner's own compiled call (step and logged statistics).
         state, metrics = learner._step(state, batch, frozen)  # noqa: SLF001
-        jax.block_until_ready(state)
+        jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t0)
     return times[20:], state
 
@@ -109,7 +115,11 @@ def bench_learner(learner: GlyphLearner, repeats: int, rate: float):
 
 
 def bench_torch(learner: GlyphLearner, repeats: int):
-    """The same update in PyTorch eager: window REINFORCE, Adam, clip, clamp."""
+    """The same update in PyTorch eager, with the same caching: per rating, the
+    frozen layers' stage-3 values of the new glyph go into a 16-slot window; the
+    window is decoded from them in one batched pass; window REINFORCE; Adam on the
+    policy mean, capped natural-gradient steps on its log std, clipped AdamW on
+    decoder.3/decoder.4; weight clamp."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -118,69 +128,79 @@ def bench_torch(learner: GlyphLearner, repeats: int):
     params = jax.device_get(learner.state.params)
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     k = {i: (t(frozen[i]["kernel"]), t(frozen[i]["bias"])) for i in ("0", "1", "2")}
-    train = {
-        "mean": t(params["policy"]["mean"]).requires_grad_(),
-        "log_std": t(params["policy"]["log_std"]).requires_grad_(),
-        **{
-            f"{i}.{n}": t(params["decoder"][i][n]).requires_grad_()
-            for i in ("3", "4")
-            for n in ("kernel", "bias")
-        },
+    mean = t(params["policy"]["mean"]).requires_grad_()
+    log_std = t(params["policy"]["log_std"]).requires_grad_()
+    dec = {
+        f"{i}.{n}": t(params["decoder"][i][n]).requires_grad_()
+        for i in ("3", "4")
+        for n in ("kernel", "bias")
     }
     lin = torch.linspace(-1, 1, cfg.image_size)
     yy, xx = torch.meshgrid(lin, lin, indexing="ij")
     coords = cfg.coord_scale * torch.stack([xx, yy, (xx**2 + yy**2).sqrt()], -1)
-    coords = coords.reshape(-1, 3)
     h1 = cfg.hidden[1]
+    pixel = coords.reshape(-1, 3) @ k["2"][0][h1:]  # [P, H2], constant
 
-    def decode(z):  # z [W, D] -> [W, S*S]
+    def stage3(z):  # [D] -> [H2], frozen layers only
         m = torch.tanh(torch.tanh(z @ k["0"][0] + k["0"][1]) @ k["1"][0] + k["1"][1])
-        h = torch.tanh(
-            (m @ k["2"][0][:h1])[:, None] + coords @ k["2"][0][h1:] + k["2"][1]
-        )
-        h = torch.tanh(h @ train["3.kernel"] + train["3.bias"])
-        f = (h @ train["4.kernel"] + train["4.bias"])[..., 0]
+        return m @ k["2"][0][:h1] + k["2"][1]
+
+    def decode(heads):  # [W, H2] -> [W, P]
+        h = torch.tanh(heads[:, None, :] + pixel[None])
+        h = torch.tanh(h @ dec["3.kernel"] + dec["3.bias"])
+        f = (h @ dec["4.kernel"] + dec["4.bias"])[..., 0]
         f = f - f.mean(-1, keepdim=True)
         return torch.exp(-((cfg.stroke_sharpness * f) ** 2))
 
-    opt = torch.optim.AdamW(
-        [
-            {"params": [train["mean"]], "lr": ol.learning_rate},
-            {
-                "params": [train["log_std"]],
-                "lr": ol.learning_rate * ol.log_std_lr_scale,
-            },
-            {
-                "params": [v for n, v in train.items() if "." in n],
-                "lr": ol.learning_rate * ol.finetune_lr_scale,
-            },
-        ],
-        weight_decay=ol.weight_decay,
+    lr = ol.learning_rate
+    adam_mean = torch.optim.Adam([mean], lr=lr)
+    adam_dec = torch.optim.AdamW(
+        list(dec.values()), lr=lr * ol.finetune_lr_scale, weight_decay=ol.weight_decay
     )
     w = ol.feedback_window
     rng = np.random.default_rng(0)
-    zs = torch.tensor(rng.normal(size=(w, cfg.style_z_dim)), dtype=torch.float32)
-    imgs = torch.rand(w, cfg.image_size * cfg.image_size)
-    rewards = torch.tensor(rng.uniform(-1, 1, w), dtype=torch.float32)
-    ages = torch.arange(w, dtype=torch.float32)
+    zs = torch.zeros(w, cfg.style_z_dim)
+    heads = torch.zeros(w, cfg.hidden[2])
+    imgs = torch.zeros(w, cfg.image_size * cfg.image_size)
+    rewards = torch.zeros(w)
+    times = torch.zeros(w)
+    valid = torch.zeros(w)
+    new_z = torch.tensor(rng.normal(size=(repeats + 20, cfg.style_z_dim)))
+    new_z = new_z.to(torch.float32)
+    new_img = torch.rand(repeats + 20, cfg.image_size * cfg.image_size)
+    new_r = torch.tensor(rng.uniform(-1, 1, repeats + 20), dtype=torch.float32)
     tau = ol.pixel_noise_std
-    times = []
-    for _ in range(repeats + 20):
+    times_s = []
+    for step in range(repeats + 20):
         t0 = time.perf_counter()
-        weights = 0.5 ** (ages / ol.recency_half_life)
-        s = train["log_std"].clamp(ol.min_log_std, 2.0)
-        logp_z = (-0.5 * ((zs - train["mean"]) / s.exp()) ** 2 - s).sum(-1)
-        logp_x = (-0.5 * ((imgs - decode(zs)) / tau) ** 2).sum(-1)
-        loss = -(weights * rewards * (logp_z + logp_x)).sum() / weights.sum()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(train.values()), ol.gradient_clip_norm)
-        opt.step()
+        slot = step % w
         with torch.no_grad():
-            for v in train.values():
+            zs[slot], imgs[slot], rewards[slot] = (
+                new_z[step],
+                new_img[step],
+                new_r[step],
+            )
+            heads[slot] = stage3(new_z[step])
+            times[slot], valid[slot] = step, 1.0
+        weights = valid * 0.5 ** ((step - times) / ol.recency_half_life)
+        s = log_std.clamp(ol.min_log_std, 2.0)
+        logp_z = (-0.5 * ((zs - mean) / s.exp()) ** 2 - s).sum(-1)
+        logp_x = (-0.5 * ((imgs - decode(heads)) / tau) ** 2).sum(-1)
+        loss = -(weights * rewards * (logp_z + logp_x)).sum() / weights.sum()
+        adam_mean.zero_grad()
+        adam_dec.zero_grad()
+        log_std.grad = None
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(dec.values()), ol.gradient_clip_norm)
+        adam_mean.step()
+        adam_dec.step()
+        with torch.no_grad():
+            step_ls = lr * ol.log_std_lr_scale * 0.5 * log_std.grad
+            log_std -= step_ls.clamp(-MAX_LOG_STD_STEP, MAX_LOG_STD_STEP)
+            for v in (mean, log_std, *dec.values()):
                 v.clamp_(*ol.weight_clamp)
-        times.append(time.perf_counter() - t0)
-    return times[20:]
+        times_s.append(time.perf_counter() - t0)
+    return times_s[20:]
 
 
 def main() -> None:

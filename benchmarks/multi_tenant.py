@@ -40,15 +40,12 @@ from ol_jax.core import (
     unstack_state,
 )
 from ol_jax.learners._glyph_common import (
+    glyph_extras,
     glyph_loss_config,
     glyph_model_config,
     glyph_optimizer,
 )
-from ol_jax.learners._glyph_loss import (
-    glyph_extras_update,
-    glyph_loss,
-    initial_extras,
-)
+from ol_jax.learners._glyph_loss import glyph_extras_update, glyph_loss
 from ol_jax.models import init_glyph
 from ol_jax.store import NetworkConfig
 
@@ -68,7 +65,7 @@ def _setup(n: int, model: str):
     trainable = ["policy", *ol.finetune_layers]
     tx = glyph_optimizer(ol)
     loss_cfg = glyph_loss_config(cfg, ol)
-    extras = initial_extras(ol.feedback_window, cfg.style_z_dim, cfg.image_size)
+    extras = glyph_extras(cfg, ol)
 
     def one(key):
         params, _ = partition_params(init_glyph(cfg, key=key), trainable)

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ol_jax.core import merge_params, online_optimizer
-from ol_jax.learners._glyph_loss import GlyphLossConfig
-from ol_jax.models import GlyphConfig, decode_glyph, sample_style_z
+from ol_jax.core import clamp_params, merge_params, path_str
+from ol_jax.learners._glyph_loss import GlyphLossConfig, decoder_stage, initial_extras
+from ol_jax.models import GlyphConfig, decode_glyph_from, sample_style_z
 from ol_jax.objectives import normalize_rating
 from ol_jax.store import NetworkConfig, OnlineLearningConfig
 
@@ -30,20 +30,92 @@ def glyph_model_config(config: NetworkConfig) -> GlyphConfig:
     )
 
 
+# The most one update moves a latent dimension's log std (see glyph_optimizer).
+MAX_LOG_STD_STEP = 0.02
+
+# An online stream never ends: the non-finite guard must never give up and apply a
+# poisoned update (optax's error counter saturates at the int32 maximum).
+_NEVER_GIVE_UP = int(np.iinfo(np.int32).max)
+
+
+def _group(path, _) -> str:
+    name = path_str(path)
+    return name.split(".")[1] if name.startswith("policy.") else "decoder"
+
+
 def glyph_optimizer(ol: OnlineLearningConfig) -> optax.GradientTransformation:
-    """The glyph network's update rule from its ``online_learning`` block."""
-    return online_optimizer(
-        ol.learning_rate,
-        optimizer="adamw",
-        clip_norm=ol.gradient_clip_norm,
-        weight_decay=ol.weight_decay,
-        clamp=tuple(ol.weight_clamp),
-        lr_scales={
-            "policy.log_std": ol.log_std_lr_scale,
-            **{name: ol.finetune_lr_scale for name in ol.finetune_layers},
-        },
-        warmup_steps=ol.warmup_updates,
-    )
+    """The glyph network's update rule from its ``online_learning`` block.
+
+    Three parameter groups, one injected ``learning_rate`` ``eta``:
+
+    * ``policy.mean``: Adam, step ``eta`` (Adam sets each coordinate's step size
+      itself, so the mean needs no clip). Adam's momentum cancels feedback that
+      keeps flipping, so contradictory ratings of one glyph settle instead of
+      swinging the mean forever.
+    * ``policy.log_std``: natural-gradient steps ``log_std_lr_scale * eta * g / 2``
+      (the Fisher information of a Gaussian's log std is the constant 2), at most
+      ``MAX_LOG_STD_STEP`` per coordinate. Steps are proportional to the
+      evidence, so the width of latent dimensions the rater ignores barely
+      moves, where Adam would move every coordinate by the full step whatever
+      its gradient; the cap stops a replayed window of old samples, far out in
+      the tails of a narrowed policy, from collapsing the width in one step.
+    * the fine-tuned decoder layers: clipped on their own (their pixel-likelihood
+      gradient is orders of magnitude larger than the policy's and would otherwise
+      swamp it in one global clip), Adam with decoupled weight decay, step
+      ``finetune_lr_scale * eta``.
+
+    Then an optional linear warm-up, the ``weight_clamp`` box, and
+    ``optax.apply_if_finite`` (a non-finite gradient changes nothing).
+
+    References:
+      Kingma & Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`_, 2015; Amari, `Natural gradient works
+      efficiently in learning <https://doi.org/10.1162/089976698300017746>`_, 1998.
+    """
+
+    def chain(learning_rate):
+        def group(*parts, scale=1.0, tail=()):
+            if ol.warmup_updates:
+                n = ol.warmup_updates
+                parts += (
+                    optax.scale_by_schedule(
+                        optax.linear_schedule(1.0 / n, 1.0, n - 1)
+                        if n > 1
+                        else optax.constant_schedule(1.0)
+                    ),
+                )
+            lr = optax.scale_by_learning_rate(learning_rate * scale)
+            return optax.chain(*parts, lr, *tail)
+
+        clip = optax.clip_by_global_norm(ol.gradient_clip_norm)
+        return optax.chain(
+            optax.multi_transform(
+                {
+                    "mean": group(optax.scale_by_adam()),
+                    "log_std": group(
+                        optax.scale(0.5),
+                        scale=ol.log_std_lr_scale,
+                        tail=(optax.clip(MAX_LOG_STD_STEP),),
+                    ),
+                    "decoder": group(
+                        clip,
+                        optax.scale_by_adam(),
+                        optax.add_decayed_weights(ol.weight_decay),
+                        scale=ol.finetune_lr_scale,
+                    ),
+                },
+                lambda params: jax.tree_util.tree_map_with_path(_group, params),
+            ),
+            clamp_params(*ol.weight_clamp),
+        )
+
+    tx = optax.inject_hyperparams(chain)(learning_rate=ol.learning_rate)
+    return optax.apply_if_finite(tx, max_consecutive_errors=_NEVER_GIVE_UP)
+
+
+def glyph_extras(model: GlyphConfig, ol: OnlineLearningConfig) -> dict[str, Any]:
+    """A fresh network's extras: baseline, spread and an empty feedback window."""
+    return initial_extras(ol.feedback_window, model, decoder_stage(ol.finetune_layers))
 
 
 def glyph_loss_config(model: GlyphConfig, ol: OnlineLearningConfig) -> GlyphLossConfig:
@@ -99,6 +171,6 @@ def sample_glyphs(params, frozen, key, *, n, cfg: GlyphConfig, noise_std: float)
     decoder = merge_params(params, frozen)["decoder"]
     kz, kx = jax.random.split(key)
     z = sample_style_z(params["policy"], key=kz, n=n)
-    mean = jax.vmap(lambda zi: decode_glyph(decoder, zi, cfg))(z)
+    mean = decode_glyph_from(decoder, z, cfg, stage=0)
     noise = noise_std * jax.random.normal(kx, mean.shape, mean.dtype)
     return z, jnp.clip(mean + noise, 0.0, 1.0), mean

@@ -12,6 +12,12 @@ Recent feedback is kept in a fixed-size window in the state. Every update uses t
 whole window, each item weighted by its recency (``0.5 ** (age / half_life)``) and
 by the stream's confidence weight, so an old contradicting rating fades instead of
 making the policy oscillate.
+
+Only the last decoder layers are fine-tuned and ``z`` is a sample (no gradient flows
+into it), so the frozen first layers' output for a rated glyph never changes: the
+window keeps it (:func:`ol_jax.models.glyph_stage`, a vector per glyph) and each
+update decodes the whole window from there in one batched pass
+(:func:`ol_jax.models.decode_glyph_from`), the same math as decoding from ``z``.
 """
 
 from typing import Any, NamedTuple
@@ -21,7 +27,7 @@ import jax.numpy as jnp
 
 from ol_jax import objectives
 from ol_jax.core import merge_params
-from ol_jax.models import GlyphConfig, decode_glyph
+from ol_jax.models import GlyphConfig, decode_glyph_from, glyph_stage
 
 
 class GlyphLossConfig(NamedTuple):
@@ -36,11 +42,36 @@ class GlyphLossConfig(NamedTuple):
     min_confidence: float = 0.1
 
 
-def empty_window(size: int, style_z_dim: int, image_size: int) -> dict[str, Any]:
+def decoder_stage(finetune_layers) -> int | None:
+    """The :func:`ol_jax.models.glyph_stage` a window keeps for these trained layers.
+
+    The first fine-tuned decoder layer ``k`` (``decoder.<k>``) bounds it: the stage
+    is ``min(k, 3)``. ``None`` when no decoder layer is trained (the pixel term of
+    the loss then has no parameters and is skipped).
+    """
+    layers = []
+    for name in finetune_layers:
+        parts = name.split(".")
+        if parts[0] != "decoder":
+            continue
+        layers.append(int(parts[1]) if len(parts) > 1 else 0)
+    return min(min(layers), 3) if layers else None
+
+
+def _stage_width(model: GlyphConfig, stage: int | None) -> int:
+    if stage is None:
+        return 0
+    return (model.style_z_dim, *model.hidden)[stage]
+
+
+def empty_window(
+    size: int, model: GlyphConfig, stage: int | None = None
+) -> dict[str, Any]:
     """A window of ``size`` feedback slots, all empty."""
     return {
-        "z": jnp.zeros((size, style_z_dim), jnp.float32),
-        "image": jnp.zeros((size, image_size, image_size), jnp.float32),
+        "z": jnp.zeros((size, model.style_z_dim), jnp.float32),
+        "head": jnp.zeros((size, _stage_width(model, stage)), jnp.float32),
+        "image": jnp.zeros((size, model.image_size, model.image_size), jnp.float32),
         "reward": jnp.zeros((size,), jnp.float32),
         "time": jnp.zeros((size,), jnp.int32),
         "valid": jnp.zeros((size,), jnp.bool_),
@@ -48,12 +79,14 @@ def empty_window(size: int, style_z_dim: int, image_size: int) -> dict[str, Any]
     }
 
 
-def initial_extras(window: int, style_z_dim: int, image_size: int) -> dict[str, Any]:
+def initial_extras(
+    window: int, model: GlyphConfig, stage: int | None = None
+) -> dict[str, Any]:
     """Extras of a fresh glyph state: reward baseline, spread and the window."""
     return {
         "baseline": jnp.zeros((), jnp.float32),
         "spread": jnp.ones((), jnp.float32),
-        "window": empty_window(window, style_z_dim, image_size),
+        "window": empty_window(window, model, stage),
     }
 
 
@@ -74,6 +107,7 @@ def insert_feedback(window: dict[str, Any], batch: dict[str, Any], time: jax.Arr
     n = valid.shape[0]
     return {
         "z": put(window["z"], batch["z"]),
+        "head": put(window["head"], batch["head"]),
         "image": put(window["image"], batch["image"]),
         "reward": put(window["reward"], batch["reward"]),
         "time": put(window["time"], jnp.broadcast_to(time, (n,))),
@@ -98,6 +132,11 @@ def _stream_stats(extras, batch, decay):
     return b, s
 
 
+def _trained_stage(params) -> int | None:
+    """:func:`decoder_stage` of the decoder layers present in ``params``."""
+    return decoder_stage([f"decoder.{k}" for k in params.get("decoder", {})])
+
+
 def glyph_loss(cfg: GlyphLossConfig):
     """Builds ``loss_fn(params, batch, *, frozen, extras, key)`` for ``make_step``.
 
@@ -105,6 +144,9 @@ def glyph_loss(cfg: GlyphLossConfig):
     - beta H(pi)`` over the window after inserting the batch, where
     ``A_i = r_i - b`` (baseline ``b`` from before this batch),
     ``w_i = 0.5 ** (age_i / h) * c_i`` and ``c_i`` is the confidence weight.
+    ``log p(x | z) = log N(x; decoder(z), tau^2 I)`` is decoded for the whole
+    window at once from the stage values it keeps; the batch's own stage values
+    are returned in ``aux["head"]`` for :func:`glyph_extras_update`.
 
     References:
       Williams, `Simple statistical gradient-following algorithms for connectionist
@@ -114,57 +156,72 @@ def glyph_loss(cfg: GlyphLossConfig):
 
     def loss_fn(params, batch, *, frozen, extras, key):
         del key
-        window = insert_feedback(extras["window"], batch, batch["time"])
-        decoder = merge_params(params, frozen)["decoder"]
+        merged = merge_params(params, frozen)
+        stage = _trained_stage(params)
+        if stage is None:
+            head = jnp.zeros(batch["z"].shape[:1] + (0,), jnp.float32)
+        else:
+            # Frozen layers only: the stage values carry no gradient.
+            head = glyph_stage(merged["decoder"], batch["z"], stage=stage)
+            head = jax.lax.stop_gradient(head)
+        window = insert_feedback(
+            extras["window"], {**batch, "head": head}, batch["time"]
+        )
         policy = params["policy"]
         b, s = extras["baseline"], extras["spread"]
 
-        def item_loss(z, image, reward, time, valid):
-            mean_image = decode_glyph(decoder, z, cfg.model)
-            log_p = objectives.gaussian_log_prob(
+        def item(z, reward, time, valid):
+            log_pi = objectives.gaussian_log_prob(
                 z, policy["mean"], policy["log_std"], min_log_std=cfg.min_log_std
-            ) + objectives.gaussian_log_prob(
-                image,
-                mean_image,
-                jnp.full_like(mean_image, pixel_log_std),
-                min_log_std=min(pixel_log_std, cfg.min_log_std),
             )
             weight = objectives.recency_weights(
                 batch["time"] - time, cfg.recency_half_life
             ) * objectives.confidence_weight(
                 reward, b, s, min_weight=cfg.min_confidence
             )
-            weight = jnp.where(valid, weight, 0.0)
-            advantage = jax.lax.stop_gradient(reward - b)
-            return -jax.lax.stop_gradient(weight) * advantage * log_p, weight
+            return log_pi, jnp.where(valid, weight, 0.0)
 
-        losses, weights = jax.vmap(item_loss)(
-            window["z"],
-            window["image"],
-            window["reward"],
-            window["time"],
-            window["valid"],
+        log_p, weights = jax.vmap(item)(
+            window["z"], window["reward"], window["time"], window["valid"]
         )
+        if stage is not None:
+            mean_images = decode_glyph_from(
+                merged["decoder"], window["head"], cfg.model, stage=stage
+            )
+            log_p = log_p + jax.vmap(
+                lambda x, mu: objectives.gaussian_log_prob(
+                    x,
+                    mu,
+                    jnp.full_like(mu, pixel_log_std),
+                    min_log_std=min(pixel_log_std, cfg.min_log_std),
+                )
+            )(window["image"], mean_images)
+        advantage = jax.lax.stop_gradient(window["reward"] - b)
+        losses = -jax.lax.stop_gradient(weights) * advantage * log_p
         entropy = objectives.gaussian_entropy(
             policy["log_std"], min_log_std=cfg.min_log_std
         )
         norm = jnp.maximum(jnp.sum(weights), 1.0)
         loss = jnp.sum(losses) / norm - cfg.entropy_coef * entropy
-        return loss, {"baseline": b, "weight_sum": jnp.sum(weights)}
+        return loss, {"baseline": b, "weight_sum": jnp.sum(weights), "head": head}
 
     return loss_fn
 
 
 def glyph_extras_update(cfg: GlyphLossConfig):
-    """Builds ``extras_update(extras, batch, aux)``: window insert, baseline, spread."""
+    """Builds ``extras_update(extras, batch, aux)``: window insert, baseline, spread.
+
+    The batch's stage values come from the loss (``aux["head"]``).
+    """
 
     def update(extras, batch, aux):
-        del aux
         b, s = _stream_stats(extras, batch, cfg.baseline_decay)
         return {
             "baseline": b,
             "spread": s,
-            "window": insert_feedback(extras["window"], batch, batch["time"]),
+            "window": insert_feedback(
+                extras["window"], {**batch, "head": aux["head"]}, batch["time"]
+            ),
         }
 
     return update

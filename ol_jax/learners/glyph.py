@@ -24,6 +24,7 @@ from ol_jax.core import OnlineState, init_state, make_step, partition_params
 from ol_jax.learners._glyph_common import (
     MAX_PENDING_GLYPHS,
     feedback_entry,
+    glyph_extras,
     glyph_loss_config,
     glyph_model_config,
     glyph_optimizer,
@@ -35,13 +36,25 @@ from ol_jax.learners._glyph_loss import (
     glyph_extras_update,
     glyph_loss,
     glyph_params_stats,
-    initial_extras,
 )
 from ol_jax.models import decode_glyph, init_glyph
 from ol_jax.objectives import normalize_rating
 from ol_jax.store import RunStore
 
 __all__ = ["Glyph", "GlyphLearner", "glyph_model_config"]
+
+
+def _with_stats(step):
+    """``step`` whose metrics also hold the weight statistics of the new params
+    and the loss's aux values (except the window's stage values)."""
+
+    def run(state, batch, frozen):
+        state, m = step(state, batch, frozen)
+        aux = m.pop("aux")
+        m |= {k: v for k, v in aux.items() if k != "head"}
+        return state, m | glyph_params_stats(state.params)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -88,11 +101,7 @@ class GlyphLearner:
         full = init_glyph(self.model_config, key=jax.random.fold_in(key, 0))
         params, frozen = partition_params(full, ["policy", *ol.finetune_layers])
         self.tx = glyph_optimizer(ol)
-        extras = initial_extras(
-            ol.feedback_window,
-            self.model_config.style_z_dim,
-            self.model_config.image_size,
-        )
+        extras = glyph_extras(self.model_config, ol)
         state = init_state(
             params, self.tx, key=jax.random.fold_in(key, 1), extras=extras
         )
@@ -100,15 +109,19 @@ class GlyphLearner:
         self.loss_fn = glyph_loss(self._loss_cfg)
         self._fresh_extras = extras
         # No donation: generate() may still be reading the previous state while
-        # the writer computes the next one.
-        self._step = make_step(
-            self.loss_fn,
-            self.tx,
-            has_aux=True,
-            extras_update=glyph_extras_update(self._loss_cfg),
-            donate=False,
+        # the writer computes the next one. The step and the weight statistics
+        # logged with each version are one compiled call: one dispatch per cycle.
+        self._step = jax.jit(
+            _with_stats(
+                make_step(
+                    self.loss_fn,
+                    self.tx,
+                    has_aux=True,
+                    extras_update=glyph_extras_update(self._loss_cfg),
+                    jit=False,
+                )
+            )
         )
-        self._stats = jax.jit(glyph_params_stats)
         self._gen = jax.jit(
             sample_glyphs,
             static_argnames=("n", "cfg", "noise_std"),
@@ -340,21 +353,20 @@ class GlyphLearner:
         state = self.state
         metrics: dict[str, Any] = {}
         if apply:
-            batch = {
-                "z": jnp.asarray(z),
-                "image": jnp.asarray(img),
-                "reward": jnp.asarray(reward),
-                "valid": jnp.asarray(valid),
-                "time": jnp.asarray(self._updates, jnp.int32),
-            }
+            batch = jax.device_put(
+                {
+                    "z": z,
+                    "image": img,
+                    "reward": reward,
+                    "valid": valid,
+                    "time": np.asarray(self._updates, np.int32),
+                }
+            )
             state, m = self._step(state, batch, self._frozen)
             self._updates += 1
+            metrics = jax.device_get(m)
             with self._state_lock:
                 self._state = state
-            metrics = jax.device_get(
-                {k: v for k, v in m.items() if k != "aux"} | m["aux"]
-            )
-            metrics |= jax.device_get(self._stats(state.params))
         entry = feedback_entry(
             items,
             applied=bool(apply and metrics.get("applied", False)),

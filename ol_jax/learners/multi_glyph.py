@@ -35,6 +35,7 @@ from ol_jax.core import (
 from ol_jax.learners._glyph_common import (
     MAX_PENDING_GLYPHS,
     feedback_entry,
+    glyph_extras,
     glyph_loss_config,
     glyph_model_config,
     glyph_optimizer,
@@ -46,7 +47,6 @@ from ol_jax.learners._glyph_loss import (
     glyph_extras_update,
     glyph_loss,
     glyph_params_stats,
-    initial_extras,
 )
 from ol_jax.learners.glyph import Glyph
 from ol_jax.models import init_glyph
@@ -138,11 +138,7 @@ class MultiGlyphLearner:
         self._ol = ol
         trainable = ["policy", *ol.finetune_layers]
         self.tx = glyph_optimizer(ol)
-        extras = initial_extras(
-            ol.feedback_window,
-            self.model_config.style_z_dim,
-            self.model_config.image_size,
-        )
+        extras = glyph_extras(self.model_config, ol)
         states, frozen = [], None
         for nid in ids:
             key = jax.random.key(self.stores[nid].config.seed)
@@ -433,7 +429,8 @@ class MultiGlyphLearner:
             with self._state_lock:
                 self._state = state
             metrics = jax.device_get(
-                {k: v for k, v in m.items() if k != "aux"} | m["aux"]
+                {k: v for k, v in m.items() if k != "aux"}
+                | {k: v for k, v in m["aux"].items() if k != "head"}
             )
             metrics |= jax.device_get(self._stats(state.params))
             for i in np.flatnonzero(mask):

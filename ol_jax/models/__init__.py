@@ -27,7 +27,9 @@ from ol_jax.models._glyph import GaussianStylePolicy as GaussianStylePolicy
 from ol_jax.models._glyph import GlyphConfig as GlyphConfig
 from ol_jax.models._glyph import GlyphDecoder as GlyphDecoder
 from ol_jax.models._glyph import decode_glyph as decode_glyph
+from ol_jax.models._glyph import decode_glyph_from as decode_glyph_from
 from ol_jax.models._glyph import generate_glyphs as generate_glyphs
+from ol_jax.models._glyph import glyph_stage as glyph_stage
 from ol_jax.models._glyph import init_glyph as init_glyph
 from ol_jax.models._glyph import sample_style_z as sample_style_z
 from ol_jax.models._glyph import style_z_log_prob as style_z_log_prob
@@ -110,10 +112,12 @@ __all__ = [
     "chat_token_ids",
     "convert_dtype",
     "decode_glyph",
+    "decode_glyph_from",
     "expected_tensor_names",
     "generate",
     "generate_glyphs",
     "generate_multi_lora",
+    "glyph_stage",
     "init_glyph",
     "llama_apply",
     "llama_apply_with_reference",

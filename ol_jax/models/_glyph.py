@@ -99,25 +99,58 @@ def _coordinates(image_size: int, coord_scale: float) -> jax.Array:
     return (coord_scale * jnp.stack([x, y, r], axis=-1)).reshape(-1, 3)
 
 
+# Stages of the decoder: the value computed from ``z`` alone before ``decoder.<k>``
+# (``k = 0..3``). Stage 3 is the ``z`` part of layer 2's pre-activation; the pixel
+# part ``coords @ W2[H1:]`` is added per pixel after it.
+NUM_STAGES = 4
+
+
+def _dense(layer: Params, h: jax.Array) -> jax.Array:
+    bias = layer["bias"]
+    return h @ layer["kernel"] + bias.reshape((1,) * (h.ndim - 1) + (-1,))
+
+
+def _head(layers: Params, z: jax.Array, stage: int) -> jax.Array:
+    """The decoder from ``z [..., D]`` up to ``stage`` (see :func:`glyph_stage`)."""
+    h = z
+    for i in range(min(stage, 2)):
+        h = jnp.tanh(_dense(layers[str(i)], h))
+    if stage == 3:
+        h1 = h.shape[-1]
+        k2 = layers["2"]["kernel"][:h1]
+        h = h @ k2 + layers["2"]["bias"].reshape((1,) * (h.ndim - 1) + (-1,))
+    return h
+
+
+def _tail(layers: Params, h: jax.Array, config: GlyphConfig, stage: int) -> jax.Array:
+    """The decoder from stage ``stage`` values ``h [..., d]`` to images [..., S, S].
+
+    Any leading axes are batch axes: the per-pixel layers then run as one matrix
+    product over every pixel of every glyph.
+    """
+    batch = h.shape[:-1]
+    h1 = config.hidden[1]
+    k2 = layers["2"]["kernel"]
+    if stage < 3:
+        for i in range(stage, 2):
+            h = jnp.tanh(_dense(layers[str(i)], h))
+        h = h @ k2[:h1] + layers["2"]["bias"].reshape((1,) * (h.ndim - 1) + (-1,))
+    # decoder.2 is one dense layer on concat([m, coords]); its kernel is applied in
+    # two blocks so that the z part is computed once per glyph, not once per pixel.
+    coords = _coordinates(config.image_size, config.coord_scale)  # [P, 3]
+    pixel = coords @ k2[h1:]  # [P, H2]
+    lead = (1,) * len(batch)
+    h = jnp.tanh(h.reshape(batch + (1, -1)) + pixel.reshape(lead + pixel.shape))
+    h = jnp.tanh(_dense(layers["3"], h))  # [..., P, H2]
+    field = _dense(layers["4"], h)[..., 0]  # [..., P]
+    field = field - jnp.mean(field, axis=-1, keepdims=True)
+    image = jnp.exp(-jnp.square(config.stroke_sharpness * field))
+    return image.reshape(batch + (config.image_size, config.image_size))
+
+
 def _forward(layers: Params, z: jax.Array, config: GlyphConfig) -> jax.Array:
     """The decoder math on a ``{"0": {"kernel", "bias"}, ...}`` dict of arrays."""
-
-    def dense(i, h):
-        bias = layers[str(i)]["bias"]
-        return h @ layers[str(i)]["kernel"] + bias.reshape((1,) * (h.ndim - 1) + (-1,))
-
-    h1 = config.hidden[1]
-    m = jnp.tanh(dense(1, jnp.tanh(dense(0, z))))  # [H1]
-    # decoder.2 is one dense layer on concat([m, coords]); its kernel is applied in
-    # two blocks so that the z part is computed once, not once per pixel.
-    k2 = layers["2"]["kernel"]
-    coords = _coordinates(config.image_size, config.coord_scale)  # [S*S, 3]
-    h = jnp.tanh((m @ k2[:h1])[None, :] + coords @ k2[h1:] + layers["2"]["bias"][None])
-    h = jnp.tanh(dense(3, h))  # [S*S, H2]
-    field = dense(4, h)[:, 0]  # [S*S]
-    field = field - jnp.mean(field)
-    image = jnp.exp(-jnp.square(config.stroke_sharpness * field))
-    return image.reshape(config.image_size, config.image_size)
+    return _tail(layers, z, config, 0)
 
 
 def _check_z(z: jax.Array, style_z_dim: int) -> None:
@@ -375,6 +408,97 @@ def decode_glyph(
             f"got {config.hidden[1]}"
         )
     return _forward(decoder_params, z, config)
+
+
+def _check_stage(stage: int) -> None:
+    if (
+        isinstance(stage, bool)
+        or not isinstance(stage, int)
+        or not (0 <= stage < NUM_STAGES)
+    ):
+        raise ValueError(f"stage must be an int in 0..{NUM_STAGES - 1}, got {stage!r}")
+
+
+def _stage_width(decoder_params: Params, stage: int) -> int:
+    if stage == 0:
+        return decoder_params["0"]["kernel"].shape[0]
+    return decoder_params[str(min(stage, 3) - 1)]["kernel"].shape[1]
+
+
+def glyph_stage(
+    decoder_params: Params, z: jax.typing.ArrayLike, *, stage: int
+) -> jax.Array:
+    """The part of the decoder that depends on ``z`` alone, up to ``decoder.<stage>``.
+
+    Stage 0 is ``z``; stage 1 is ``tanh(W0 z + b0)``; stage 2 is the modulation
+    vector ``m = tanh(W1 tanh(W0 z + b0) + b1)``; stage 3 is ``W2[:H1]^T m + b2``,
+    the ``z`` part of ``decoder.2``'s pre-activation (the pixel part is added per
+    pixel by :func:`decode_glyph_from`). A learner that fine-tunes only
+    ``decoder.<k>`` and later (``k >= stage``) can compute this once per glyph and
+    keep it: it never changes, and the rest of the decoder is
+    :func:`decode_glyph_from`.
+
+    Args:
+      decoder_params: ``params["decoder"]`` of :func:`init_glyph`.
+      z: style latents ``[..., D]`` (any leading batch axes).
+      stage: 0, 1, 2 or 3 (static).
+
+    Returns:
+      ``[..., d]`` with ``d`` = ``D``, ``H0``, ``H1`` or ``H2``.
+
+    References:
+      Stanley, `Compositional pattern producing networks: a novel abstraction of
+      development <https://doi.org/10.1007/s10710-007-9028-8>`_, 2007.
+    """
+    _check_stage(stage)
+    k0 = decoder_params["0"]["kernel"]
+    z = jnp.asarray(z, k0.dtype)
+    if z.ndim < 1 or z.shape[-1] != k0.shape[0]:
+        raise ValueError(f"style_z must have shape (..., {k0.shape[0]}), got {z.shape}")
+    return _head(decoder_params, z, stage)
+
+
+def decode_glyph_from(
+    decoder_params: Params,
+    h: jax.typing.ArrayLike,
+    config: GlyphConfig | None = None,
+    *,
+    stage: int,
+) -> jax.Array:
+    """The rest of the decoder from :func:`glyph_stage` values to glyph images.
+
+    ``decode_glyph_from(p, glyph_stage(p, z, stage=k), stage=k) == decode_glyph(p,
+    z)`` for every ``k``. Leading axes of ``h`` are batch axes and the per-pixel
+    layers run as one matrix product over every pixel of every glyph, which is
+    how a learner decodes a whole feedback window at once.
+
+    Args:
+      decoder_params: ``params["decoder"]`` of :func:`init_glyph`.
+      h: stage values ``[..., d]``.
+      config: ``GlyphConfig()`` if None (its ``hidden`` must match the arrays).
+      stage: the stage ``h`` is at, 0..3 (static).
+
+    Returns:
+      Images ``[..., S, S]`` in (0, 1].
+
+    References:
+      Stanley, `Compositional pattern producing networks: a novel abstraction of
+      development <https://doi.org/10.1007/s10710-007-9028-8>`_, 2007.
+    """
+    config = GlyphConfig() if config is None else config
+    _check_stage(stage)
+    width = _stage_width(decoder_params, stage)
+    h = jnp.asarray(h, decoder_params["0"]["kernel"].dtype)
+    if h.ndim < 1 or h.shape[-1] != width:
+        raise ValueError(
+            f"stage {stage} values must have shape (..., {width}), got {h.shape}"
+        )
+    if decoder_params["1"]["kernel"].shape[1] != config.hidden[1]:
+        raise ValueError(
+            "config.hidden[1] must equal the width of decoder.1 "
+            f"({decoder_params['1']['kernel'].shape[1]}), got {config.hidden[1]}"
+        )
+    return _tail(decoder_params, h, config, stage)
 
 
 def generate_glyphs(
