@@ -10,6 +10,13 @@ from ol_jax.core._multi import make_multi_step as make_multi_step
 from ol_jax.core._multi import num_networks as num_networks
 from ol_jax.core._multi import stack_states as stack_states
 from ol_jax.core._multi import unstack_state as unstack_state
+from ol_jax.core._sharding import data_shardings as data_shardings
+from ol_jax.core._sharding import device_mesh as device_mesh
+from ol_jax.core._sharding import distribute as distribute
+from ol_jax.core._sharding import fsdp_shardings as fsdp_shardings
+from ol_jax.core._sharding import keep_state_sharding as keep_state_sharding
+from ol_jax.core._sharding import replicated as replicated
+from ol_jax.core._sharding import shard_batch as shard_batch
 from ol_jax.core._state import OnlineState as OnlineState
 from ol_jax.core._state import init_state as init_state
 from ol_jax.core._step import make_step as make_step
@@ -35,13 +42,18 @@ __all__ = [
     "OnlineState",
     "clamp_params",
     "context_lr_multiplier",
+    "data_shardings",
     "default_cache_dir",
+    "device_mesh",
+    "distribute",
     "enable_compilation_cache",
     "ewc",
     "ewc_set_anchor",
     "freeze_all_but",
+    "fsdp_shardings",
     "get_learning_rate",
     "init_state",
+    "keep_state_sharding",
     "make_addressed_step",
     "make_multi_step",
     "make_step",
@@ -51,7 +63,9 @@ __all__ = [
     "partition_params",
     "path_labels",
     "path_str",
+    "replicated",
     "set_learning_rate",
+    "shard_batch",
     "stack_states",
     "unstack_state",
 ]
