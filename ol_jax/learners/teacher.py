@@ -143,7 +143,23 @@ class EncoderSection(_Section):
     name: str = "all-minilm-l6-v2"
 
 
-class HeadSection(_Section):
+class _ReplaySection(_Section):
+    """A model with a replay buffer: ``replay_batch`` rows drawn per update."""
+
+    replay_capacity: int = Field(default=64, ge=1)
+    replay_batch: int = Field(default=7, ge=1)
+
+    @model_validator(mode="after")
+    def _replay(self) -> _ReplaySection:
+        if self.replay_batch > self.replay_capacity:
+            raise ValueError(
+                f"replay_batch must be <= replay_capacity={self.replay_capacity}, "
+                f"got {self.replay_batch}"
+            )
+        return self
+
+
+class HeadSection(_ReplaySection):
     """A binary head (router or validator) and its update rule.
 
     Attributes:
@@ -157,17 +173,6 @@ class HeadSection(_Section):
     hidden: int = Field(default=64, ge=1)
     learning_rate: float = Field(default=3e-3, gt=0)
     clip_norm: float = Field(default=1.0, gt=0)
-    replay_capacity: int = Field(default=64, ge=1)
-    replay_batch: int = Field(default=7, ge=1)
-
-    @model_validator(mode="after")
-    def _replay(self) -> HeadSection:
-        if self.replay_batch > self.replay_capacity:
-            raise ValueError(
-                f"replay_batch must be <= replay_capacity={self.replay_capacity}, "
-                f"got {self.replay_batch}"
-            )
-        return self
 
 
 class ValidatorSection(HeadSection):
@@ -183,7 +188,7 @@ class ValidatorSection(HeadSection):
     mismatched_negatives: bool = True
 
 
-class GeneratorSection(_Section):
+class GeneratorSection(_ReplaySection):
     """The LLM with LoRA, distilled from the teacher.
 
     Attributes:
@@ -236,11 +241,6 @@ class GeneratorSection(_Section):
             raise ValueError(
                 f"max_length must be >= max_new_tokens + 4 = {self.max_new_tokens + 4}"
                 f", got {self.max_length}"
-            )
-        if self.replay_batch > self.replay_capacity:
-            raise ValueError(
-                f"replay_batch must be <= replay_capacity={self.replay_capacity}, "
-                f"got {self.replay_batch}"
             )
         return self
 
