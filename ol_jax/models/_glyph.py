@@ -141,8 +141,11 @@ def _tail(layers: Params, h: jax.Array, config: GlyphConfig, stage: int) -> jax.
     pixel = coords @ k2[h1:]  # [P, H2]
     lead = (1,) * len(batch)
     h = jnp.tanh(h.reshape(batch + (1, -1)) + pixel.reshape(lead + pixel.shape))
-    h = jnp.tanh(_dense(layers["3"], h))  # [..., P, H2]
-    field = _dense(layers["4"], h)[..., 0]  # [..., P]
+    # The per-pixel layers as plain 2-D matrix products over every pixel of every
+    # glyph: XLA's CPU backend runs a rank-3 product several times slower.
+    h = h.reshape(-1, h.shape[-1])  # [N * P, H2]
+    h = jnp.tanh(_dense(layers["3"], h))
+    field = _dense(layers["4"], h).reshape(batch + pixel.shape[:1])  # [..., P]
     field = field - jnp.mean(field, axis=-1, keepdims=True)
     image = jnp.exp(-jnp.square(config.stroke_sharpness * field))
     return image.reshape(batch + (config.image_size, config.image_size))
