@@ -189,7 +189,7 @@ def test_yaml_has_every_knob_of_the_document():
             assert isinstance(node, dict) and part in node, dotted
             node = node[part]
     config = load_chat_config(CONFIG_PATH)
-    assert config.model.lora.target_modules == ("q_proj", "v_proj")
+    assert {"q_proj", "v_proj"} <= set(config.model.lora.target_modules)
     assert config.adaptive_optimizer.fact_lr_multiplier == 5.0
 
 

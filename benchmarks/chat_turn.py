@@ -1,0 +1,247 @@
+"""Chat turn benchmark: ChatLearner's update per turn versus PyTorch + PEFT (seed 001).
+
+On SmolLM2-135M (float32) at the document's adapter (LoRA r=4 alpha=16 on q/v,
+which the PEFT reference of ``llm_step.py`` also builds; dropout off on both
+sides) and otherwise the settings of ``configs/chat_smollm2.yaml``, measured
+side by side in one process, alternating ours and theirs each repeat (medians):
+
+- ``turn_update_ms``: the update part of a fact turn after generation:
+  ``ChatLearner.learn`` (fact detection, tokenization, token weights, one
+  jit-compiled step of ``CE_w + lambda KL(base || adapted)``, clip, AdamW at the
+  fact learning rate, fact memory, the metrics row);
+- ``peft_turn_update_ms``: the same turn in transformers + PEFT: the same token
+  ids and weights (computed by the same Python code), base logits with the
+  adapter disabled, weighted CE + lambda KL, ``clip_grad_norm_``, ``AdamW``.
+  It runs on the unpadded sequence; ours pads to the length bucket;
+- ``turn_update_speedup_vs_peft`` = theirs / ours (target >= 2), and the same for
+  a regular (self-supervised) turn (``*_regular``);
+- ``turn_total_ms``: a whole ``chat_and_update`` turn with a 32-token reply
+  (generation with the KV cache, then the update).
+
+Run: ``PYTHONPATH=. python benchmarks/chat_turn.py [--json] [--repeats N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from llm_step import _median_ms, _torch_models  # noqa: E402
+
+from ol_jax.core import enable_compilation_cache  # noqa: E402
+from ol_jax.learners import ChatLearner, load_chat_config  # noqa: E402
+from ol_jax.learners.chat import lora_config_of  # noqa: E402
+from ol_jax.models import LlamaConfig, llama_params_from_hf, load_pretrained  # noqa: E402
+
+CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "configs", "chat_smollm2.yaml"
+)
+FACT = "Zorblax Quint lives in Varnholm."
+USER = "I had a long day at work and I would like some advice on relaxing."
+REPLY_TOKENS = 32
+
+
+def _config(path: str, reply_tokens: int):
+    """The YAML's settings, with the document's adapter (LoRA r=4 on q and v, as
+    the PEFT reference builds it), a fixed-length reply and no extra work after
+    the update (anchor metrics, saves, replay)."""
+    config = load_chat_config(path)
+    lora = config.model.lora.model_copy(
+        update={
+            "rank": 4,
+            "alpha": 16.0,
+            "dropout": 0.0,
+            "target_modules": ("q_proj", "v_proj"),
+        }
+    )
+    return config.model_copy(
+        update={
+            "model": config.model.model_copy(update={"lora": lora}),
+            "generation": config.generation.model_copy(
+                update={"max_new_tokens": reply_tokens, "stop_at_eos": False}
+            ),
+            "metrics": config.metrics.model_copy(update={"eval_every": 0}),
+            "checkpoint": config.checkpoint.model_copy(update={"save_every": 0}),
+            "fact_memory": config.fact_memory.model_copy(
+                update={"replay_interval": 10**9}
+            ),
+        }
+    )
+
+
+def _torch_turn(peft_model, config):
+    """The turn update in PyTorch + PEFT: weighted CE + lambda KL, clip, AdamW."""
+    import torch
+    import torch.nn.functional as F
+
+    tc = config.training
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        params,
+        lr=tc.learning_rate,
+        betas=(tc.adam_b1, tc.adam_b2),
+        eps=tc.adam_eps,
+        weight_decay=tc.weight_decay,
+    )
+
+    def update(batch: dict, lr: float) -> float:
+        n = int(batch["mask"].sum())
+        tokens = torch.from_numpy(batch["tokens"][: n + 1].astype(np.int64))
+        weights = torch.from_numpy(batch["weights"][:n])
+        ids, targets = tokens[None, :-1], tokens[1:]
+        with torch.no_grad(), peft_model.disable_adapter():
+            base = peft_model(input_ids=ids).logits[0]
+        logits = peft_model(input_ids=ids).logits[0]
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        ce = (weights * ce).sum() / weights.sum()
+        kl = F.kl_div(
+            F.log_softmax(logits, -1),
+            F.log_softmax(base, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        loss = float(batch["task_lambda"]) * ce + float(batch["kl_lambda"]) * kl
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.gradient_clip_norm)
+        opt.step()
+        return float(loss.detach())
+
+    return update
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=CONFIG)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--total-repeats", type=int, default=3)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    enable_compilation_cache()
+    config = _config(args.config, REPLY_TOKENS)
+    figures: dict = {"device": jax.devices()[0].device_kind, "dtype": "float32"}
+
+    loaded = load_pretrained(config.model.base_model_name)
+    model = llama_params_from_hf(
+        LlamaConfig.from_hf_dict(loaded.config),
+        loaded.tensors,
+        lora_config=lora_config_of(config),
+        key=jax.random.key(0),
+    )
+    tokenizer = loaded.tokenizer
+    peft_model = None
+    if not args.no_torch:
+        import torch
+
+        torch.manual_seed(0)
+        _, peft_model = _torch_models(dict(loaded.config), loaded.tensors)
+    del loaded
+    root = tempfile.mkdtemp(prefix="chat_turn_bench_")
+    learner = ChatLearner(config, root=root, model=model, tokenizer=tokenizer)
+    reply = learner.respond(USER)
+
+    def ours(text, answer):
+        return lambda: learner.learn(text, answer)
+
+    # Warm up (compiles every bucket used), then time alternately.
+    kinds = {"fact": (FACT, "I understand."), "regular": (USER, reply)}
+    for text, answer in kinds.values():
+        learner.learn(text, answer)
+    base_lr = config.training.learning_rate
+    for kind, (text, answer) in kinds.items():
+        suffix = "" if kind == "fact" else "_regular"
+        if peft_model is None:
+            (figures[f"turn_update_ms{suffix}"],) = _median_ms(
+                ours(text, answer), repeats=args.repeats
+            )
+            continue
+        torch_update = _torch_turn(peft_model, config)
+        turn = learner.prepare_turn(text, answer)
+        batch = turn.batch
+        lr = base_lr * turn.lr_multiplier
+        torch_update(batch, lr)  # warm up, allocates AdamW state
+        figures[f"turn_update_ms{suffix}"], figures[f"peft_turn_update_ms{suffix}"] = (
+            _median_ms(
+                ours(text, answer),
+                lambda b=batch, lr=lr, up=torch_update: up(b, lr),
+                repeats=args.repeats,
+            )
+        )
+        figures[f"turn_update_speedup_vs_peft{suffix}"] = (
+            figures[f"peft_turn_update_ms{suffix}"] / figures[f"turn_update_ms{suffix}"]
+        )
+        figures[f"train_tokens{suffix}"] = int(batch["mask"].sum())
+
+    learner.chat_and_update(USER)  # compiles generation at this prompt bucket
+    totals = []
+    for _ in range(args.total_repeats):
+        t0 = time.perf_counter()
+        learner.chat_and_update(USER)
+        totals.append((time.perf_counter() - t0) * 1e3)
+    figures["turn_total_ms"] = statistics.median(totals)
+    figures["reply_tokens"] = REPLY_TOKENS
+    figures["compiled_update_steps"] = learner.num_compiled_steps
+    learner.close()
+
+    _print_table(figures)
+    if args.json:
+        print(json.dumps({k: _round(v) for k, v in figures.items()}))
+    return figures
+
+
+def _round(v):
+    return round(v, 4) if isinstance(v, float) else v
+
+
+def _print_table(f: dict) -> None:
+    nan = float("nan")
+    rows = []
+    for kind, suffix in (("fact", ""), ("regular", "_regular")):
+        rows.append(
+            (
+                f"update part of a {kind} turn ({f.get('train_tokens' + suffix, '?')} "
+                "tokens)",
+                f"{f[f'turn_update_ms{suffix}']:.0f} ms",
+                f"{f.get(f'peft_turn_update_ms{suffix}', nan):.0f} ms",
+                f"speedup {f.get(f'turn_update_speedup_vs_peft{suffix}', nan):.2f}"
+                + (" (target >= 2)" if kind == "fact" else ""),
+            )
+        )
+    rows.append(
+        (
+            f"whole turn, {f['reply_tokens']}-token reply + update",
+            f"{f['turn_total_ms']:.0f} ms",
+            "",
+            "",
+        )
+    )
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"chat_turn ({f['device']}, {f['dtype']})")
+        for col in ("figure", "ol_jax", "torch / PEFT", "ratio"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        Console(file=sys.stdout, width=120).print(table)
+    except ImportError:
+        for row in rows:
+            print(" | ".join(row))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
