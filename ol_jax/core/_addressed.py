@@ -63,6 +63,7 @@ def make_addressed_step(
     has_aux: bool = False,
     jit: bool = True,
     donate: bool = False,
+    chunk_size: int | None = None,
 ) -> AddressedStepFn:
     """Builds ``step(stacked, rows, network_ids, frozen=None)`` for addressed rows.
 
@@ -90,6 +91,9 @@ def make_addressed_step(
         under ``metrics["aux"]`` (leading axis ``B``).
       jit: compile with ``jax.jit``.
       donate: donate the stacked state's buffers.
+      chunk_size: if given, the rows' gradients are computed ``chunk_size`` rows
+        at a time (vmapped within a chunk, ``jax.lax.map`` across chunks), so a
+        big batch's activations need not all be live at once. Same result.
 
     Returns:
       ``step(stacked, rows, network_ids, frozen=None) -> (stacked, metrics)``:
@@ -109,6 +113,12 @@ def make_addressed_step(
       frozen base); Bradbury et al., `JAX: composable transformations of
       Python+NumPy programs <http://github.com/jax-ml/jax>`_, 2018 (``vmap``).
     """
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}")
     apply_update = make_multi_step(_apply_given_gradient, tx, jit=False)
 
     def row_grad(params, row, extras, key, frozen):
@@ -134,9 +144,15 @@ def make_addressed_step(
         take = lambda tree: jax.tree.map(lambda x: x[safe], tree)
         step_keys = jax.vmap(jax.random.fold_in)(stacked.key, stacked.step)
         keys = jax.vmap(jax.random.fold_in)(step_keys[safe], _rank_within_network(ids))
-        losses, grads, aux = jax.vmap(row_grad, in_axes=(0, 0, 0, 0, None))(
-            take(stacked.params), rows, take(stacked.extras), keys, frozen
-        )
+        per_row = (take(stacked.params), rows, take(stacked.extras), keys)
+        if chunk_size is None or chunk_size >= ids.shape[0]:
+            losses, grads, aux = jax.vmap(row_grad, in_axes=(0, 0, 0, 0, None))(
+                *per_row, frozen
+            )
+        else:
+            losses, grads, aux = jax.lax.map(
+                lambda r: row_grad(*r, frozen), per_row, batch_size=chunk_size
+            )
         # Padding rows go to segment -1, which segment_sum drops.
         seg = jnp.where(present, ids, -1)
         count = jax.ops.segment_sum(present.astype(jnp.float32), seg, n)

@@ -130,6 +130,20 @@ def test_jit_equals_no_jit_and_inputs_kept():
     assert bool(jnp.all(jnp.isfinite(fast[0].params["w"])))
 
 
+def test_chunked_rows_equal_unchunked():
+    tx = online_optimizer(0.1)
+    stacked = stack_states(_states(tx))
+    rows = _rows(7, 5)
+    ids = jnp.asarray([1, 3, 1, -1, 4], jnp.int32)
+    whole, _ = make_addressed_step(row_loss, tx)(stacked, rows, ids, FROZEN)
+    chunked, _ = make_addressed_step(row_loss, tx, chunk_size=2)(
+        stacked, rows, ids, FROZEN
+    )
+    _same(chunked.params, whole.params, 1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        make_addressed_step(row_loss, tx, chunk_size=0)
+
+
 def test_new_addressing_does_not_recompile():
     tx = optax.sgd(0.1)
     traces = []
