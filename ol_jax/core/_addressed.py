@@ -177,10 +177,15 @@ def make_addressed_step(
     def addressed_step(
         stacked: OnlineState, rows: Any, network_ids: Any, frozen: Any = None
     ):
-        try:
-            ids = np.asarray(network_ids)
-        except jax.errors.TracerArrayConversionError:
-            ids = None  # traced by an outer jit: checked only for shape there
+        # Values are checked where they are on this host: not under an outer jit,
+        # nor for a global array spread over other processes.
+        ids = network_ids
+        if isinstance(ids, jax.core.Tracer) or (
+            isinstance(ids, jax.Array) and not ids.is_fully_addressable
+        ):
+            ids = None
+        else:
+            ids = np.asarray(ids)
         n = num_networks(stacked)
         if ids is not None and ids.size and (ids.min() < -1 or ids.max() >= n):
             raise ValueError(f"network_ids must lie in -1..{n - 1}, got {ids.tolist()}")
