@@ -50,7 +50,7 @@ from flax import nnx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ol_jax.core import init_state, make_step, online_optimizer
-from ol_jax.feedback import Teacher
+from ol_jax.feedback import Teacher, TeacherError
 from ol_jax.learners._teacher_models import (
     build_encoder,
     build_generator,
@@ -421,9 +421,12 @@ class TeacherProxyLearner:
                 g.replay_capacity, g.replay_batch, alpha=g.replay_alpha
             ),
         }
+        # Jitted once per model: eager flashbax calls cost far more than the step.
         self._sample = {
             name: jax.jit(replay.sample) for name, replay in self._replay.items()
         }
+        self._add = {name: jax.jit(replay.add) for name, replay in self._replay.items()}
+        self._reprioritize = jax.jit(self._replay["generator"].update_priorities)
         self._buffers = {
             "router": self._replay["router"].init(
                 {"x": jnp.zeros((dim,), jnp.float32), "label": jnp.float32(0)}
@@ -555,7 +558,8 @@ class TeacherProxyLearner:
 
         Raises:
           ValueError: an empty or non-string query.
-          TeacherError: the teacher failed; the query is not counted.
+          TeacherError: the teacher failed (or answered with an empty string);
+            the query is not counted and nothing can be learned from it.
         """
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
@@ -604,6 +608,11 @@ class TeacherProxyLearner:
         if reason != "validated":
             try:
                 teacher_answer = teacher(query)
+                if not isinstance(teacher_answer, str) or not teacher_answer.strip():
+                    raise TeacherError(
+                        f"teacher answer must be a non-empty string, got "
+                        f"{teacher_answer!r}"
+                    )
             except Exception:
                 self._counters["teacher_errors"] += 1
                 raise
@@ -662,8 +671,8 @@ class TeacherProxyLearner:
 
     def _update_head(self, name: str, xs: np.ndarray, labels: np.ndarray, k: int):
         """One update of a head on ``k`` padded new rows plus a replay batch."""
-        replay, count = self._replay[name], int(len(labels))
-        buffer = replay.add(
+        count = int(len(labels))
+        buffer = self._add[name](
             self._buffers[name],
             {"x": jnp.asarray(xs), "label": jnp.asarray(labels, jnp.float32)},
         )
@@ -690,8 +699,7 @@ class TeacherProxyLearner:
 
     def _update_generator(self, query: str, answer: str):
         tokens, mask = self._generator_example(query, answer)
-        replay = self._replay["generator"]
-        buffer = replay.add(
+        buffer = self._add["generator"](
             self._buffers["generator"],
             {"tokens": jnp.asarray(tokens[None]), "mask": jnp.asarray(mask[None])},
         )
@@ -711,7 +719,7 @@ class TeacherProxyLearner:
             state, batch, self._base
         )
         # Replayed answers the model still gets wrong are drawn more often.
-        self._buffers["generator"] = replay.update_priorities(
+        self._buffers["generator"] = self._reprioritize(
             buffer, drawn.indices, metrics["aux"]["ce"][1:]
         )
         self._counters["updates_generator"] += 1

@@ -185,6 +185,9 @@ def test_failed_teacher_answer_teaches_nothing(domain):
     after = jax.tree.leaves(learner.params)
     for a, b in zip(jax.tree.leaves(before), after, strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
+    with pytest.raises(TeacherError, match="teacher answer must be a non-empty"):
+        learner.answer("How do I reset my password?", lambda query: "  ")
+    assert learner.stats()["teacher_errors"] == 2
     with pytest.raises(ValueError, match="query must be a non-empty string"):
         learner.answer("  ", SimulatedTeacher(domain))
     local = ProxyDecision(
