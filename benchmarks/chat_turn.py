@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -194,6 +195,7 @@ def main(argv=None) -> dict:
     figures["reply_tokens"] = REPLY_TOKENS
     figures["compiled_update_steps"] = learner.num_compiled_steps
     learner.close()
+    shutil.rmtree(root, ignore_errors=True)
 
     _print_table(figures)
     if args.json:
