@@ -226,12 +226,35 @@ class ChatInputSection(_Section):
         ``replace`` (undecodable bytes become U+FFFD).
       fact_response: the assistant text a fact turn trains on, ``{text}`` being
         the user's message (the document's ``"I understand. {text}"``).
+      fact_questions: per fact relation, a ``[question, answer]`` pair of
+        templates over ``{subject}``, ``{object}`` and ``{text}`` (the
+        statement). A fact whose relation is listed trains, in the same update,
+        on the statement and on this question-form pair (Allen-Zhu & Li, 2023:
+        knowledge seen only as statements is poorly extracted by questions).
+        Empty: statements only.
     """
 
     max_input_chars: int = Field(default=4000, ge=1)
     on_too_long: Literal["truncate", "error"] = "truncate"
     invalid_utf8: Literal["error", "replace"] = "error"
     fact_response: str = "I understand. {text}"
+    fact_questions: dict[str, tuple[str, str]] = Field(default_factory=dict)
+
+    @field_validator("fact_questions")
+    @classmethod
+    def _questions(cls, value: dict[str, tuple[str, str]]):
+        for relation, templates in value.items():
+            for template in templates:
+                try:
+                    template.format(subject="s", object="o", text="t")
+                except (KeyError, IndexError, ValueError) as e:
+                    raise ValueError(
+                        f"{relation}: templates may use only {{subject}}, "
+                        f"{{object}} and {{text}}, got {template!r} ({e})"
+                    ) from None
+                if not template.strip():
+                    raise ValueError(f"{relation}: templates must be non-empty")
+        return value
 
     @field_validator("fact_response")
     @classmethod

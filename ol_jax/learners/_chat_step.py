@@ -9,6 +9,10 @@ written for a single example as the objectives are):
 * ``kl_lambda``, ``task_lambda`` float32 scalars: the turn's loss weights, data
   rather than constants, so changing them does not recompile.
 
+A fact turn may train on several sequences at once (the statement and its
+question form, :func:`turn_batches`): ``tokens [R, T + 1]``, ``weights`` and
+``mask [R, T]``, and the loss is the mean of the per-row losses.
+
 The loss is
 
     L = task_lambda * sum_t w_t m_t CE_t / sum_t w_t m_t
@@ -24,6 +28,8 @@ References:
     Hinton et al., `Distilling the knowledge in a neural network
     <https://arxiv.org/abs/1503.02531>`_, 2015 (the KL to the base as
     self-distillation).
+    Allen-Zhu & Li, `Physics of Language Models: Part 3.1, Knowledge Storage and
+    Extraction <https://arxiv.org/abs/2309.14316>`_, 2023 (question-form rows).
 """
 
 from __future__ import annotations
@@ -89,6 +95,42 @@ def turn_batch(
     }
 
 
+def turn_batches(
+    rows: Sequence[tuple[Sequence[int], np.ndarray]],
+    *,
+    buckets: Sequence[int],
+    pad_id: int,
+    kl_lambda: float,
+    task_lambda: float,
+) -> dict[str, np.ndarray]:
+    """Several ``(ids, weights)`` sequences of one update as a ``[R, ...]`` batch.
+
+    Every row is padded (as :func:`turn_batch` does) to the bucket of the longest
+    one, so ``tokens [R, T + 1]``, ``weights [R, T]``, ``mask [R, T]``; the loss
+    weights stay scalars.
+    """
+    if not rows:
+        raise ValueError("rows must hold at least one sequence, got []")
+    T = bucket_length(max(len(ids) for ids, _ in rows) - 1, buckets)
+    out = [
+        turn_batch(
+            ids,
+            w,
+            buckets=(T,),
+            pad_id=pad_id,
+            kl_lambda=kl_lambda,
+            task_lambda=task_lambda,
+        )
+        for ids, w in rows
+    ]
+    stacked = {k: np.stack([b[k] for b in out]) for k in ("tokens", "weights", "mask")}
+    return {
+        **stacked,
+        "kl_lambda": np.float32(kl_lambda),
+        "task_lambda": np.float32(task_lambda),
+    }
+
+
 def chat_turn_loss(
     graphdef: Any, *, dropout: bool, on_trace: Callable[[], None] | None = None
 ) -> Callable[..., Any]:
@@ -107,16 +149,29 @@ def chat_turn_loss(
         del extras
         if on_trace is not None:
             on_trace()
-        inputs, targets = batch["tokens"][:-1], batch["tokens"][1:]
+        inputs, targets = batch["tokens"][..., :-1], batch["tokens"][..., 1:]
         # Base and adapted logits in one pass over the base weights; the base
         # logits carry no gradient.
         base, logits = llama_apply_with_reference(
             graphdef, lora, inputs, frozen=frozen, key=key if dropout else None
         )
-        ce = token_cross_entropy(
-            logits, targets, weights=batch["weights"], mask=batch["mask"]
-        )
-        kl = token_kl(base, logits, mask=batch["mask"])
+        if inputs.ndim == 2:
+            # Several rows of one update: the mean of the per-row losses.
+            ce = jnp.mean(
+                jax.vmap(
+                    lambda lg, t, w, m: token_cross_entropy(lg, t, weights=w, mask=m)
+                )(logits, targets, batch["weights"], batch["mask"])
+            )
+            kl = jnp.mean(
+                jax.vmap(lambda b, a, m: token_kl(b, a, mask=m))(
+                    base, logits, batch["mask"]
+                )
+            )
+        else:
+            ce = token_cross_entropy(
+                logits, targets, weights=batch["weights"], mask=batch["mask"]
+            )
+            kl = token_kl(base, logits, mask=batch["mask"])
         loss = batch["task_lambda"] * ce + batch["kl_lambda"] * kl
         return loss, {"ce": ce, "kl": kl}
 

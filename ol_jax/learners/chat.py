@@ -64,6 +64,7 @@ from ol_jax.learners._chat_step import (
     padded_rows,
     score_sequences,
     turn_batch,
+    turn_batches,
 )
 from ol_jax.learners._facts import FactDetector, FactInfo, FactMemory
 from ol_jax.learners._token_weights import token_importance_weights
@@ -88,6 +89,7 @@ __all__ = [
     "load_chat_config",
     "lora_config_of",
     "turn_batch",
+    "turn_batches",
     "write_accuracy_matrix",
 ]
 
@@ -609,12 +611,41 @@ class ChatLearner:
         return row
 
     def _batch(self, user: str, assistant: str, info: FactInfo | None):
+        """The turn's training batch; a fact with a ``chat.fact_questions`` entry
+        for its relation adds the question-form row (see :func:`turn_batches`)."""
+        # The fact is in the user message and in the assistant's echo of it.
+        rows = [self._weighted_ids(user, assistant, info, fact=user)]
+        if info is not None:
+            rows += [
+                self._weighted_ids(q, a, info, fact=a)
+                for q, a in self._question_forms(info)
+            ]
+        kwargs = {
+            "buckets": self.config.training.sequence_buckets,
+            "pad_id": self._format.pad_id,
+            "kl_lambda": 0.0,
+            "task_lambda": self.config.training.loss.task_lambda,
+        }
+        if len(rows) == 1:
+            return turn_batch(*rows[0], **kwargs)
+        return turn_batches(rows, **kwargs)
+
+    def _question_forms(self, info: FactInfo) -> list[tuple[str, str]]:
+        templates = self.config.chat.fact_questions.get(info.relation)
+        if templates is None or not info.subject or not info.object:
+            return []
+        fields = {"subject": info.subject, "object": info.object, "text": info.text}
+        question, answer = (t.format(**fields) for t in templates)
+        return [(question, answer)]
+
+    def _weighted_ids(
+        self, user: str, assistant: str, info: FactInfo | None, *, fact: str
+    ) -> tuple[list[int], np.ndarray]:
         text = self._format.training_text(user, assistant)
         ids, offsets = self._format.encode(text)
         iw = self.config.importance_weighting
         if info is not None and iw.enabled:
-            # The fact is in the user message and in the assistant's echo of it.
-            spans = [m.span() for m in re.finditer(re.escape(user), text)]
+            spans = [m.span() for m in re.finditer(re.escape(fact), text)]
             weights = token_importance_weights(
                 text,
                 offsets,
@@ -624,14 +655,7 @@ class ChatLearner:
             )
         else:
             weights = np.ones((len(ids),), np.float32)
-        return turn_batch(
-            ids,
-            weights,
-            buckets=self.config.training.sequence_buckets,
-            pad_id=self._format.pad_id,
-            kl_lambda=0.0,
-            task_lambda=self.config.training.loss.task_lambda,
-        )
+        return ids, weights
 
     def _lr_multiplier(self, context: str, repetition: int) -> float:
         ao = self.config.adaptive_optimizer

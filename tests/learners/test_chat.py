@@ -444,3 +444,91 @@ def test_turn_loss_is_task_ce_when_the_adapter_is_zero(model):
     assert float(aux["kl"]) == pytest.approx(0.0, abs=1e-6)  # B = 0: no drift
     np.testing.assert_allclose(float(loss), 2.0 * float(ce), rtol=1e-5)
     np.testing.assert_allclose(float(loss_j), float(loss), rtol=1e-5)
+
+
+@given(
+    lengths=st.lists(st.integers(2, 150), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_turn_batches_stack_rows_in_one_bucket(lengths, seed):
+    from ol_jax.learners.chat import turn_batch, turn_batches
+
+    rng = np.random.default_rng(seed)
+    rows = [
+        (
+            rng.integers(0, 100, n).astype(np.int32),
+            rng.uniform(0.5, 3, n).astype(np.float32),
+        )
+        for n in lengths
+    ]
+    before = [(i.copy(), w.copy()) for i, w in rows]
+    kw = {"buckets": (32, 64, 128), "pad_id": 0, "kl_lambda": 0.5, "task_lambda": 1.0}
+    b = turn_batches(rows, **kw)
+    T = max(turn_batch(i, w, **kw)["mask"].shape[0] for i, w in rows)
+    assert b["tokens"].shape == (len(rows), T + 1)
+    assert b["weights"].shape == b["mask"].shape == (len(rows), T)
+    assert b["kl_lambda"].shape == () and b["kl_lambda"].dtype == np.float32
+    for r, (i, _) in enumerate(rows):
+        kept = min(len(i) - 1, T)
+        assert b["mask"][r].sum() == kept
+        np.testing.assert_array_equal(b["tokens"][r, : kept + 1], i[-(kept + 1) :])
+    for (i, w), (i0, w0) in zip(rows, before, strict=True):
+        np.testing.assert_array_equal(i, i0)
+        np.testing.assert_array_equal(w, w0)
+    with pytest.raises(ValueError, match="at least one"):
+        turn_batches([], **kw)
+
+
+def test_turn_loss_of_several_rows_is_the_mean_of_row_losses(model):
+    from ol_jax.learners.chat import chat_turn_loss, turn_batch, turn_batches
+    from ol_jax.models import split_lora
+
+    graphdef, base, lora = split_lora(model)
+    lora = jax.tree.map(lambda x: x + 0.05, lora)  # B != 0: KL > 0
+    rows = [
+        (np.arange(3, 40, dtype=np.int32), np.linspace(1, 3, 37).astype(np.float32)),
+        (np.arange(50, 70, dtype=np.int32), np.ones((20,), np.float32)),
+    ]
+    kw = {"buckets": (48,), "pad_id": 0, "kl_lambda": 0.7, "task_lambda": 2.0}
+    loss_fn = chat_turn_loss(graphdef, dropout=False)
+
+    def run(batch):
+        batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        return loss_fn(lora, batch, frozen=base, extras={}, key=None)
+
+    loss, aux = run(turn_batches(rows, **kw))
+    singles = [run(turn_batch(i, w, **kw)) for i, w in rows]
+    np.testing.assert_allclose(
+        float(loss), np.mean([float(s[0]) for s in singles]), rtol=1e-5
+    )
+    assert float(aux["kl"]) > 0 and np.isfinite(float(loss))
+
+
+def test_fact_trains_on_its_question_form_in_the_same_update(
+    tmp_path, model, tokenizer
+):
+    chat = {"fact_questions": {"lives_in": ["Where does {subject} live?", "{text}"]}}
+    learner = make(tmp_path, model, tokenizer, tiny_config(chat=chat))
+    turn = learner.prepare_turn(FACT, "ok")
+    assert turn.batch["tokens"].shape[0] == 2
+    n = int(turn.batch["mask"][1].sum())
+    second = tokenizer.decode(turn.batch["tokens"][1][: n + 1])
+    assert QUESTION in second and FACT in second
+    # The object is weighted above the question's own tokens.
+    assert turn.batch["weights"][1].max() > 1.0
+    # Relations without a template, and other turns, train on one row.
+    assert learner.prepare_turn("Tavi owns a canoe.", "ok").batch["tokens"].ndim == 1
+    assert learner.prepare_turn("Hello there.", "hi").batch["tokens"].ndim == 1
+    _, m = learner.chat_and_update(FACT)
+    assert m["is_fact"] == 1.0 and np.isfinite(m["loss"]) and m["applied"] == 1.0
+    learner.close()
+
+
+def test_bad_fact_question_template_is_a_config_error(tmp_path):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    bad = {"chat": {"fact_questions": {"lives_in": ["Where is {place}?", "{text}"]}}}
+    path.write_text(yaml.safe_dump({"network_id": "x", **bad}))
+    with pytest.raises(ConfigError, match="fact_questions"):
+        load_chat_config(path)
