@@ -64,9 +64,9 @@ ANSWER_TOKENS = 24
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="target not met yet: measured 7/10 recalled, 8/10 object log-probs rose "
-    "(the two multi-word objects fell), anchor perplexity +39% with "
-    "configs/chat_smollm2.yaml (targets 8/10, 10/10, < 10%)",
+    reason="anchor-drift target not met yet: with the question-form pairs of "
+    "configs/chat_smollm2.yaml measured 9/10 recalled, 10/10 object log-probs "
+    "rose, anchor perplexity +53% (targets 8/10, 10/10, < 10%)",
     strict=False,
 )
 def test_ten_invented_facts_in_five_repetitions(tmp_path):
