@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llm_step import _median_ms, _torch_models  # noqa: E402
+from llm_step import _median_ms, _print_rows, _torch_models  # noqa: E402
 
 from ol_jax.core import enable_compilation_cache  # noqa: E402
 from ol_jax.learners import ChatLearner, load_chat_config  # noqa: E402
@@ -229,19 +229,11 @@ def _print_table(f: dict) -> None:
             "",
         )
     )
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"chat_turn ({f['device']}, {f['dtype']})")
-        for col in ("figure", "ol_jax", "torch / PEFT", "ratio"):
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        Console(file=sys.stdout, width=120).print(table)
-    except ImportError:
-        for row in rows:
-            print(" | ".join(row))
+    _print_rows(
+        f"chat_turn ({f['device']}, {f['dtype']})",
+        ("figure", "ol_jax", "torch / PEFT", "ratio"),
+        rows,
+    )
 
 
 if __name__ == "__main__":

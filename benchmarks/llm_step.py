@@ -549,12 +549,21 @@ def _print_table(f: dict, lengths) -> None:
             "",
         ),
     ]
+    _print_rows(
+        f"llm_step ({f['device']}, {f['dtype']})",
+        ("figure", "ol_jax", "torch / PEFT", "target / ratio"),
+        rows,
+    )
+
+
+def _print_rows(title, columns, rows) -> None:
+    """Prints rows as a rich table (plain text when rich is missing)."""
     try:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"llm_step ({f['device']}, {f['dtype']})")
-        for col in ("figure", "ol_jax", "torch / PEFT", "target / ratio"):
+        table = Table(title=title)
+        for col in columns:
             table.add_column(col)
         for row in rows:
             table.add_row(*row)

@@ -174,6 +174,22 @@ _generate_jit = jax.jit(
 )
 
 
+def _check_generation_args(prompts, max_new_tokens, temperature, top_p, key) -> bool:
+    """Validates the arguments shared by the generators; returns whether greedy."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty id lists")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    greedy = temperature == 0.0
+    if not greedy and key is None:
+        raise ValueError("key is required when temperature > 0, got None")
+    return greedy
+
+
 def generate(
     model: Llama,
     prompts: Sequence[Sequence[int]],
@@ -211,17 +227,7 @@ def generate(
         ValueError: for empty prompts, ``max_new_tokens < 1``, a negative
             temperature, ``top_p`` outside (0, 1], or sampling without a key.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty id lists")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    greedy = temperature == 0.0
-    if not greedy and key is None:
-        raise ValueError("key is required when temperature > 0, got None")
+    greedy = _check_generation_args(prompts, max_new_tokens, temperature, top_p, key)
     if eos_token_id is None:
         eos = model.config.eos_token_ids
     elif isinstance(eos_token_id, int):

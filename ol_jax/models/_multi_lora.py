@@ -30,7 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ol_jax.models._generate import _generate_impl, prompt_bucket
+from ol_jax.models._generate import (
+    _check_generation_args,
+    _generate_impl,
+    prompt_bucket,
+)
 from ol_jax.models._llama import Llama, split_lora
 
 __all__ = ["generate_multi_lora"]
@@ -160,17 +164,7 @@ def generate_multi_lora(
     """
     if model.lora_config is None:
         raise ValueError("model must have LoRA adapters (a lora_config), got None")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty id lists")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    greedy = temperature == 0.0
-    if not greedy and key is None:
-        raise ValueError("key is required when temperature > 0, got None")
+    greedy = _check_generation_args(prompts, max_new_tokens, temperature, top_p, key)
     graphdef, base, lora = split_lora(model)
     stacked, k = _check_adapters(lora, adapters)
     ids = np.asarray(adapter_ids)
