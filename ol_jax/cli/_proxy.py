@@ -50,11 +50,11 @@ from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ol_jax.feedback import DEFAULT_ANTHROPIC_MODEL, TeacherError
 from ol_jax.learners import TeacherProxyConfig
-from ol_jax.store import load_config, validate_config
+from ol_jax.store import ConfigSection, load_config, validate_config
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -601,7 +601,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class ProxySection(BaseModel):
+class ProxySection(ConfigSection):
     """The ``proxy`` section of the network config: the server and its teacher.
 
     Attributes:
@@ -620,15 +620,13 @@ class ProxySection(BaseModel):
       simulated_seed: seed of the generated FAQ domain.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     models: tuple[str, ...] = Field(
         default=("ol-jax", DEFAULT_ANTHROPIC_MODEL), min_length=1
     )
     upstream: str | None = None
     teacher_model: str = Field(default=DEFAULT_ANTHROPIC_MODEL, min_length=1)
     teacher_max_tokens: int = Field(default=512, ge=1)
-    upstream_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    upstream_timeout_s: float = Field(default=60.0, gt=0)
     upstream_max_retries: int = Field(default=2, ge=0)
     save_every: int = Field(default=100, ge=1)
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1)

@@ -18,12 +18,10 @@ from pydantic import Field, field_validator, model_validator
 from ol_jax.learners._facts import (
     FactDetectionConfig,
     FactMemoryConfig,
-    _Finite,
-    _Section,
 )
 from ol_jax.learners._token_weights import ImportanceWeightingConfig
 from ol_jax.models import LLAMA_PROJECTIONS
-from ol_jax.store import BaseNetworkConfig
+from ol_jax.store import BaseNetworkConfig, ConfigSection
 
 __all__ = [
     "AdaptiveOptimizerConfig",
@@ -33,7 +31,7 @@ __all__ = [
 ]
 
 
-class LoraSection(_Section):
+class LoraSection(ConfigSection):
     """``model.lora``: the adapter (PEFT conventions, update ``(alpha / r) A B``).
 
     Attributes:
@@ -63,7 +61,7 @@ class LoraSection(_Section):
         return value
 
 
-class ChatModelConfig(_Section):
+class ChatModelConfig(ConfigSection):
     """``model``: the frozen base LLM and its adapter.
 
     Attributes:
@@ -79,7 +77,7 @@ class ChatModelConfig(_Section):
     lora: LoraSection = Field(default_factory=LoraSection)
 
 
-class KlRegularizationSection(_Section):
+class KlRegularizationSection(ConfigSection):
     """``training.loss.kl_regularization``: the KL weight of each kind of turn.
 
     Attributes:
@@ -102,7 +100,7 @@ class KlRegularizationSection(_Section):
         return self
 
 
-class DynamicKlSection(_Section):
+class DynamicKlSection(ConfigSection):
     """``training.loss.dynamic_kl``: lower the KL weight for confident facts.
 
     With ``enabled``, a fact turn uses
@@ -113,7 +111,7 @@ class DynamicKlSection(_Section):
     fact_importance_factor: float = Field(default=0.5, ge=0, le=1)
 
 
-class LossSection(_Section):
+class LossSection(ConfigSection):
     """``training.loss``: ``L = task_lambda * CE_w + lambda_KL * KL(base || adapted)``.
 
     Attributes:
@@ -131,7 +129,7 @@ class LossSection(_Section):
     dynamic_kl: DynamicKlSection = Field(default_factory=DynamicKlSection)
 
 
-class ChatTrainingConfig(_Section):
+class ChatTrainingConfig(ConfigSection):
     """``training``: the update of every turn.
 
     Attributes:
@@ -147,9 +145,9 @@ class ChatTrainingConfig(_Section):
       loss: the loss weights.
     """
 
-    learning_rate: _Finite = Field(default=1e-6, gt=0)
-    gradient_clip_norm: _Finite = Field(default=0.1, gt=0)
-    weight_decay: _Finite = Field(default=0.01, ge=0)
+    learning_rate: float = Field(default=1e-6, gt=0)
+    gradient_clip_norm: float = Field(default=0.1, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
     adam_b1: float = Field(default=0.9, ge=0, lt=1)
     adam_b2: float = Field(default=0.999, ge=0, lt=1)
     adam_eps: float = Field(default=1e-8, gt=0)
@@ -165,7 +163,7 @@ class ChatTrainingConfig(_Section):
         return value
 
 
-class AdaptiveOptimizerConfig(_Section):
+class AdaptiveOptimizerConfig(ConfigSection):
     """``adaptive_optimizer``: the learning-rate multiplier of each kind of turn.
 
     ``m = clip(context * (1 + (n - 1) * repetition_boost_factor *
@@ -194,7 +192,7 @@ class AdaptiveOptimizerConfig(_Section):
         return self
 
 
-class GenerationSection(_Section):
+class GenerationSection(ConfigSection):
     """``generation``: how the reply of each turn is decoded.
 
     Attributes:
@@ -215,7 +213,7 @@ class GenerationSection(_Section):
     max_prompt_tokens: int = Field(default=256, ge=8)
 
 
-class ChatInputSection(_Section):
+class ChatInputSection(ConfigSection):
     """``chat``: what one turn accepts and trains on.
 
     Attributes:
@@ -278,7 +276,7 @@ _DEFAULT_ANCHORS = (
 )
 
 
-class MetricsSection(_Section):
+class MetricsSection(ConfigSection):
     """``metrics``: stability, plasticity and forgetting, one row per turn.
 
     Attributes:
@@ -304,7 +302,7 @@ class MetricsSection(_Section):
         return value
 
 
-class CheckpointSection(_Section):
+class CheckpointSection(ConfigSection):
     """``checkpoint``: LoRA, optimizer state, fact memory and counters are saved
     to the run store every ``save_every`` turns (0: only on close)."""
 

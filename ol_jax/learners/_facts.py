@@ -19,12 +19,13 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from ol_jax.store import ConfigSection
 
 __all__ = [
     "EntityExtractionConfig",
@@ -39,22 +40,6 @@ __all__ = [
     "FactPattern",
     "StoredFact",
 ]
-
-
-class _Section(BaseModel):
-    """Base of the config sections: unknown keys are errors, values immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"must be finite, got {value}")
-    return value
-
-
-# A float config value that must be finite (pydantic accepts inf and nan).
-_Finite = Annotated[float, AfterValidator(_finite)]
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -156,7 +141,7 @@ _DEFAULT_STOP_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-class FactPattern(_Section):
+class FactPattern(ConfigSection):
     """One fact pattern: a regex with a relation type and a confidence threshold.
 
     The regex is matched case-insensitively with ``re.search``. The captured text
@@ -183,7 +168,7 @@ class FactPattern(_Section):
         return value
 
 
-class EntityExtractionConfig(_Section):
+class EntityExtractionConfig(ConfigSection):
     """How entities are read off a matched fact.
 
     Attributes:
@@ -200,7 +185,7 @@ class EntityExtractionConfig(_Section):
     min_length: int = Field(default=2, ge=1)
 
 
-class FactConfidenceConfig(_Section):
+class FactConfidenceConfig(ConfigSection):
     """The confidence of a pattern match.
 
     ``confidence = clip(c_min + coverage_boost_factor * (coverage -
@@ -218,13 +203,13 @@ class FactConfidenceConfig(_Section):
       entity_reference: entity fraction at which the entity term is zero, in [0, 1].
     """
 
-    coverage_boost_factor: _Finite = Field(default=0.2, ge=0)
-    entity_boost: _Finite = Field(default=0.1, ge=0)
+    coverage_boost_factor: float = Field(default=0.2, ge=0)
+    entity_boost: float = Field(default=0.1, ge=0)
     coverage_reference: float = Field(default=0.5, ge=0, le=1)
     entity_reference: float = Field(default=0.5, ge=0, le=1)
 
 
-class FactDetectionConfig(_Section):
+class FactDetectionConfig(ConfigSection):
     """The ``fact_detection`` section of a chat network's config (seed 001).
 
     Attributes:
@@ -422,7 +407,7 @@ class FactDetector:
 # ------------------------------------------------------------------ fact memory
 
 
-class FactImportanceConfig(_Section):
+class FactImportanceConfig(ConfigSection):
     """How a stored fact's importance is scored.
 
     With ``n`` the times the fact was stated and ``a = turn - last_seen`` the
@@ -444,12 +429,12 @@ class FactImportanceConfig(_Section):
     """
 
     method: Literal["repetition", "recency", "hybrid"] = "hybrid"
-    base_importance: _Finite = Field(default=1.0, gt=0)
-    repetition_weight: _Finite = Field(default=0.5, ge=0)
-    recency_weight: _Finite = Field(default=0.5, ge=0)
+    base_importance: float = Field(default=1.0, gt=0)
+    repetition_weight: float = Field(default=0.5, ge=0)
+    recency_weight: float = Field(default=0.5, ge=0)
 
 
-class FactDecayConfig(_Section):
+class FactDecayConfig(ConfigSection):
     """Decay of facts that are not stated again.
 
     A fact unseen for ``a`` turns has its importance multiplied by ``(1 - rate) **
@@ -468,10 +453,10 @@ class FactDecayConfig(_Section):
     enabled: bool = True
     turns: int = Field(default=100, ge=1)
     rate: float = Field(default=0.1, ge=0, lt=1)
-    threshold: _Finite = Field(default=0.1, ge=0)
+    threshold: float = Field(default=0.1, ge=0)
 
 
-class FactMemoryConfig(_Section):
+class FactMemoryConfig(ConfigSection):
     """The ``fact_memory`` section of a chat network's config (seed 001).
 
     Attributes:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from ol_jax.learners._facts import _Finite, _Section
+from ol_jax.store import ConfigSection
 
 __all__ = [
     "ImportanceWeightingConfig",
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-class PositionWeightingConfig(_Section):
+class PositionWeightingConfig(ConfigSection):
     """Weights by position in the sequence.
 
     Attributes:
@@ -43,12 +43,12 @@ class PositionWeightingConfig(_Section):
 
     enabled: bool = True
     first_n_tokens: int = Field(default=5, ge=0)
-    first_token_weight: _Finite = Field(default=2.0, gt=0)
+    first_token_weight: float = Field(default=2.0, gt=0)
     last_n_tokens: int = Field(default=5, ge=0)
-    last_token_weight: _Finite = Field(default=1.5, gt=0)
+    last_token_weight: float = Field(default=1.5, gt=0)
 
 
-class RepetitionWeightingConfig(_Section):
+class RepetitionWeightingConfig(ConfigSection):
     """Weights of tokens whose text occurs more than once in the sequence.
 
     Attributes:
@@ -59,11 +59,11 @@ class RepetitionWeightingConfig(_Section):
     """
 
     enabled: bool = True
-    weight: _Finite = Field(default=2.0, gt=0)
+    weight: float = Field(default=2.0, gt=0)
     min_chars: int = Field(default=3, ge=1)
 
 
-class ImportanceWeightingConfig(_Section):
+class ImportanceWeightingConfig(ConfigSection):
     """The ``importance_weighting`` section of a chat network's config (seed 001).
 
     Attributes:
@@ -76,9 +76,9 @@ class ImportanceWeightingConfig(_Section):
     """
 
     enabled: bool = True
-    default_weight: _Finite = Field(default=1.0, gt=0)
-    entity_weight: _Finite = Field(default=3.0, gt=0)
-    fact_token_weight: _Finite = Field(default=3.0, gt=0)
+    default_weight: float = Field(default=1.0, gt=0)
+    entity_weight: float = Field(default=3.0, gt=0)
+    fact_token_weight: float = Field(default=3.0, gt=0)
     position: PositionWeightingConfig = Field(default_factory=PositionWeightingConfig)
     repetition: RepetitionWeightingConfig = Field(
         default_factory=RepetitionWeightingConfig

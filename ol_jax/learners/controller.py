@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from optax import tree_utils as otu
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ol_jax.core import (
     enable_compilation_cache,
@@ -74,7 +74,13 @@ from ol_jax.safety import (
     output_kl,
     param_norm_ratio,
 )
-from ol_jax.store import NetworkConfig, RunStore, StoreConfig, load_config
+from ol_jax.store import (
+    ConfigSection,
+    NetworkConfig,
+    RunStore,
+    StoreConfig,
+    load_config,
+)
 
 __all__ = [
     "ControllerConfig",
@@ -92,11 +98,7 @@ __all__ = [
 # ----------------------------------------------------------------- configuration
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSection(_Section):
+class ModelSection(ConfigSection):
     """The routed model and its simulated task environment."""
 
     d_in: int = Field(default=16, ge=1)
@@ -109,7 +111,7 @@ class ModelSection(_Section):
     input_noise: float = Field(default=1.0, gt=0)
 
 
-class LearningSection(_Section):
+class LearningSection(ConfigSection):
     """Update rule, replay and regularization."""
 
     learning_rate: float = Field(default=0.02, gt=0)
@@ -128,7 +130,7 @@ class LearningSection(_Section):
     fisher_decay: float = Field(default=0.99, ge=0, le=1)
 
 
-class WarmupSection(_Section):
+class WarmupSection(ConfigSection):
     """The starting checkpoint: trained on the pre-shift mix, or loaded."""
 
     examples: int = Field(default=2048, ge=1)
@@ -139,7 +141,7 @@ class WarmupSection(_Section):
     warmup_from: str | None = None
 
 
-class SafetySection(_Section):
+class SafetySection(ConfigSection):
     """Canary gate and drift monitor limits."""
 
     canary_per_family: int = Field(default=64, ge=1)
@@ -153,7 +155,7 @@ class SafetySection(_Section):
     spike_warmup: int = Field(default=8, ge=1)
 
 
-class SoakSection(_Section):
+class SoakSection(ConfigSection):
     """The simulated stream."""
 
     hours: float = Field(default=24.0, gt=0)
@@ -170,7 +172,7 @@ class SoakSection(_Section):
     eval_per_family: int = Field(default=256, ge=1)
 
 
-class StoreSection(_Section):
+class StoreSection(ConfigSection):
     """Where versions go."""
 
     root: str = "networks"
@@ -178,7 +180,7 @@ class StoreSection(_Section):
     max_to_keep: int | None = Field(default=8, ge=1)
 
 
-class ControllerConfig(_Section):
+class ControllerConfig(ConfigSection):
     """``configs/controller.yaml``: the whole seed-003 learner and its soak."""
 
     seed: int = Field(default=0, ge=0)

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ol_jax.core import init_state, make_step, online_optimizer
 from ol_jax.feedback import Teacher, TeacherError
@@ -64,6 +64,7 @@ from ol_jax.memory import prioritized_replay
 from ol_jax.models import LLAMA_PROJECTIONS, LoRAConfig, generate, split_lora
 from ol_jax.store import (
     BaseNetworkConfig,
+    ConfigSection,
     RunStore,
     load_config,
     load_pytree,
@@ -84,11 +85,7 @@ _MODELS = ("router", "validator", "generator")
 # ----------------------------------------------------------------- configuration
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PolicySection(_Section):
+class PolicySection(ConfigSection):
     """When to forward to the teacher, and what counts as a match.
 
     Attributes:
@@ -132,7 +129,7 @@ class PolicySection(_Section):
         return self
 
 
-class EncoderSection(_Section):
+class EncoderSection(ConfigSection):
     """The frozen sentence encoder of the router, validator and similarity.
 
     Attributes:
@@ -143,7 +140,7 @@ class EncoderSection(_Section):
     name: str = "all-minilm-l6-v2"
 
 
-class _ReplaySection(_Section):
+class _ReplaySection(ConfigSection):
     """A model with a replay buffer: ``replay_batch`` rows drawn per update."""
 
     replay_capacity: int = Field(default=64, ge=1)

@@ -5,6 +5,7 @@ All Orbax usage in ol_jax lives in this package.
 
 from ol_jax.store._config import BaseNetworkConfig as BaseNetworkConfig
 from ol_jax.store._config import ConfigError as ConfigError
+from ol_jax.store._config import ConfigSection as ConfigSection
 from ol_jax.store._config import ModelConfig as ModelConfig
 from ol_jax.store._config import NetworkConfig as NetworkConfig
 from ol_jax.store._config import OnlineLearningConfig as OnlineLearningConfig
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointWriteError",
     "CheckpointWriter",
     "ConfigError",
+    "ConfigSection",
     "ModelConfig",
     "NetworkConfig",
     "OnlineLearningConfig",

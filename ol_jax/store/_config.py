@@ -66,13 +66,20 @@ class ConfigError(ValueError):
         super().__init__(header + ":\n" + "\n".join(lines))
 
 
-class _Strict(BaseModel):
-    """Base for config sections: unknown keys are errors, models are immutable."""
+class ConfigSection(BaseModel):
+    """Base of every config section in ol_jax.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    Unknown keys are errors (``validate_config`` names them with a did-you-mean
+    hint), sections are immutable, defaults are validated like given values, and
+    every float must be finite: YAML's ``.inf`` and ``.nan`` are rejected.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
-class OnlineLearningConfig(_Strict):
+class OnlineLearningConfig(ConfigSection):
     """The ``online_learning`` block of a glyph network (seed 000).
 
     The REINFORCE update on ``style_z`` is ``theta <- clip(theta + lr * g)``, with
@@ -137,21 +144,6 @@ class OnlineLearningConfig(_Strict):
     warmup_updates: int = Field(default=0, ge=0)
     log_std_lr_scale: float = Field(default=0.75, gt=0)
 
-    @field_validator(
-        "learning_rate",
-        "gradient_clip_norm",
-        "weight_decay",
-        "recency_half_life",
-        "entropy_coef",
-        "min_log_std",
-        "pixel_noise_std",
-    )
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError(f"must be finite, got {value}")
-        return value
-
     @field_validator("finetune_layers")
     @classmethod
     def _layers(cls, value: list[str]) -> list[str]:
@@ -171,7 +163,7 @@ class OnlineLearningConfig(_Strict):
         return value
 
 
-class ModelConfig(_Strict):
+class ModelConfig(ConfigSection):
     """Architecture of the glyph decoder (see ``ol_jax.models.GlyphConfig``).
 
     A coordinate network: ``decoder.0`` and ``decoder.1`` map ``style_z`` to a
@@ -201,7 +193,7 @@ class ModelConfig(_Strict):
         return value
 
 
-class StoreConfig(_Strict):
+class StoreConfig(ConfigSection):
     """Checkpoint store settings.
 
     Attributes:
@@ -218,7 +210,7 @@ class StoreConfig(_Strict):
     queue_size: int = Field(default=8, ge=1)
 
 
-class BaseNetworkConfig(_Strict):
+class BaseNetworkConfig(ConfigSection):
     """What every network's ``config.yaml`` has; learners subclass it.
 
     :class:`~ol_jax.store.RunStore` needs only these fields, so a learner with its
@@ -331,6 +323,8 @@ def _describe(error: Mapping[str, Any], model_cls: type[BaseModel]) -> str:
     if kind in _OPERATORS:
         key, symbol = _OPERATORS[kind]
         return f"must be {symbol} {_number(ctx.get(key))}, got {value!r}"
+    if kind == "finite_number":
+        return f"must be finite, got {value!r}"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')}, got {value!r}"
     if kind in _TYPE_NAMES:

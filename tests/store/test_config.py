@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ol_jax.store import (
     ConfigError,
+    ConfigSection,
     ModelConfig,
     NetworkConfig,
     OnlineLearningConfig,
@@ -275,3 +276,31 @@ def test_config_is_immutable():
     cfg = NetworkConfig(network_id="x")
     with pytest.raises(pydantic.ValidationError):
         cfg.seed = 3
+
+
+class _Probe(ConfigSection):
+    rate: float = 1.0
+    count: int = 2
+
+
+@given(value=st.floats(allow_nan=True, allow_infinity=True, width=64))
+def test_config_section_floats_valid_iff_finite(value):
+    if math.isfinite(value):
+        assert validate_config({"rate": value}, _Probe).rate == value
+    else:
+        with pytest.raises(ConfigError) as info:
+            validate_config({"rate": value}, _Probe)
+        assert info.value.problems == [("rate", f"must be finite, got {value!r}")]
+
+
+def test_config_section_rejects_unknown_keys_and_bad_defaults():
+    with pytest.raises(ConfigError, match=r"rat: unknown key \(did you mean 'rate'\?\)"):
+        validate_config({"rat": 2.0}, _Probe)
+
+    class BadDefault(ConfigSection):
+        count: int = "many"  # type: ignore[assignment]
+
+    with pytest.raises(pydantic.ValidationError):
+        BadDefault()
+    with pytest.raises(pydantic.ValidationError):
+        _Probe().rate = 2.0  # frozen
