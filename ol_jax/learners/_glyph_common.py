@@ -1,6 +1,10 @@
 """What the single- and multi-network glyph learners share: the update rule, the
 loss settings, rating validation and the layout of a version and its metadata."""
 
+import queue
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -136,6 +140,100 @@ def validated_reward(rating: Any, scale: str) -> float:
     if isinstance(rating, float | np.floating):
         raise ValueError(f"rating must be an integer in 1..10, got {rating!r}")
     return float(reward)
+
+
+def rating_item(
+    glyph_id: str, rating: Any, reward: float, z: np.ndarray, image: np.ndarray
+) -> dict[str, Any]:
+    """One validated rating as the writer consumes it and the metadata records it."""
+    return {
+        "glyph_id": glyph_id,
+        "rating": int(rating),
+        "reward": reward,
+        "z": z,
+        "image": image,
+        "timestamp": time.time(),
+    }
+
+
+class RatingWriter:
+    """The feedback path of a glyph learner: a queue and one writer thread.
+
+    ``put`` is called from any thread; the writer drains what is waiting and
+    hands it, in arrival order, to ``consume(items, final=False)``, which alone
+    changes the learner (so updates never race and the learner swaps its state in
+    one assignment). After a failure the writer consumes nothing more and the
+    next ``check``, ``put`` or ``wait`` raises it. ``close`` consumes what is
+    queued, then calls ``consume([], final=True)`` so leftover ratings of a
+    partial batch are recorded, and stops the thread.
+    """
+
+    def __init__(self, consume: Callable[..., None], *, owner: str):
+        self._consume = consume
+        self._owner = owner
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self.closed = False
+        self._thread = threading.Thread(target=self._run, name=owner, daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        """Raises the writer's failure, or ``RuntimeError`` once closed."""
+        if self._error is not None:
+            raise RuntimeError(f"the {self._owner} writer failed") from self._error
+        if self.closed:
+            raise RuntimeError(f"{self._owner} is closed")
+
+    def put(self, item: dict[str, Any]) -> None:
+        """Queues one validated rating item."""
+        self.check()
+        self._queue.put(item)
+
+    def wait(self) -> None:
+        """Blocks until everything queued is consumed; raises a writer failure."""
+        self._queue.join()
+        if self._error is not None:
+            raise RuntimeError(f"the {self._owner} writer failed") from self._error
+
+    def close(self) -> None:
+        """Consumes what is queued and the final partial batch, then stops."""
+        if self.closed:
+            return
+        try:
+            self.wait()
+            self._queue.put(_FINAL)
+            self.wait()
+        finally:
+            self.closed = True
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if self._error is None:
+                    ratings = [it for it in items if isinstance(it, dict)]
+                    if ratings:
+                        self._consume(ratings, final=False)
+                    if _FINAL in items:
+                        self._consume([], final=True)
+            except BaseException as e:  # surfaced to the caller on its next call
+                self._error = e
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+            if None in items:
+                return
+
+
+# The marker ``RatingWriter.close`` queues for the final partial batch.
+_FINAL = "final"
 
 
 def version_tree(

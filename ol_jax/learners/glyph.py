@@ -9,9 +9,7 @@ the new weight version to the :class:`~ol_jax.store.RunStore` writer.
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +21,13 @@ import numpy as np
 from ol_jax.core import OnlineState, init_state, make_step, partition_params
 from ol_jax.learners._glyph_common import (
     MAX_PENDING_GLYPHS,
+    RatingWriter,
     feedback_entry,
     glyph_extras,
     glyph_loss_config,
     glyph_model_config,
     glyph_optimizer,
+    rating_item,
     sample_glyphs,
     validated_reward,
     version_tree,
@@ -148,15 +148,9 @@ class GlyphLearner:
         self._glyphs: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._glyph_lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []
-        self._queue: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
         self._last_metrics: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
-        self._closed = False
-        self._worker = threading.Thread(
-            target=self._run_worker, name="glyph-learner", daemon=True
-        )
-        self._worker.start()
+        self._writer = RatingWriter(self._consume, owner="GlyphLearner")
 
     # ------------------------------------------------------------------ state
 
@@ -248,29 +242,17 @@ class GlyphLearner:
         The rating is validated here, before anything changes: a bad rating or an
         unknown id raises ``ValueError`` and leaves the learner untouched.
         """
-        self._raise_worker_error()
-        if self._closed:
-            raise RuntimeError("GlyphLearner is closed")
+        self._writer.check()
         reward = validated_reward(rating, self._ol.feedback_scale)
         with self._glyph_lock:
             if glyph_id not in self._glyphs:
                 raise ValueError(f"unknown glyph id {glyph_id!r}")
             z, image = self._glyphs[glyph_id]
-        self._queue.put(
-            {
-                "glyph_id": glyph_id,
-                "rating": int(rating),
-                "reward": reward,
-                "z": z,
-                "image": image,
-                "timestamp": time.time(),
-            }
-        )
+        self._writer.put(rating_item(glyph_id, rating, reward, z, image))
 
     def wait(self) -> None:
         """Blocks until every queued rating has been processed."""
-        self._queue.join()
-        self._raise_worker_error()
+        self._writer.wait()
 
     def flush(self) -> None:
         """Processes queued ratings and waits until every version is on disk."""
@@ -279,17 +261,11 @@ class GlyphLearner:
 
     def close(self) -> None:
         """Processes what is queued, records leftover ratings, closes the store."""
-        if self._closed:
+        if self._writer.closed:
             return
         try:
-            self.wait()
-            if self._pending:
-                self._queue.put({"final": True})
-                self.wait()
+            self._writer.close()
         finally:
-            self._closed = True
-            self._queue.put(None)
-            self._worker.join()
             self.store.close()
 
     def __enter__(self) -> GlyphLearner:
@@ -298,24 +274,7 @@ class GlyphLearner:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ worker
-
-    def _raise_worker_error(self) -> None:
-        if self._error is not None:
-            raise RuntimeError("the glyph learner's writer failed") from self._error
-
-    def _run_worker(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                if self._error is None:
-                    self._consume(item)
-            except BaseException as e:  # surfaced to the caller on its next call
-                self._error = e
-            finally:
-                self._queue.task_done()
+    # ------------------------------------------------------------------ writer
 
     def _ready(self) -> bool:
         ol = self._ol
@@ -325,13 +284,17 @@ class GlyphLearner:
             return True
         return len(self._pending) >= ol.batch_size
 
-    def _consume(self, item: dict[str, Any]) -> None:
-        final = item.get("final", False)
-        if not final:
+    def _consume(self, items: list[dict[str, Any]], *, final: bool) -> None:
+        """The writer's work: each rating in turn, an update whenever one is due."""
+        for item in items:
             self._pending.append(item)
             self._ratings_seen += 1
-        if not (final or self._ready()):
-            return
+            if self._ready():
+                self._drain()
+        if final:
+            self._drain()
+
+    def _drain(self) -> None:
         warm = self._ratings_seen >= self._ol.min_ratings_before_update
         while self._pending:
             take = self._pending[: self._batch_rows]

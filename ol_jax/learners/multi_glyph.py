@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import queue
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -34,11 +32,13 @@ from ol_jax.core import (
 )
 from ol_jax.learners._glyph_common import (
     MAX_PENDING_GLYPHS,
+    RatingWriter,
     feedback_entry,
     glyph_extras,
     glyph_loss_config,
     glyph_model_config,
     glyph_optimizer,
+    rating_item,
     sample_glyphs,
     validated_reward,
     version_tree,
@@ -183,15 +183,9 @@ class MultiGlyphLearner:
             OrderedDict() for _ in ids
         ]
         self._glyph_lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
         self.history: dict[str, list[dict[str, Any]]] = {nid: [] for nid in ids}
         self.multi_steps = 0
-        self._closed = False
-        self._worker = threading.Thread(
-            target=self._run_worker, name="multi-glyph-learner", daemon=True
-        )
-        self._worker.start()
+        self._writer = RatingWriter(self._consume, owner="MultiGlyphLearner")
 
     # ------------------------------------------------------------------ state
 
@@ -281,9 +275,7 @@ class MultiGlyphLearner:
         Validated before anything changes: an unknown network or glyph id or a bad
         rating raises ``ValueError`` and leaves every network untouched.
         """
-        self._raise_worker_error()
-        if self._closed:
-            raise RuntimeError("MultiGlyphLearner is closed")
+        self._writer.check()
         i = self.index(network_id)
         reward = validated_reward(rating, self._ol.feedback_scale)
         with self._glyph_lock:
@@ -292,22 +284,12 @@ class MultiGlyphLearner:
                     f"unknown glyph id {glyph_id!r} for network {network_id!r}"
                 )
             z, image = self._glyphs[i][glyph_id]
-        self._queue.put(
-            {
-                "network": i,
-                "glyph_id": glyph_id,
-                "rating": int(rating),
-                "reward": reward,
-                "z": z,
-                "image": image,
-                "timestamp": time.time(),
-            }
-        )
+        item = rating_item(glyph_id, rating, reward, z, image)
+        self._writer.put(item | {"network": i})
 
     def wait(self) -> None:
         """Blocks until every queued rating has been processed."""
-        self._queue.join()
-        self._raise_worker_error()
+        self._writer.wait()
 
     def flush(self) -> None:
         """Processes queued ratings and waits until every version is on disk."""
@@ -317,17 +299,11 @@ class MultiGlyphLearner:
 
     def close(self) -> None:
         """Processes what is queued, records leftover ratings, closes the stores."""
-        if self._closed:
+        if self._writer.closed:
             return
         try:
-            self.wait()
-            if any(self._pending):
-                self._queue.put({"final": True})
-                self.wait()
+            self._writer.close()
         finally:
-            self._closed = True
-            self._queue.put(None)
-            self._worker.join()
             self._close_stores()
 
     def _close_stores(self) -> None:
@@ -344,34 +320,7 @@ class MultiGlyphLearner:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ worker
-
-    def _raise_worker_error(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(
-                "the multi glyph learner's writer failed"
-            ) from self._error
-
-    def _run_worker(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            # Drain what else is waiting: one multi step serves all of it.
-            while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(it is None for it in items)
-            try:
-                if self._error is None:
-                    self._consume([it for it in items if it is not None])
-            except BaseException as e:  # surfaced to the caller on its next call
-                self._error = e
-            finally:
-                for _ in items:
-                    self._queue.task_done()
-            if stop:
-                return
+    # ------------------------------------------------------------------ writer
 
     def _ready(self, i: int) -> bool:
         ol = self._ol
@@ -379,12 +328,11 @@ class MultiGlyphLearner:
             return False
         return self._per_rating or len(self._pending[i]) >= ol.batch_size
 
-    def _consume(self, items: list[dict[str, Any]]) -> None:
-        final = any(it.get("final", False) for it in items)
+    def _consume(self, items: list[dict[str, Any]], *, final: bool) -> None:
+        """The writer's work: all waiting ratings, one multi step per due round."""
         for it in items:
-            if not it.get("final", False):
-                self._pending[it["network"]].append(it)
-                self._ratings_seen[it["network"]] += 1
+            self._pending[it["network"]].append(it)
+            self._ratings_seen[it["network"]] += 1
         due = [
             i
             for i, pending in enumerate(self._pending)
