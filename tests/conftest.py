@@ -24,6 +24,18 @@ settings.register_profile(
 settings.load_profile("jit")
 
 
+def pytest_collection_modifyitems(items):
+    """Runs the test files holding slow end-to-end tests first.
+
+    With ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` (the README's
+    test command) each file runs on one worker in its own order, and the long
+    real-model files start at once instead of one of them starting last and
+    running alone. The order inside a file is kept (the sort is stable).
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture
 def rng_key():
     return jax.random.key(0)
