@@ -156,6 +156,10 @@ def rating_item(
     }
 
 
+# The marker ``RatingWriter.close`` queues for the final partial batch.
+_FINAL = object()
+
+
 class RatingWriter:
     """The feedback path of a glyph learner: a queue and one writer thread.
 
@@ -177,10 +181,13 @@ class RatingWriter:
         self._thread = threading.Thread(target=self._run, name=owner, daemon=True)
         self._thread.start()
 
-    def check(self) -> None:
-        """Raises the writer's failure, or ``RuntimeError`` once closed."""
+    def _raise_failure(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"the {self._owner} writer failed") from self._error
+
+    def check(self) -> None:
+        """Raises the writer's failure, or ``RuntimeError`` once closed."""
+        self._raise_failure()
         if self.closed:
             raise RuntimeError(f"{self._owner} is closed")
 
@@ -192,8 +199,7 @@ class RatingWriter:
     def wait(self) -> None:
         """Blocks until everything queued is consumed; raises a writer failure."""
         self._queue.join()
-        if self._error is not None:
-            raise RuntimeError(f"the {self._owner} writer failed") from self._error
+        self._raise_failure()
 
     def close(self) -> None:
         """Consumes what is queued and the final partial batch, then stops."""
@@ -221,19 +227,15 @@ class RatingWriter:
                     ratings = [it for it in items if isinstance(it, dict)]
                     if ratings:
                         self._consume(ratings, final=False)
-                    if _FINAL in items:
+                    if any(it is _FINAL for it in items):
                         self._consume([], final=True)
             except BaseException as e:  # surfaced to the caller on its next call
                 self._error = e
             finally:
                 for _ in items:
                     self._queue.task_done()
-            if None in items:
+            if any(it is None for it in items):
                 return
-
-
-# The marker ``RatingWriter.close`` queues for the final partial batch.
-_FINAL = "final"
 
 
 def version_tree(

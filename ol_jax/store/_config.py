@@ -19,7 +19,6 @@ pydantic model to get the same error formatting.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -158,7 +157,8 @@ class OnlineLearningConfig(ConfigSection):
     @classmethod
     def _clamp_order(cls, value: tuple[float, float]) -> tuple[float, float]:
         lo, hi = value
-        if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        # Non-finite bounds never get here (ConfigSection rejects them).
+        if not lo < hi:
             raise ValueError(f"must be [lo, hi] with finite lo < hi, got [{lo}, {hi}]")
         return value
 
