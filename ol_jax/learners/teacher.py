@@ -26,6 +26,11 @@ validator thresholds are the stricter ``*_conservative`` ones; a query the
 router and validator would answer locally is still forwarded with probability
 ``s(n) = end + (start - end) * 2^(-(n - cold_start) / half_life)`` (strategic
 sampling, 50% decaying to 5% by default), which also audits local accuracy.
+Before that, a local answer the validator accepts must also agree (cosine at
+least ``similarity_threshold``) with the teacher's answer to the most similar
+query among the last ``answer_memory`` teacher answers: a nearest-neighbour
+check on the teacher's own words, which catches a fluent answer borrowed from a
+neighbouring question family that the embedding-level validator scores as good.
 
 References:
     Hinton et al., `Distilling the knowledge in a neural network
@@ -103,6 +108,10 @@ class PolicySection(ConfigSection):
         halves.
       similarity_threshold: a local answer matches the teacher's if the cosine
         similarity of their sentence embeddings is at least this.
+      answer_memory: how many (query, teacher answer) pairs are remembered for
+        the agreement check: a local answer is served only if it matches
+        (``similarity_threshold``) the teacher's answer to the most similar
+        remembered query; 0 turns the check off.
       teacher_cost_per_query: cost of one teacher call (e.g. USD), reported as
         ``cost_saved`` of each local answer.
     """
@@ -117,6 +126,7 @@ class PolicySection(ConfigSection):
     sampling_end: float = Field(default=0.05, ge=0, le=1)
     sampling_half_life: float = Field(default=40.0, gt=0)
     similarity_threshold: float = Field(default=0.9, ge=-1, le=1)
+    answer_memory: int = Field(default=512, ge=0)
     teacher_cost_per_query: float = Field(default=0.002, ge=0)
 
     @model_validator(mode="after")
@@ -281,7 +291,9 @@ class ProxyDecision:
       answer: the answer served (the local one, or the teacher's).
       route: ``"local"`` or ``"forward"``.
       reason: why: ``"cold_start"``, ``"router"`` (router said forward),
-        ``"validator"`` (validator rejected the local answer), ``"sampling"``
+        ``"validator"`` (validator rejected the local answer), ``"memory"``
+        (the local answer disagrees with the teacher's answer to the most
+        similar remembered query), ``"sampling"``
         (strategic sampling forwarded a locally answerable query) or
         ``"validated"`` (served locally).
       teacher_answer: the teacher's answer, or ``None`` when served locally.
@@ -295,6 +307,9 @@ class ProxyDecision:
       index: the query's number in the stream (0-based).
       router_prob: the router's ``p_local`` (``None`` during the cold start).
       validator_prob: the validator's ``p_good`` (``None`` without local answer).
+      memory_similarity: cosine similarity of the local answer to the teacher's
+        answer of the most similar remembered query (``None`` when the check did
+        not run).
     """
 
     query: str
@@ -310,6 +325,7 @@ class ProxyDecision:
     index: int = -1
     router_prob: float | None = None
     validator_prob: float | None = None
+    memory_similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
@@ -317,6 +333,10 @@ class ProxyDecision:
 
 
 # ----------------------------------------------------------------- the learner
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / max(float(np.linalg.norm(x)), 1e-12)
 
 
 def _now_ms() -> float:
@@ -439,6 +459,14 @@ class TeacherProxyLearner:
             ),
         }
         self._policy_key = keys[7]
+        # (query, teacher answer) unit embeddings of the latest teacher answers, a
+        # ring of policy.answer_memory rows; "count" is the number ever written.
+        cap = config.policy.answer_memory
+        self._memory = {
+            "query": np.zeros((cap, dim), np.float32),
+            "answer": np.zeros((cap, dim), np.float32),
+            "count": np.zeros((), np.int32),
+        }
         self._embeddings: dict[str, np.ndarray] = {}
         self._answers: dict[str, str] = {}  # local answers under the current LoRA
         self._counters = {
@@ -496,6 +524,31 @@ class TeacherProxyLearner:
         ea, eb = self._embed(a), self._embed(b)
         denom = max(float(np.linalg.norm(ea) * np.linalg.norm(eb)), 1e-12)
         return float(np.dot(ea, eb)) / denom
+
+    def _remember(self, e_query: np.ndarray, e_answer: np.ndarray) -> None:
+        """Writes a (query, teacher answer) pair into the answer memory's ring."""
+        m = self._memory
+        cap = m["query"].shape[0]
+        if cap == 0:
+            return
+        slot = int(m["count"]) % cap
+        m["query"][slot] = _unit(e_query)
+        m["answer"][slot] = _unit(e_answer)
+        m["count"] = m["count"] + 1
+
+    def memory_agreement(self, query: str, answer: str) -> float | None:
+        """Cosine of ``answer`` to the teacher's answer of the nearest remembered query.
+
+        The nearest query is the remembered one whose embedding has the largest
+        cosine similarity to ``query``'s (the first on ties). ``None`` when
+        nothing is remembered (or ``policy.answer_memory`` is 0).
+        """
+        m = self._memory
+        n = min(int(m["count"]), m["query"].shape[0])
+        if n == 0:
+            return None
+        nearest = int(np.argmax(m["query"][:n] @ _unit(self._embed(query))))
+        return float(m["answer"][nearest] @ _unit(self._embed(answer)))
 
     def _prompt_ids(self, query: str) -> list[int]:
         g = self.config.generator
@@ -565,7 +618,7 @@ class TeacherProxyLearner:
         n = self._counters["queries"]
         conservative = n < p.conservative_until
         route_ms = 0.0
-        local = router_prob = validator_prob = None
+        local = router_prob = validator_prob = memory_similarity = None
         if n < p.cold_start:
             reason = "cold_start"
         else:
@@ -589,6 +642,7 @@ class TeacherProxyLearner:
                 validator_prob = float(
                     head_prob(self._states["validator"].params, features)
                 )
+                memory_similarity = self.memory_agreement(query, local)
                 route_ms += _now_ms() - t0
                 threshold = (
                     p.validator_threshold_conservative
@@ -597,6 +651,11 @@ class TeacherProxyLearner:
                 )
                 if validator_prob < threshold:
                     reason = "validator"
+                elif (
+                    memory_similarity is not None
+                    and memory_similarity < p.similarity_threshold
+                ):
+                    reason = "memory"
                 elif self._uniform(n) < self._sampling_rate(n):
                     reason = "sampling"
                 else:
@@ -631,6 +690,7 @@ class TeacherProxyLearner:
             index=n,
             router_prob=router_prob,
             validator_prob=validator_prob,
+            memory_similarity=memory_similarity,
         )
         self._record(decision)
         return decision
@@ -752,6 +812,7 @@ class TeacherProxyLearner:
 
         e_q = self._embed(query)
         e_t = self._embed(teacher_answer)
+        self._remember(e_q, e_t)
         if decision.similarity is None:
             good = exact
         else:
@@ -900,6 +961,8 @@ class TeacherProxyLearner:
             "buffers": self._buffers,
             "policy_key": jax.random.key_data(self._policy_key),
         }
+        if self.config.policy.answer_memory:
+            tree["memory"] = self._memory
         # Numbered leaves: Orbax stores plain dicts of arrays whatever the node
         # types of the optax and replay states are; the live learner is the
         # template for loading.
@@ -984,6 +1047,8 @@ class TeacherProxyLearner:
         }
         learner._buffers = restored["buffers"]
         learner._policy_key = jax.random.wrap_key_data(restored["policy_key"])
+        if "memory" in restored:
+            learner._memory = {k: np.array(v) for k, v in restored["memory"].items()}
         learner._counters = {k: int(v) for k, v in meta["counters"].items()}
         learner._routes = [int(x) for x in meta["routes"]]
         learner._audits = [(int(i), int(m)) for i, m in meta["audits"]]

@@ -30,6 +30,9 @@ def tiny_config(**policy):
         validator_threshold_conservative=0.0,
         sampling_start=0.5,
         sampling_end=0.2,
+        # Random tiny models never agree with the teacher: the memory check (its
+        # own tests below) would forward every query and leave no local answer.
+        answer_memory=0,
     )
     base.update(policy)
     return TeacherProxyConfig(
@@ -85,6 +88,7 @@ def test_config_file_loads_with_the_documented_policy():
         ({"generator": {"prompt_format": "Q:"}}, "must contain '{query}'"),
         ({"generator": {"lora_targets": ["x_proj"]}}, "lora_targets must be"),
         ({"router": {"replay_batch": 9, "replay_capacity": 4}}, "replay_batch"),
+        ({"policy": {"answer_memory": -1}}, "policy.answer_memory"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, section, message):
@@ -116,7 +120,7 @@ def test_decisions_after_cold_start_follow_the_policy(run):
     _, decisions, learned, _ = run
     for d, metrics in zip(decisions[4:], learned[4:], strict=True):
         assert isinstance(d, ProxyDecision)
-        assert d.reason in ("router", "validator", "sampling", "validated")
+        assert d.reason in ("router", "validator", "memory", "sampling", "validated")
         assert d.router_prob is not None and 0.0 <= d.router_prob <= 1.0
         if d.route == "local":
             assert d.reason == "validated"
@@ -208,3 +212,75 @@ def test_failed_teacher_answer_teaches_nothing(domain):
 def test_load_rejects_a_folder_without_a_save(tmp_path):
     with pytest.raises(ValueError, match="must hold a saved learner"):
         TeacherProxyLearner.load(tmp_path)
+
+
+def _remembering_learner(domain, capacity):
+    """A tiny learner that forwarded one paraphrase of each family (cold start)."""
+    config = tiny_config(
+        cold_start=len(domain.families),
+        conservative_until=len(domain.families),
+        sampling_start=0.0,
+        sampling_end=0.0,
+        # Only the same text counts as a match, whatever the random encoder does.
+        similarity_threshold=0.999,
+        answer_memory=capacity,
+    )
+    learner = TeacherProxyLearner(config)
+    teacher = SimulatedTeacher(domain)
+    queries = [f.paraphrases[0] for f in domain.families]
+    for query in queries:
+        assert learner.handle(query, teacher).reason == "cold_start"
+    return learner, teacher, queries
+
+
+def _answering(learner, answer):
+    """Replaces the learner's generator by a fixed answer (no LLM decoding)."""
+    learner.generate_local = lambda query: answer
+    return learner
+
+
+@pytest.mark.parametrize("capacity", [4, 16])
+def test_answer_memory_serves_agreeing_and_forwards_borrowed_answers(domain, capacity):
+    learner, teacher, queries = _remembering_learner(domain, capacity)
+    right, borrowed = teacher(queries[0]), teacher(queries[1])
+    assert learner.memory_agreement(queries[0], right) == pytest.approx(1.0)
+    d = _answering(learner, right).answer(queries[0], teacher)
+    assert (d.route, d.reason) == ("local", "validated")
+    assert d.memory_similarity == pytest.approx(1.0)
+    d = _answering(learner, borrowed).answer(queries[0], teacher)
+    assert (d.route, d.reason, d.answer) == ("forward", "memory", right)
+    assert d.memory_similarity < 0.999
+    assert learner.stats()["reasons"]["memory"] == 1
+
+
+def test_answer_memory_keeps_the_latest_pairs_only(domain):
+    # Capacity 2 after 4 forwarded families: the first two were overwritten, so
+    # the first query's nearest remembered query belongs to another family.
+    learner, teacher, queries = _remembering_learner(domain, 2)
+    assert learner.memory_agreement(queries[0], teacher(queries[0])) < 0.999
+    for query in queries[2:]:
+        assert learner.memory_agreement(query, teacher(query)) == pytest.approx(1.0)
+
+
+def test_answer_memory_off_and_empty_run_no_check(domain):
+    learner, teacher, queries = _remembering_learner(domain, 0)
+    assert learner.memory_agreement(queries[0], "anything") is None
+    d = _answering(learner, teacher(queries[1])).answer(queries[0], teacher)
+    assert (d.reason, d.memory_similarity) == ("validated", None)
+    fresh = TeacherProxyLearner(tiny_config(answer_memory=8))
+    assert fresh.memory_agreement(queries[0], "anything") is None
+
+
+def test_answer_memory_round_trips(domain, tmp_path):
+    learner, teacher, queries = _remembering_learner(domain, 3)
+    restored = TeacherProxyLearner.load(learner.save(tmp_path / "saved"))
+    for query in queries:
+        for answer in (teacher(query), teacher(queries[0])):
+            assert restored.memory_agreement(query, answer) == (
+                learner.memory_agreement(query, answer)
+            )
+    borrowed = teacher(queries[2])
+    a = _answering(learner, borrowed).answer(queries[3], teacher)
+    b = _answering(restored, borrowed).answer(queries[3], teacher)
+    assert (a.reason, a.memory_similarity) == (b.reason, b.memory_similarity)
+    assert a.reason == "memory"
