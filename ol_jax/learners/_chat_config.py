@@ -112,13 +112,23 @@ class DynamicKlSection(ConfigSection):
 
 
 class LossSection(ConfigSection):
-    """``training.loss``: ``L = task_lambda * CE_w + lambda_KL * KL(base || adapted)``.
+    """``training.loss``: ``L = task_lambda * CE_w + lambda_KL * KL(base || adapted)
+    + rehearsal_lambda * KL_rehearsal``.
+
+    ``KL_rehearsal`` is the mean ``KL(base || adapted)`` over the tokens of the
+    fixed ``rehearsal_prompts``, added to every update: a data-free
+    distillation term that holds the adapted model to the base on general text
+    while it learns the turn (Li & Hoiem, `Learning without Forgetting
+    <https://arxiv.org/abs/1606.09282>`_, 2016). Keep these prompts apart from
+    ``metrics.anchor_prompts``, which measure stability and must stay held out.
 
     Attributes:
       kl_lambda: the KL weight of every turn when ``dynamic_kl`` is off.
       task_lambda: weight of the token-weighted cross-entropy.
       kl_regularization: per-context KL weights (used when ``dynamic_kl`` is on).
       dynamic_kl: the fact-confidence scaling.
+      rehearsal_lambda: weight of ``KL_rehearsal`` (0: off).
+      rehearsal_prompts: the general texts of ``KL_rehearsal``.
     """
 
     kl_lambda: float = Field(default=0.1, ge=0)
@@ -127,6 +137,22 @@ class LossSection(ConfigSection):
         default_factory=KlRegularizationSection
     )
     dynamic_kl: DynamicKlSection = Field(default_factory=DynamicKlSection)
+    rehearsal_lambda: float = Field(default=0.0, ge=0)
+    rehearsal_prompts: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _rehearsal(self) -> LossSection:
+        if any(not p.strip() for p in self.rehearsal_prompts):
+            raise ValueError(
+                "rehearsal_prompts must be non-empty texts, got "
+                f"{list(self.rehearsal_prompts)}"
+            )
+        if self.rehearsal_lambda > 0 and not self.rehearsal_prompts:
+            raise ValueError(
+                f"rehearsal_lambda={self.rehearsal_lambda} needs rehearsal_prompts, "
+                "got none"
+            )
+        return self
 
 
 class ChatTrainingConfig(ConfigSection):

@@ -141,8 +141,13 @@ def chat_turn_loss(
       dropout: pass the step's key to the model for LoRA dropout.
       on_trace: called each time the loss is traced (a compile counter).
 
+    With ``rehearsal_tokens [K, T' + 1]``, ``rehearsal_mask [K, T']`` and a
+    ``rehearsal_lambda`` scalar in the batch, ``L`` adds ``rehearsal_lambda`` times
+    the mean ``KL(base || adapted)`` over the masked rehearsal positions
+    (``training.loss.rehearsal_*``), reported as ``rehearsal_kl``.
+
     Returns:
-      A loss returning ``(L, {"ce": CE_w, "kl": KL})``.
+      A loss returning ``(L, {"ce": CE_w, "kl": KL[, "rehearsal_kl"]})``.
     """
 
     def loss_fn(lora, batch, *, frozen, extras, key):
@@ -173,7 +178,22 @@ def chat_turn_loss(
             )
             kl = token_kl(base, logits, mask=batch["mask"])
         loss = batch["task_lambda"] * ce + batch["kl_lambda"] * kl
-        return loss, {"ce": ce, "kl": kl}
+        aux = {"ce": ce, "kl": kl}
+        if "rehearsal_tokens" in batch:
+            r_base, r_logits = llama_apply_with_reference(
+                graphdef,
+                lora,
+                batch["rehearsal_tokens"][:, :-1],
+                frozen=frozen,
+                key=jax.random.fold_in(key, 1) if dropout else None,
+            )
+            aux["rehearsal_kl"] = jnp.mean(
+                jax.vmap(lambda b, a, m: token_kl(b, a, mask=m))(
+                    r_base, r_logits, batch["rehearsal_mask"]
+                )
+            )
+            loss = loss + batch["rehearsal_lambda"] * aux["rehearsal_kl"]
+        return loss, aux
 
     return loss_fn
 

@@ -291,6 +291,7 @@ class ChatLearner:
             on_trace=self._count_trace,
         )
         self._step = make_step(loss_fn, self._tx, has_aux=True)
+        self._rehearsal = self._rehearsal_batch()
         self._state = init_state(lora, self._tx, key=jax.random.fold_in(key, 1))
         self._gen_key = jax.random.fold_in(key, 2)
         self.detector = FactDetector(config.fact_detection)
@@ -596,6 +597,8 @@ class ChatLearner:
             "generate_ms": _gen_ms,
             "update_ms": update_ms,
         }
+        if "rehearsal_kl" in metrics["aux"]:
+            row["rehearsal_kl"] = float(metrics["aux"]["rehearsal_kl"])
         if info is not None:
             row["fact_confidence"] = float(info.confidence)
             row["fact_repetition"] = turn.repetition + 1
@@ -688,10 +691,30 @@ class ChatLearner:
             lam = reg.fact_lambda * (1.0 - confidence * factor)
         return float(min(max(lam, reg.min_kl), reg.max_kl))
 
+    def _rehearsal_batch(self) -> dict[str, np.ndarray]:
+        """The ``training.loss.rehearsal_*`` rows every update carries (or none)."""
+        loss = self.config.training.loss
+        if loss.rehearsal_lambda == 0:
+            return {}
+        rows = [(self._format.encode(p)[0], 1) for p in loss.rehearsal_prompts]
+        prompts = loss.rehearsal_prompts
+        short = [p for p, (ids, _) in zip(prompts, rows, strict=True) if len(ids) < 2]
+        if short:
+            raise ValueError(f"rehearsal prompts must be >= 2 tokens long, got {short}")
+        tokens, mask = padded_rows(
+            rows, buckets=self._score_buckets(rows), pad_id=self._format.pad_id
+        )
+        return {
+            "rehearsal_tokens": tokens,
+            "rehearsal_mask": mask,
+            "rehearsal_lambda": np.float32(loss.rehearsal_lambda),
+        }
+
     def _update(self, batch: Mapping[str, np.ndarray], multiplier: float):
         """One step at ``learning_rate * multiplier``; the base rate is restored."""
         base_lr = self.config.training.learning_rate
         state = set_learning_rate(self._state, base_lr * multiplier)
+        batch = {**batch, **self._rehearsal}
         jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
         state, metrics = self._step(state, jbatch, self._frozen)
         self._state = set_learning_rate(state, base_lr)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 from ol_jax.core import get_learning_rate
 from ol_jax.learners import (
@@ -206,6 +206,11 @@ def test_yaml_has_every_knob_of_the_document():
         ({"adaptive_optimizer": {"min_lr_multiplier": 20}}, "adaptive_optimizer"),
         ({"chat": {"fact_response": "no placeholder"}}, "chat.fact_response"),
         ({"training": {"sequence_buckets": [64, 32]}}, "training.sequence_buckets"),
+        ({"training": {"loss": {"rehearsal_lambda": 0.5}}}, "needs rehearsal_prompts"),
+        (
+            {"training": {"loss": {"rehearsal_prompts": ["ok", " "]}}},
+            "must be non-empty texts",
+        ),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, edit, key):
@@ -532,3 +537,70 @@ def test_bad_fact_question_template_is_a_config_error(tmp_path):
     path.write_text(yaml.safe_dump({"network_id": "x", **bad}))
     with pytest.raises(ConfigError, match="fact_questions"):
         load_chat_config(path)
+
+
+@settings(max_examples=5, deadline=None)
+@given(lam=st.floats(0.0, 4.0), shift=st.floats(-0.1, 0.1))
+def test_rehearsal_term_adds_lambda_times_the_kl_on_its_rows(model, lam, shift):
+    from ol_jax.learners._chat_step import padded_rows
+    from ol_jax.learners.chat import chat_turn_loss, turn_batch
+    from ol_jax.models import llama_apply, split_lora
+    from ol_jax.objectives import token_kl
+
+    graphdef, base, lora = split_lora(model)
+    lora = jax.tree.map(lambda x: x + shift, lora)
+    turn = turn_batch(
+        np.arange(3, 30, dtype=np.int32),
+        np.ones((27,), np.float32),
+        buckets=(32,),
+        pad_id=0,
+        kl_lambda=0.3,
+        task_lambda=1.0,
+    )
+    tokens, mask = padded_rows(
+        [(np.arange(40, 52), 1), (np.arange(60, 66), 1)], buckets=(16,), pad_id=0
+    )
+    rehearsal = {
+        "rehearsal_tokens": tokens,
+        "rehearsal_mask": mask,
+        "rehearsal_lambda": np.float32(lam),
+    }
+    loss_fn = chat_turn_loss(graphdef, dropout=False)
+
+    def run(batch):
+        batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        return loss_fn(lora, batch, frozen=base, extras={}, key=None)
+
+    plain, _ = run(turn)
+    loss, aux = run({**turn, **rehearsal})
+    inputs = jnp.asarray(tokens[:, :-1])
+    kls = [
+        token_kl(
+            llama_apply(graphdef, lora, inputs[r], frozen=base, use_lora=False),
+            llama_apply(graphdef, lora, inputs[r], frozen=base),
+            mask=jnp.asarray(mask[r]),
+        )
+        for r in range(2)
+    ]
+    kl = float(aux["rehearsal_kl"])
+    np.testing.assert_allclose(kl, np.mean(kls), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        float(loss), float(plain) + lam * kl, rtol=1e-5, atol=1e-6
+    )
+    assert kl >= -1e-6
+
+
+def test_rehearsal_prompts_ride_along_every_update(tmp_path, model, tokenizer):
+    loss = {"rehearsal_lambda": 1.0, "rehearsal_prompts": ["Cats sleep a lot.", "Hi."]}
+    learner = make(tmp_path, model, tokenizer, tiny_config(training={"loss": loss}))
+    _, m = learner.chat_and_update(FACT)
+    assert m["rehearsal_kl"] >= 0 and np.isfinite(m["loss"])
+    _, m = learner.chat_and_update("Hello there.")
+    # The adapter moved on the first turn, so it now differs from the base on
+    # the rehearsal rows too.
+    assert m["rehearsal_kl"] > 0
+    plain = make(tmp_path / "b", model, tokenizer)
+    _, m = plain.chat_and_update(FACT)
+    assert "rehearsal_kl" not in m
+    learner.close()
+    plain.close()

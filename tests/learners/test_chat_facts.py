@@ -6,6 +6,10 @@ least 8 of 10 greedy answers to the matching questions contain the fact's object
 the log-probability of every object given its question rose, and the perplexity of
 the anchor prompts moved by less than 10%. The anytime accuracy matrix of the
 stream (recall of fact i after the block of fact j) is written to the run folder.
+
+Measured with configs/chat_smollm2.yaml (2026-12-03): 9/10 recalled, 10/10 object
+log-probs rose, anchor perplexity +9.2%. The anchor target is met by the rehearsal
+KL (``training.loss.rehearsal_lambda: 2.0``; +53% without it, +13.4% at 1.0).
 """
 
 import json
@@ -63,12 +67,6 @@ ANSWER_TOKENS = 24
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="anchor-drift target not met yet: with the question-form pairs of "
-    "configs/chat_smollm2.yaml measured 9/10 recalled, 10/10 object log-probs "
-    "rose, anchor perplexity +53% (targets 8/10, 10/10, < 10%)",
-    strict=False,
-)
 def test_ten_invented_facts_in_five_repetitions(tmp_path):
     config = load_chat_config(CONFIG_PATH)
     # Short replies keep the test fast; the learning settings are the YAML's.

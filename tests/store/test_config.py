@@ -294,7 +294,9 @@ def test_config_section_floats_valid_iff_finite(value):
 
 
 def test_config_section_rejects_unknown_keys_and_bad_defaults():
-    with pytest.raises(ConfigError, match=r"rat: unknown key \(did you mean 'rate'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"rat: unknown key \(did you mean 'rate'\?\)"
+    ):
         validate_config({"rat": 2.0}, _Probe)
 
     class BadDefault(ConfigSection):
