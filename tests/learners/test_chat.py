@@ -583,7 +583,8 @@ def test_rehearsal_term_adds_lambda_times_the_kl_on_its_rows(model, lam, shift):
         for r in range(2)
     ]
     kl = float(aux["rehearsal_kl"])
-    np.testing.assert_allclose(kl, np.mean(kls), rtol=1e-4, atol=1e-7)
+    # One combined base+adapted pass vs two: float32 rounding near KL ~ 1e-4.
+    np.testing.assert_allclose(kl, np.mean(kls), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
         float(loss), float(plain) + lam * kl, rtol=1e-5, atol=1e-6
     )
