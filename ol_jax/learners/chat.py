@@ -691,23 +691,24 @@ class ChatLearner:
             lam = reg.fact_lambda * (1.0 - confidence * factor)
         return float(min(max(lam, reg.min_kl), reg.max_kl))
 
-    def _rehearsal_batch(self) -> dict[str, np.ndarray]:
+    def _rehearsal_batch(self) -> dict[str, jax.Array]:
         """The ``training.loss.rehearsal_*`` rows every update carries (or none)."""
         loss = self.config.training.loss
         if loss.rehearsal_lambda == 0:
             return {}
-        rows = [(self._format.encode(p)[0], 1) for p in loss.rehearsal_prompts]
         prompts = loss.rehearsal_prompts
+        rows = [(self._format.encode(p)[0], 1) for p in prompts]
         short = [p for p, (ids, _) in zip(prompts, rows, strict=True) if len(ids) < 2]
         if short:
             raise ValueError(f"rehearsal prompts must be >= 2 tokens long, got {short}")
         tokens, mask = padded_rows(
             rows, buckets=self._score_buckets(rows), pad_id=self._format.pad_id
         )
+        # Device arrays once: every update reuses them without a host copy.
         return {
-            "rehearsal_tokens": tokens,
-            "rehearsal_mask": mask,
-            "rehearsal_lambda": np.float32(loss.rehearsal_lambda),
+            "rehearsal_tokens": jnp.asarray(tokens),
+            "rehearsal_mask": jnp.asarray(mask),
+            "rehearsal_lambda": jnp.float32(loss.rehearsal_lambda),
         }
 
     def _update(self, batch: Mapping[str, np.ndarray], multiplier: float):
