@@ -11,7 +11,9 @@ side by side in one process, alternating ours and theirs each repeat (medians):
   fact learning rate, fact memory, the metrics row);
 - ``peft_turn_update_ms``: the same turn in transformers + PEFT: the same token
   ids and weights (computed by the same Python code), base logits with the
-  adapter disabled, weighted CE + lambda KL, ``clip_grad_norm_``, ``AdamW``.
+  adapter disabled, weighted CE + lambda KL, plus the rehearsal KL over the
+  learner's own ``training.loss.rehearsal_prompts`` rows when
+  ``rehearsal_lambda > 0``, ``clip_grad_norm_``, ``AdamW``.
   It runs on the unpadded sequence; ours pads to the length bucket;
 - ``turn_update_speedup_vs_peft`` = theirs / ours (target >= 2), and the same for
   a regular (self-supervised) turn (``*_regular``);
@@ -79,12 +81,35 @@ def _config(path: str, reply_tokens: int):
     )
 
 
-def _torch_turn(peft_model, config):
-    """The turn update in PyTorch + PEFT: weighted CE + lambda KL, clip, AdamW."""
+def _torch_turn(peft_model, config, rehearsal: dict):
+    """The turn update in PyTorch + PEFT: weighted CE + lambda KL, clip, AdamW.
+
+    With ``rehearsal`` (the learner's ``rehearsal_tokens [K, T' + 1]``,
+    ``rehearsal_mask [K, T']`` and ``rehearsal_lambda``) the loss adds
+    ``rehearsal_lambda`` times the mean over rows of each row's masked mean
+    ``KL(base || adapted)``, as ``chat_turn_loss`` does. The rows are right-padded,
+    which a causal model ignores at the masked-in positions."""
     import torch
     import torch.nn.functional as F
 
     tc = config.training
+    if rehearsal:
+        r_tokens = torch.from_numpy(
+            np.asarray(rehearsal["rehearsal_tokens"]).astype(np.int64)
+        )
+        r_mask = torch.from_numpy(
+            np.asarray(rehearsal["rehearsal_mask"]).astype(np.float32)
+        )
+        r_lambda = float(rehearsal["rehearsal_lambda"])
+
+    def masked_kl(ids, mask):
+        """Mean over rows of each row's masked mean ``KL(base || adapted)``."""
+        with torch.no_grad(), peft_model.disable_adapter():
+            base = F.log_softmax(peft_model(input_ids=ids).logits, -1)
+        adapted = F.log_softmax(peft_model(input_ids=ids).logits, -1)
+        per_token = (base.exp() * (base - adapted)).sum(-1).clamp_min(0.0)
+        return ((per_token * mask).sum(-1) / mask.sum(-1)).mean(), adapted
+
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         params,
@@ -95,22 +120,23 @@ def _torch_turn(peft_model, config):
     )
 
     def update(batch: dict, lr: float) -> float:
-        n = int(batch["mask"].sum())
-        tokens = torch.from_numpy(batch["tokens"][: n + 1].astype(np.int64))
-        weights = torch.from_numpy(batch["weights"][:n])
-        ids, targets = tokens[None, :-1], tokens[1:]
-        with torch.no_grad(), peft_model.disable_adapter():
-            base = peft_model(input_ids=ids).logits[0]
-        logits = peft_model(input_ids=ids).logits[0]
-        ce = F.cross_entropy(logits, targets, reduction="none")
-        ce = (weights * ce).sum() / weights.sum()
-        kl = F.kl_div(
-            F.log_softmax(logits, -1),
-            F.log_softmax(base, -1),
-            log_target=True,
-            reduction="batchmean",
-        )
+        # One row, or several rows of one update (a fact turn and its
+        # question-form pair), right-padded: a causal model ignores the padding
+        # at the masked-in positions, and the loss is the mean of per-row losses.
+        tokens = np.atleast_2d(batch["tokens"])
+        mask = torch.from_numpy(np.atleast_2d(batch["mask"]).astype(np.float32))
+        weights = torch.from_numpy(np.atleast_2d(batch["weights"])) * mask
+        n = int(mask.sum(-1).max())
+        mask, weights = mask[:, :n], weights[:, :n]
+        tokens = torch.from_numpy(tokens[:, : n + 1].astype(np.int64))
+        ids, targets = tokens[:, :-1], tokens[:, 1:]
+        kl, logp = masked_kl(ids, mask)
+        ce = -logp.gather(-1, targets[..., None])[..., 0]
+        ce = ((weights * ce).sum(-1) / weights.sum(-1)).mean()
         loss = float(batch["task_lambda"]) * ce + float(batch["kl_lambda"]) * kl
+        if rehearsal:
+            r_kl, _ = masked_kl(r_tokens[:, :-1], r_mask)
+            loss = loss + r_lambda * r_kl
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -168,7 +194,7 @@ def main(argv=None) -> dict:
                 ours(text, answer), repeats=args.repeats
             )
             continue
-        torch_update = _torch_turn(peft_model, config)
+        torch_update = _torch_turn(peft_model, config, learner._rehearsal)
         turn = learner.prepare_turn(text, answer)
         batch = turn.batch
         lr = base_lr * turn.lr_multiplier
