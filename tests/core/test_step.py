@@ -86,6 +86,36 @@ def test_nonfinite_loss_leaves_params_unchanged():
     )
 
 
+@given(
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    leaf=st.sampled_from(["w", "b"]),
+    index=st.integers(0, 1),
+    in_loss_only=st.booleans(),
+)
+def test_one_nonfinite_value_skips_the_update(bad, leaf, index, in_loss_only):
+    """A single non-finite gradient element, or a non-finite loss whose gradient
+    is finite (the bad term carries no gradient), skips the whole update."""
+
+    def loss(params, batch, *, frozen, extras, key):
+        value = quadratic(params, batch, frozen=frozen, extras=extras, key=key)
+        if in_loss_only:
+            return value + jax.lax.stop_gradient(batch["bad"])
+        # d/dx (bad * x) at the chosen element is `bad`; elsewhere 0.
+        return value + batch["bad"] * params[leaf][index]
+
+    tx, state = fresh()
+    step = make_step(loss, tx, donate=False)
+    good, _ = step(state, {"target": jnp.ones(4), "bad": jnp.float32(0.0)})
+    skipped, m = step(good, {"target": jnp.ones(4), "bad": jnp.float32(bad)})
+    assert not bool(m["applied"])
+    jax.tree.map(np.testing.assert_array_equal, skipped.params, good.params)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        skipped.opt_state.inner_state,
+        good.opt_state.inner_state,
+    )
+
+
 def test_learning_rate_change_does_not_recompile():
     tx, state = fresh()
     step = make_step(quadratic, tx)
