@@ -94,20 +94,32 @@ def insert_feedback(window: dict[str, Any], batch: dict[str, Any], time: jax.Arr
     """Writes the valid rows of ``batch`` into the ring ``window`` at ``time``.
 
     Rows are written in order from ``cursor``; invalid (padding) rows write
-    nothing and do not advance the cursor.
+    nothing and do not advance the cursor. With more valid rows than slots the
+    ring wraps and the last row written to a slot is the one kept.
     """
     size = window["valid"].shape[0]
     valid = batch["valid"]
     offsets = jnp.cumsum(valid.astype(jnp.int32)) - 1
     slots = jnp.where(valid, (window["cursor"] + offsets) % size, size)  # size: drop
+    n = valid.shape[0]
+    later = jnp.arange(n)[None, :] > jnp.arange(n)[:, None]
+    overwritten = jnp.any((slots[:, None] == slots[None, :]) & later, axis=1)
+    slots = jnp.where(overwritten, size, slots)  # one writer per slot
 
     def put(buf, rows):
         return buf.at[slots].set(rows.astype(buf.dtype), mode="drop")
 
-    n = valid.shape[0]
+    # The stage rows feed the per-pixel layers: written by a one-hot matrix
+    # product rather than a scatter, so XLA's CPU backend materialises them once
+    # instead of redoing the ring-buffer write inside every per-pixel element.
+    onehot = (slots[:, None] == jnp.arange(size)[None, :]).astype(jnp.float32)
+    rows = jnp.where((slots < size)[:, None], batch["head"].astype(jnp.float32), 0.0)
+    head = window["head"] * (1.0 - jnp.sum(onehot, axis=0))[:, None] + jnp.dot(
+        onehot.T, rows
+    )
     return {
         "z": put(window["z"], batch["z"]),
-        "head": put(window["head"], batch["head"]),
+        "head": head.astype(window["head"].dtype),
         "image": put(window["image"], batch["image"]),
         "reward": put(window["reward"], batch["reward"]),
         "time": put(window["time"], jnp.broadcast_to(time, (n,))),
