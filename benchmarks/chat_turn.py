@@ -13,7 +13,8 @@ side by side in one process, alternating ours and theirs each repeat (medians):
   ids and weights (computed by the same Python code), base logits with the
   adapter disabled, weighted CE + lambda KL, plus the rehearsal KL over the
   learner's own ``training.loss.rehearsal_prompts`` rows when
-  ``rehearsal_lambda > 0``, ``clip_grad_norm_``, ``AdamW``.
+  ``rehearsal_lambda > 0`` (both sides compute the base's logits on those fixed
+  rows once), ``clip_grad_norm_``, ``AdamW``.
   It runs on the unpadded sequence; ours pads to the length bucket;
 - ``turn_update_speedup_vs_peft`` = theirs / ours (target >= 2), and the same for
   a regular (self-supervised) turn (``*_regular``);
@@ -101,11 +102,16 @@ def _torch_turn(peft_model, config, rehearsal: dict):
             np.asarray(rehearsal["rehearsal_mask"]).astype(np.float32)
         )
         r_lambda = float(rehearsal["rehearsal_lambda"])
+        # As ours: the base's log-probs on the fixed rows are computed once.
+        r_base = None
 
-    def masked_kl(ids, mask):
-        """Mean over rows of each row's masked mean ``KL(base || adapted)``."""
+    def base_logp(ids):
         with torch.no_grad(), peft_model.disable_adapter():
-            base = F.log_softmax(peft_model(input_ids=ids).logits, -1)
+            return F.log_softmax(peft_model(input_ids=ids).logits, -1)
+
+    def masked_kl(ids, mask, base=None):
+        """Mean over rows of each row's masked mean ``KL(base || adapted)``."""
+        base = base_logp(ids) if base is None else base
         adapted = F.log_softmax(peft_model(input_ids=ids).logits, -1)
         per_token = (base.exp() * (base - adapted)).sum(-1).clamp_min(0.0)
         return ((per_token * mask).sum(-1) / mask.sum(-1)).mean(), adapted
@@ -135,7 +141,10 @@ def _torch_turn(peft_model, config, rehearsal: dict):
         ce = ((weights * ce).sum(-1) / weights.sum(-1)).mean()
         loss = float(batch["task_lambda"]) * ce + float(batch["kl_lambda"]) * kl
         if rehearsal:
-            r_kl, _ = masked_kl(r_tokens[:, :-1], r_mask)
+            nonlocal r_base
+            if r_base is None:
+                r_base = base_logp(r_tokens[:, :-1])
+            r_kl, _ = masked_kl(r_tokens[:, :-1], r_mask, r_base)
             loss = loss + r_lambda * r_kl
         for group in opt.param_groups:
             group["lr"] = lr

@@ -144,7 +144,9 @@ def chat_turn_loss(
     With ``rehearsal_tokens [K, T' + 1]``, ``rehearsal_mask [K, T']`` and a
     ``rehearsal_lambda`` scalar in the batch, ``L`` adds ``rehearsal_lambda`` times
     the mean ``KL(base || adapted)`` over the masked rehearsal positions
-    (``training.loss.rehearsal_*``), reported as ``rehearsal_kl``.
+    (``training.loss.rehearsal_*``), reported as ``rehearsal_kl``. With
+    ``rehearsal_base_logits [K, T', V]`` (the frozen base's logits on those rows,
+    computed once) only the adapted pass runs; without, both in one pass.
 
     Returns:
       A loss returning ``(L, {"ce": CE_w, "kl": KL[, "rehearsal_kl"]})``.
@@ -180,13 +182,17 @@ def chat_turn_loss(
         loss = batch["task_lambda"] * ce + batch["kl_lambda"] * kl
         aux = {"ce": ce, "kl": kl}
         if "rehearsal_tokens" in batch:
-            r_base, r_logits = llama_apply_with_reference(
-                graphdef,
-                lora,
-                batch["rehearsal_tokens"][:, :-1],
-                frozen=frozen,
-                key=jax.random.fold_in(key, 1) if dropout else None,
-            )
+            r_inputs = batch["rehearsal_tokens"][:, :-1]
+            r_key = jax.random.fold_in(key, 1) if dropout else None
+            if "rehearsal_base_logits" in batch:
+                r_base = batch["rehearsal_base_logits"]
+                r_logits = llama_apply(
+                    graphdef, lora, r_inputs, frozen=frozen, key=r_key
+                )
+            else:
+                r_base, r_logits = llama_apply_with_reference(
+                    graphdef, lora, r_inputs, frozen=frozen, key=r_key
+                )
             aux["rehearsal_kl"] = jnp.mean(
                 jax.vmap(lambda b, a, m: token_kl(b, a, mask=m))(
                     r_base, r_logits, batch["rehearsal_mask"]

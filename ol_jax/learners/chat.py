@@ -73,6 +73,7 @@ from ol_jax.models import (
     LoRAConfig,
     chat_token_ids,
     generate,
+    llama_apply,
     load_llama,
     split_lora,
 )
@@ -291,7 +292,7 @@ class ChatLearner:
             on_trace=self._count_trace,
         )
         self._step = make_step(loss_fn, self._tx, has_aux=True)
-        self._rehearsal = self._rehearsal_batch()
+        self._rehearsal = self._rehearsal_batch(lora)
         self._state = init_state(lora, self._tx, key=jax.random.fold_in(key, 1))
         self._gen_key = jax.random.fold_in(key, 2)
         self.detector = FactDetector(config.fact_detection)
@@ -691,8 +692,13 @@ class ChatLearner:
             lam = reg.fact_lambda * (1.0 - confidence * factor)
         return float(min(max(lam, reg.min_kl), reg.max_kl))
 
-    def _rehearsal_batch(self) -> dict[str, jax.Array]:
-        """The ``training.loss.rehearsal_*`` rows every update carries (or none)."""
+    def _rehearsal_batch(self, lora) -> dict[str, jax.Array]:
+        """The ``training.loss.rehearsal_*`` rows every update carries (or none).
+
+        The frozen base's logits on these fixed rows never change, so they are
+        computed once here (``rehearsal_base_logits``) and every update runs the
+        adapted pass only, not the base stream again.
+        """
         loss = self.config.training.loss
         if loss.rehearsal_lambda == 0:
             return {}
@@ -704,11 +710,17 @@ class ChatLearner:
         tokens, mask = padded_rows(
             rows, buckets=self._score_buckets(rows), pad_id=self._format.pad_id
         )
+        base = jax.jit(
+            lambda t: llama_apply(
+                self._graphdef, lora, t, frozen=self._frozen, use_lora=False
+            )
+        )(jnp.asarray(tokens[:, :-1]))
         # Device arrays once: every update reuses them without a host copy.
         return {
             "rehearsal_tokens": jnp.asarray(tokens),
             "rehearsal_mask": jnp.asarray(mask),
             "rehearsal_lambda": jnp.float32(loss.rehearsal_lambda),
+            "rehearsal_base_logits": base,
         }
 
     def _update(self, batch: Mapping[str, np.ndarray], multiplier: float):

@@ -540,8 +540,10 @@ def test_bad_fact_question_template_is_a_config_error(tmp_path):
 
 
 @settings(max_examples=5, deadline=None)
-@given(lam=st.floats(0.0, 4.0), shift=st.floats(-0.1, 0.1))
-def test_rehearsal_term_adds_lambda_times_the_kl_on_its_rows(model, lam, shift):
+@given(lam=st.floats(0.0, 4.0), shift=st.floats(-0.1, 0.1), cached=st.booleans())
+def test_rehearsal_term_adds_lambda_times_the_kl_on_its_rows(model, lam, shift, cached):
+    """The same term whether the base's logits on the rows ride in the batch
+    (``rehearsal_base_logits``, as ChatLearner sends them) or are recomputed."""
     from ol_jax.learners._chat_step import padded_rows
     from ol_jax.learners.chat import chat_turn_loss, turn_batch
     from ol_jax.models import llama_apply, split_lora
@@ -565,6 +567,10 @@ def test_rehearsal_term_adds_lambda_times_the_kl_on_its_rows(model, lam, shift):
         "rehearsal_mask": mask,
         "rehearsal_lambda": np.float32(lam),
     }
+    if cached:
+        rehearsal["rehearsal_base_logits"] = llama_apply(
+            graphdef, lora, jnp.asarray(tokens[:, :-1]), frozen=base, use_lora=False
+        )
     loss_fn = chat_turn_loss(graphdef, dropout=False)
 
     def run(batch):
@@ -594,6 +600,23 @@ def test_rehearsal_term_adds_lambda_times_the_kl_on_its_rows(model, lam, shift):
 def test_rehearsal_prompts_ride_along_every_update(tmp_path, model, tokenizer):
     loss = {"rehearsal_lambda": 1.0, "rehearsal_prompts": ["Cats sleep a lot.", "Hi."]}
     learner = make(tmp_path, model, tokenizer, tiny_config(training={"loss": loss}))
+    # The base's logits on the rows, computed once, are the base model's.
+    from ol_jax.models import llama_apply, split_lora
+
+    graphdef, base, lora = split_lora(model)
+    rows = learner._rehearsal
+    np.testing.assert_allclose(
+        rows["rehearsal_base_logits"],
+        llama_apply(
+            graphdef,
+            lora,
+            rows["rehearsal_tokens"][:, :-1],
+            frozen=base,
+            use_lora=False,
+        ),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     _, m = learner.chat_and_update(FACT)
     assert m["rehearsal_kl"] >= 0 and np.isfinite(m["loss"])
     _, m = learner.chat_and_update("Hello there.")
