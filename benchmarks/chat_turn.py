@@ -94,6 +94,11 @@ def _torch_turn(peft_model, config, rehearsal: dict):
     import torch.nn.functional as F
 
     tc = config.training
+
+    def base_logp(ids):
+        with torch.no_grad(), peft_model.disable_adapter():
+            return F.log_softmax(peft_model(input_ids=ids).logits, -1)
+
     if rehearsal:
         r_tokens = torch.from_numpy(
             np.asarray(rehearsal["rehearsal_tokens"]).astype(np.int64)
@@ -103,11 +108,7 @@ def _torch_turn(peft_model, config, rehearsal: dict):
         )
         r_lambda = float(rehearsal["rehearsal_lambda"])
         # As ours: the base's log-probs on the fixed rows are computed once.
-        r_base = None
-
-    def base_logp(ids):
-        with torch.no_grad(), peft_model.disable_adapter():
-            return F.log_softmax(peft_model(input_ids=ids).logits, -1)
+        r_base = base_logp(r_tokens[:, :-1])
 
     def masked_kl(ids, mask, base=None):
         """Mean over rows of each row's masked mean ``KL(base || adapted)``."""
@@ -141,9 +142,6 @@ def _torch_turn(peft_model, config, rehearsal: dict):
         ce = ((weights * ce).sum(-1) / weights.sum(-1)).mean()
         loss = float(batch["task_lambda"]) * ce + float(batch["kl_lambda"]) * kl
         if rehearsal:
-            nonlocal r_base
-            if r_base is None:
-                r_base = base_logp(r_tokens[:, :-1])
             r_kl, _ = masked_kl(r_tokens[:, :-1], r_mask, r_base)
             loss = loss + r_lambda * r_kl
         for group in opt.param_groups:

@@ -710,11 +710,15 @@ class ChatLearner:
         tokens, mask = padded_rows(
             rows, buckets=self._score_buckets(rows), pad_id=self._format.pad_id
         )
-        base = jax.jit(
-            lambda t: llama_apply(
-                self._graphdef, lora, t, frozen=self._frozen, use_lora=False
-            )
-        )(jnp.asarray(tokens[:, :-1]))
+        # llama_apply compiles its forward per shape with the weights as
+        # arguments; an outer jit closing over them would bake them in.
+        base = llama_apply(
+            self._graphdef,
+            lora,
+            jnp.asarray(tokens[:, :-1]),
+            frozen=self._frozen,
+            use_lora=False,
+        )
         # Device arrays once: every update reuses them without a host copy.
         return {
             "rehearsal_tokens": jnp.asarray(tokens),
