@@ -9,9 +9,15 @@ document's ``load_weights``, ``save_weights``, ``enable_learning``,
 Every tool's arguments are checked against its JSON schema (generated from the
 annotated signature, so a negative learning rate or an unknown format is refused
 before the tool runs), and every failure comes back as an MCP tool error
-(``isError: true`` with the message); the server keeps serving. File paths are
-resolved, symlinks included, inside one allowed folder; anything outside it
-(``../`` or an absolute path elsewhere) is refused.
+(``isError: true`` with the message); the server keeps serving. File paths name
+files inside one allowed folder: anything outside it (``../`` or an absolute path
+elsewhere), the folder itself and any path through a symlink are refused, and
+every file is opened through descriptors of the folders checked (see
+:func:`ol_jax.models.save_weights` with ``root=``), so a folder swapped for a
+symlink mid-call cannot redirect a read or a write. ``save_weights`` never
+deletes or replaces what it did not write: an existing path needs
+``overwrite: true`` and weights of the same format there, and a folder is never
+replaced.
 
 Run it with ``ol-jax mcp --root DIR`` (stdio) or ``ol-jax mcp --transport http
 --port 8765``; ``mcp_main(argv)`` is the entry point.
@@ -38,22 +44,14 @@ SaveFormat = Literal["safetensors", "binary", "custom", "ol_jax"]
 
 
 def resolve_in_root(root: str | os.PathLike[str], file_path: str) -> str:
-    """``file_path`` (relative to ``root``, or absolute) resolved inside ``root``.
+    """:func:`ol_jax.models.resolve_in_root`: ``file_path`` checked inside ``root``.
 
-    Symlinks are resolved first, so a link pointing outside is refused too.
-
-    Raises:
-      ValueError: the path is empty, contains a NUL byte, or lies outside ``root``.
+    The check lives beside the code that opens the files; imported on call so
+    that ``ol-jax mcp --help`` does not load JAX.
     """
-    if not isinstance(file_path, str) or not file_path or "\x00" in file_path:
-        raise ValueError(f"file_path must be a non-empty path, got {file_path!r}")
-    base = os.path.realpath(os.fspath(root))
-    candidate = os.path.realpath(os.path.join(base, file_path))
-    if os.path.commonpath([base, candidate]) != base:
-        raise ValueError(
-            f"file_path must be inside the allowed folder {base}, got {file_path!r}"
-        )
-    return candidate
+    from ol_jax.models import resolve_in_root as resolve
+
+    return resolve(root, file_path)
 
 
 def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax"):
@@ -86,12 +84,6 @@ def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax
             "stats": learner.stats().to_dict(),
         }
 
-    def path_in_root(file_path: str) -> str:
-        try:
-            return resolve_in_root(root, file_path)
-        except ValueError as e:
-            raise ToolError(str(e)) from e
-
     @server.tool()
     def load_weights(
         file_path: Annotated[str, Field(min_length=1, description="weights file")],
@@ -101,12 +93,9 @@ def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax
         ] = None,
     ) -> dict[str, Any]:
         """Load pre-trained weights from a file in the allowed folder."""
-        path = path_in_root(file_path)
-        if not os.path.exists(path):
-            raise ToolError(f"file_path {file_path!r} does not exist")
         try:
-            count = learner.load_weights(path, format=format)
-        except ValueError as e:
+            count = learner.load_weights(file_path, format=format, root=root)
+        except ValueError as e:  # WeightFileError names the file and the problem
             raise ToolError(str(e)) from e
         return reply(f"Loaded {count} tensors from {file_path}", tensors=count)
 
@@ -116,11 +105,19 @@ def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax
         format: Annotated[
             SaveFormat, Field(description="weight format (custom = ol_jax/Orbax)")
         ] = "custom",
+        overwrite: Annotated[
+            bool,
+            Field(
+                description="replace weights of the same format saved at file_path "
+                "before (a folder is never replaced)"
+            ),
+        ] = False,
     ) -> dict[str, Any]:
-        """Save the current model weights to a file in the allowed folder."""
-        path = path_in_root(file_path)
+        """Save the current model weights to a new file in the allowed folder."""
         try:
-            learner.save_weights(path, format=format)
+            learner.save_weights(
+                file_path, format=format, overwrite=overwrite, root=root
+            )
         except ValueError as e:
             raise ToolError(str(e)) from e
         return reply(f"Saved weights to {file_path}", file_path=file_path)

@@ -873,16 +873,30 @@ class BufferedLearner:
         format: str | None = None,
         dtype: Any = None,
         allow_lossy: bool = False,
+        overwrite: bool = False,
+        root: str | None = None,
     ) -> str:
-        """Writes the served parameters with :func:`ol_jax.models.save_weights`."""
+        """Writes the served parameters with :func:`ol_jax.models.save_weights`
+        (``overwrite`` and ``root`` as there)."""
         params = self._serving[1]
         tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
         return save_weights(
-            tree, path, format=format, dtype=dtype, allow_lossy=allow_lossy
+            tree,
+            path,
+            format=format,
+            dtype=dtype,
+            allow_lossy=allow_lossy,
+            overwrite=overwrite,
+            root=root,
         )
 
     def load_weights(
-        self, path: str, *, format: str | None = None, allow_lossy: bool = False
+        self,
+        path: str,
+        *,
+        format: str | None = None,
+        allow_lossy: bool = False,
+        root: str | None = None,
     ) -> int:
         """Replaces the parameters with a weight file and resets the optimizer.
 
@@ -891,6 +905,8 @@ class BufferedLearner:
         :meth:`from_llama`, a Hugging Face safetensors or GGUF file of the same
         architecture works too. Floating tensors are converted to the current
         dtypes (``allow_lossy`` permits rounding). Queued updates finish first.
+        With ``root``, ``path`` is read inside that folder only, as by
+        :func:`ol_jax.models.load_weights`.
 
         Returns:
           The number of tensors loaded.
@@ -901,7 +917,7 @@ class BufferedLearner:
         self.wait()
         current = self._serving[1]
         like = nnx.to_pure_dict(current) if isinstance(current, nnx.State) else current
-        tree = load_weights(path, format=format)
+        tree = load_weights(path, format=format, root=root)
         if self._import_weights is not None:
             tree = self._import_weights(tree)
         # Matched by dotted path, so a list restored for a saved tuple still fits.

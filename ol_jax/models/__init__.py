@@ -10,7 +10,9 @@ from ol_jax.models._encoder import encoder_params_from_hf as encoder_params_from
 from ol_jax.models._encoder import load_encoder as load_encoder
 from ol_jax.models._encoder import mean_pool as mean_pool
 from ol_jax.models._encoder import sentence_embeddings as sentence_embeddings
+from ol_jax.models._files import resolve_in_root as resolve_in_root
 from ol_jax.models._formats import FLOAT_DTYPES as FLOAT_DTYPES
+from ol_jax.models._formats import WeightFileError as WeightFileError
 from ol_jax.models._formats import convert_dtype as convert_dtype
 from ol_jax.models._formats import load_weights as load_weights
 from ol_jax.models._formats import register_weight_format as register_weight_format
@@ -109,6 +111,7 @@ __all__ = [
     "LoadedModel",
     "PeftAdapter",
     "PretrainedSpec",
+    "WeightFileError",
     "chat_token_ids",
     "convert_dtype",
     "decode_glyph",
@@ -139,6 +142,7 @@ __all__ = [
     "prompt_bucket",
     "register_weight_format",
     "resolve_pretrained",
+    "resolve_in_root",
     "reverse_permute_qk",
     "sample_logits",
     "sample_style_z",

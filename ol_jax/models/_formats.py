@@ -22,7 +22,11 @@ dicts, lists and tuples of arrays, or a flat ``{name: array}`` dict) in one of:
     document this library follows.
 
 Every writable format round-trips bit-exactly in float32, float16 and bfloat16
-(special values included).
+(special values included). Saving never deletes or replaces what it did not
+write (an existing path needs ``overwrite=True`` and weights of the same format;
+a folder is never replaced), and with ``root=`` neither saving nor loading
+leaves that folder or follows a symlink (``ol_jax.models._files``). Every
+problem with a file being read is a :class:`WeightFileError` naming the file.
 :func:`convert_dtype` changes the floating dtype of a tree and refuses a
 conversion that changes any value (``f32 -> bf16`` rounds) unless
 ``allow_lossy=True``.
@@ -35,19 +39,26 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+import stat
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, NamedTuple
 
 import jax
 import ml_dtypes
 import numpy as np
 
 from ol_jax.core import path_str
+from ol_jax.models import _files
+from ol_jax.models._files import WeightFileError
 
 __all__ = [
     "FLOAT_DTYPES",
+    "WeightFileError",
     "convert_dtype",
     "load_weights",
     "register_weight_format",
@@ -66,6 +77,12 @@ _FORMAT_ALIASES = {"custom": "ol_jax", "raw": "binary"}
 _TREE_KEY = "ol_jax.tree"
 _RAW_FORMAT = "ol_jax-raw-float32"
 _RAW_VERSION = 1
+_MANIFEST_SUFFIX = ".json"
+# Bounds on what a hostile file may ask for: a JSON header or manifest (the
+# safetensors library's own limit), the nesting of a saved tree, a tensor's rank.
+_MAX_HEADER = 100_000_000
+_MAX_TREE_DEPTH = 64
+_MAX_RANK = 32
 
 Tree = Any
 
@@ -214,70 +231,181 @@ def _named_leaves(tree: Tree) -> tuple[dict[str, np.ndarray], Any]:
     return named, skeleton
 
 
-def _like(tensors: Mapping[str, np.ndarray], like: Tree, source: str) -> Tree:
+def _like(tensors: Mapping[str, np.ndarray], like: Tree, shown: str) -> Tree:
     """Arranges ``tensors`` (by dotted name) into the structure of ``like``."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     leaves = []
     for p, x in flat:
         name = path_str(p)
         if name not in tensors:
-            raise ValueError(f"{source} has no tensor {name!r} required by like")
+            raise WeightFileError(shown, f"has no tensor {name!r} required by like")
         if tuple(np.shape(x)) != tuple(tensors[name].shape):
-            raise ValueError(
-                f"{source}: tensor {name!r} has shape {tensors[name].shape}, "
-                f"like expects {tuple(np.shape(x))}"
+            raise WeightFileError(
+                shown,
+                f"tensor {name!r} has shape {tensors[name].shape}, like expects "
+                f"{tuple(np.shape(x))}",
             )
         leaves.append(tensors[name])
     return jax.tree.unflatten(treedef, leaves)
 
 
-def _atomic_replace(path: str, write: Callable[[str], None]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+# ---------------------------------------------------------------- checking files
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a field of a hostile file)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_json(data: bytes | str, what: str, shown: str) -> Any:
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        return json.loads(data)
+    except RecursionError:
+        raise WeightFileError(shown, f"{what} is nested too deeply to parse") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, huge integers
+        raise WeightFileError(shown, f"{what} is not valid JSON: {e}") from None
+
+
+def _check_skeleton(skeleton: Any, names: set[str], shown: str) -> None:
+    """Checks a saved tree description (see :func:`_skeleton`) against the tensors.
+
+    Every node must be well formed, at most ``_MAX_TREE_DEPTH`` deep, and the
+    leaves must name each tensor of the file exactly once. Iterative, so a
+    hostile file cannot exhaust the stack.
+    """
+    seen: set[str] = set()
+    stack = [(skeleton, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_TREE_DEPTH:
+            raise WeightFileError(
+                shown, f"its tree is nested deeper than {_MAX_TREE_DEPTH} levels"
+            )
+        if isinstance(node, str):
+            if node not in names:
+                raise WeightFileError(
+                    shown,
+                    f"its tree names tensor {_short(node)}, which it does not hold",
+                )
+            if node in seen:
+                raise WeightFileError(shown, f"its tree names tensor {node!r} twice")
+            seen.add(node)
+            continue
+        ok = (
+            isinstance(node, list)
+            and len(node) == 2
+            and node[0] in ("dict", "list", "tuple")
+            and isinstance(node[1], list)
+        )
+        if not ok:
+            raise WeightFileError(
+                shown, f"its tree has a malformed node {_short(node)}"
+            )
+        if node[0] != "dict":
+            stack.extend((child, depth + 1) for child in node[1])
+            continue
+        keys = set()
+        for item in node[1]:
+            ok = (
+                isinstance(item, list)
+                and len(item) == 3
+                and (
+                    (item[1] == "str" and isinstance(item[0], str))
+                    or (item[1] == "int" and _is_int(item[0]))
+                )
+                and item[0] not in keys
+            )
+            if not ok:
+                raise WeightFileError(
+                    shown, f"its tree has a malformed dict entry {_short(item)}"
+                )
+            keys.add(item[0])
+            stack.append((item[2], depth + 1))
+    if seen != names:
+        raise WeightFileError(
+            shown, f"its tree leaves out tensors {sorted(names - seen)[:5]}"
+        )
+
+
+class _Source(NamedTuple):
+    """An opened weight file, for the built-in loaders.
+
+    ``path`` reopens exactly the opened file (``/proc/self/fd/N``, or a private
+    copy); sidecar files are opened through ``dir_fd``, the folder it was found in.
+    """
+
+    where: _files.Located
+    dir_fd: int
+    path: str
+    size: int
+
+    @property
+    def shown(self) -> str:
+        return self.where.shown
+
+    def sidecar(self, suffix: str, *, limit: int) -> tuple[str, bytes]:
+        name = self.where.name + suffix
+        return name, _files.read_in(self.dir_fd, name, self.where, limit=limit)
 
 
 # ---------------------------------------------------------------- safetensors
 
 
-def _save_safetensors(tree: Tree, path: str) -> None:
-    from safetensors.numpy import save_file
+def _safetensors_writers(tree: Tree) -> dict[str, Callable[[BinaryIO], None]]:
+    from safetensors.numpy import save
 
     named, skeleton = _named_leaves(tree)
     for name, x in named.items():
         if x.dtype.kind not in "biuf" and x.dtype != FLOAT_DTYPES["bfloat16"]:
             raise ValueError(f"tensor {name!r} has unsupported dtype {x.dtype}")
     metadata = {_TREE_KEY: json.dumps(skeleton)}
-    _atomic_replace(path, lambda tmp: save_file(named, tmp, metadata=metadata))
+    return {"": lambda f: f.write(save(named, metadata=metadata))}
 
 
-def _load_safetensors(path: str) -> tuple[dict[str, np.ndarray], Any]:
+def _holds_safetensors(dir_fd: int, where: _files.Located) -> bool:
+    """Whether ``where`` starts like a safetensors file (a JSON header)."""
+    fd, is_dir = _files.open_in(dir_fd, where.name, where, follow=False)
+    with os.fdopen(fd, "rb") as f:
+        if is_dir:
+            return False
+        size = int.from_bytes(f.read(8), "little")
+        if size > _MAX_HEADER:
+            return False
+        try:
+            return isinstance(json.loads(f.read(size)), dict)
+        except (ValueError, RecursionError):
+            return False
+
+
+def _load_safetensors(src: _Source) -> tuple[dict[str, np.ndarray], Any]:
     from safetensors import safe_open
 
     try:
-        with safe_open(path, framework="numpy") as f:
+        with safe_open(src.path, framework="numpy") as f:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as e:  # SafetensorError, OSError: name the file
-        raise ValueError(
-            f"could not read safetensors file {path} (truncated or corrupt?): {e}"
-        ) from e
-    skeleton = json.loads(metadata[_TREE_KEY]) if _TREE_KEY in metadata else None
+        message = str(e).replace(src.path, src.shown)
+        raise WeightFileError(
+            src.shown,
+            f"could not read safetensors data (truncated or corrupt?): {message}",
+        ) from None
+    if _TREE_KEY not in metadata:
+        return tensors, None
+    skeleton = _parse_json(metadata[_TREE_KEY], f"its {_TREE_KEY} metadata", src.shown)
+    _check_skeleton(skeleton, set(tensors), src.shown)
     return tensors, skeleton
 
 
 # ---------------------------------------------------------------- raw float32
 
 
-def _manifest_path(path: str) -> str:
-    return path + ".json"
-
-
-def _save_binary(tree: Tree, path: str) -> None:
+def _binary_writers(tree: Tree) -> dict[str, Callable[[BinaryIO], None]]:
     named, skeleton = _named_leaves(tree)
     entries, offset = [], 0
     for name, x in named.items():
@@ -305,79 +433,170 @@ def _save_binary(tree: Tree, path: str) -> None:
         "tree": skeleton,
     }
 
-    def write_data(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            for x in named.values():
-                f.write(x.astype("<f4").tobytes(order="C"))
+    def write_data(f: BinaryIO) -> None:
+        for x in named.values():
+            f.write(x.astype("<f4").tobytes(order="C"))
 
-    def write_manifest(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
+    def write_manifest(f: BinaryIO) -> None:
+        f.write(json.dumps(manifest, indent=1).encode("utf-8"))
 
-    _atomic_replace(path, write_data)
-    _atomic_replace(_manifest_path(path), write_manifest)
+    # The data first: a reader that sees the new manifest finds its data in place.
+    return {"": write_data, _MANIFEST_SUFFIX: write_manifest}
 
 
-def _load_binary(path: str) -> tuple[dict[str, np.ndarray], Any]:
-    manifest_file = _manifest_path(path)
-    if not os.path.isfile(manifest_file):
-        raise ValueError(
-            f"raw float32 weights {path} need their JSON manifest {manifest_file}"
+def _holds_binary(dir_fd: int, where: _files.Located) -> bool:
+    """Whether ``where`` is a raw float32 file with an ``ol_jax`` manifest beside it."""
+    data = _files.lstat_in(dir_fd, where.name)
+    if data is None or not stat.S_ISREG(data.st_mode):
+        return False
+    try:
+        text = _files.read_in(
+            dir_fd, where.name + _MANIFEST_SUFFIX, where, limit=_MAX_HEADER
         )
-    with open(manifest_file, encoding="utf-8") as f:
-        manifest = json.load(f)
+        manifest = json.loads(text)
+    except (ValueError, RecursionError):  # WeightFileError included
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == _RAW_FORMAT
+
+
+def _check_manifest(manifest: Any, size: int, name: str, shown: str) -> list[dict]:
+    """The manifest's tensor entries, once every field agrees with the data.
+
+    Shapes must be lists of non-negative integers, dtypes known, and the tensors
+    must tile the data exactly: each starts where the one before ends, and their
+    sizes add up to ``total_bytes``, which is the data file's size.
+    """
+
+    def bad(problem: str) -> WeightFileError:
+        return WeightFileError(shown, f"manifest {name!r} {problem}")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"must be a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != _RAW_FORMAT:
-        raise ValueError(
-            f"manifest {manifest_file} has format {manifest.get('format')!r}, "
-            f"expected {_RAW_FORMAT!r}"
+        raise bad(
+            f"has format {_short(manifest.get('format'))}, expected {_RAW_FORMAT!r}"
         )
-    size = os.path.getsize(path)
-    if size != manifest["total_bytes"]:
-        raise ValueError(
-            f"raw weights {path} hold {size} bytes, the manifest says "
-            f"{manifest['total_bytes']} (truncated or mismatched file?)"
+    version = manifest.get("format_version")
+    if not _is_int(version) or not 1 <= version <= _RAW_VERSION:
+        raise bad(f"has format_version {_short(version)}, expected 1..{_RAW_VERSION}")
+    for key, want in (("byte_order", "little"), ("element", "float32")):
+        if manifest.get(key) != want:
+            raise bad(f"has {key} {_short(manifest.get(key))}, expected {want!r}")
+    total = manifest.get("total_bytes")
+    if not _is_int(total) or total < 0:
+        raise bad(f"has total_bytes {_short(total)}, expected a byte count")
+    if size != total:
+        raise WeightFileError(
+            shown,
+            f"holds {size} bytes, its manifest says {total} (truncated or "
+            "mismatched file?)",
         )
-    data = np.fromfile(path, dtype="<f4")
+    entries = manifest.get("tensors")
+    if not isinstance(entries, list):
+        raise bad(f"has tensors {_short(entries)}, expected a list")
+    offset, names = 0, set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise bad(f"tensor {i} is {_short(entry)}, expected an object")
+        tensor = entry.get("name")
+        if not isinstance(tensor, str) or tensor in names:
+            raise bad(f"tensor {i} has name {_short(tensor)}, expected a new string")
+        names.add(tensor)
+        shape = entry.get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_RANK
+            or not all(_is_int(d) and d >= 0 for d in shape)
+        ):
+            raise bad(
+                f"gives tensor {tensor!r} shape {_short(shape)}; a shape is a list "
+                f"of at most {_MAX_RANK} non-negative integers"
+            )
+        if entry.get("dtype") not in FLOAT_DTYPES:
+            raise bad(
+                f"gives tensor {tensor!r} dtype {_short(entry.get('dtype'))}, "
+                f"expected one of {sorted(FLOAT_DTYPES)}"
+            )
+        if not _is_int(entry.get("offset")) or entry["offset"] != offset:
+            raise bad(
+                f"gives tensor {tensor!r} offset {_short(entry.get('offset'))}; the "
+                f"tensors before it end at byte {offset}"
+            )
+        offset += 4 * math.prod(shape)  # Python ints: a product cannot overflow
+        if offset > total:
+            raise bad(
+                f"gives tensor {tensor!r} shape {shape}, which ends at byte "
+                f"{offset}, past the data's {total} bytes"
+            )
+    if offset != total:
+        raise bad(f"accounts for {offset} bytes of the data's {total}")
+    return entries
+
+
+def _load_binary(src: _Source) -> tuple[dict[str, np.ndarray], Any]:
+    try:
+        name, text = src.sidecar(_MANIFEST_SUFFIX, limit=_MAX_HEADER)
+    except WeightFileError as e:
+        raise WeightFileError(
+            src.shown, f"raw float32 weights need their JSON manifest: {e.problem}"
+        ) from None
+    manifest = _parse_json(text, f"manifest {name!r}", src.shown)
+    entries = _check_manifest(manifest, src.size, name, src.shown)
+    data = np.fromfile(src.path, dtype="<f4")
+    if 4 * data.size != src.size:
+        raise WeightFileError(src.shown, "changed size while it was read")
+    tree = manifest.get("tree")
+    if tree is not None:
+        _check_skeleton(tree, {e["name"] for e in entries}, src.shown)
     tensors = {}
-    for entry in manifest["tensors"]:
-        start = entry["offset"] // 4
-        count = int(np.prod(entry["shape"], dtype=np.int64))
-        x = (
-            data[start : start + count]
-            .astype(np.float32)
-            .reshape(tuple(entry["shape"]))
-        )
+    for entry in entries:
+        start, count = entry["offset"] // 4, math.prod(entry["shape"])
+        x = data[start : start + count].astype(np.float32).reshape(entry["shape"])
         # Widened from float16 / bfloat16 on save, so narrowing back is exact.
-        tensors[entry["name"]] = x.astype(_dtype(entry["dtype"]))
-    return tensors, manifest.get("tree")
+        tensors[entry["name"]] = x.astype(FLOAT_DTYPES[entry["dtype"]])
+    return tensors, tree
 
 
 # ---------------------------------------------------------------- gguf
 
 
-def _load_gguf_tensors(path: str) -> tuple[dict[str, np.ndarray], Any]:
+def _load_gguf_tensors(src: _Source) -> tuple[dict[str, np.ndarray], Any]:
     from ol_jax.models._load import load_gguf
 
-    return dict(load_gguf(path, tokenizer=False).tensors), None
+    return dict(load_gguf(src.path, tokenizer=False).tensors), None
 
 
 # ---------------------------------------------------------------- registry
 
 
 class _Format(NamedTuple):
+    # A registered format's ``save(tree, path)``, writing a new file or folder.
     save: Callable[[Tree, str], None] | None
-    load: Callable[[str], Any]
+    load: Callable[..., Any]
     suffixes: tuple[str, ...]
     detect: Callable[[str], bool] | None
-    # A loader that returns the finished tree rather than (tensors, skeleton).
+    # A registered loader, ``load(path, like=None)`` returning the finished tree;
+    # a built-in one takes a _Source and returns (tensors, skeleton).
     returns_tree: bool
+    # A built-in writer: ``writers(tree) -> {suffix: write(file)}``.
+    writers: Callable[[Tree], dict[str, Callable[[BinaryIO], None]]] | None = None
+    # ``holds(dir_fd, where)``: the path already holds weights of this format.
+    holds: Callable[[int, _files.Located], bool] | None = None
 
 
 _FORMATS: dict[str, _Format] = {
     "safetensors": _Format(
-        _save_safetensors, _load_safetensors, (".safetensors",), None, False
+        None,
+        _load_safetensors,
+        (".safetensors",),
+        None,
+        False,
+        _safetensors_writers,
+        _holds_safetensors,
     ),
-    "binary": _Format(_save_binary, _load_binary, (".bin",), None, False),
+    "binary": _Format(
+        None, _load_binary, (".bin",), None, False, _binary_writers, _holds_binary
+    ),
     "gguf": _Format(None, _load_gguf_tensors, (".gguf",), None, False),
 }
 
@@ -397,8 +616,12 @@ def register_weight_format(
 
     Args:
       name: the format's name.
-      load: ``load(path, like=None) -> tree``.
-      save: ``save(tree, path)``, or ``None`` for a read-only format.
+      load: ``load(path, like=None) -> tree``. Given ``root=``,
+        :func:`load_weights` hands it a private copy of the file or folder.
+      save: ``save(tree, path)``, creating a new file or folder at ``path`` (a
+        private staging folder; :func:`save_weights` moves it into place and
+        never replaces an existing path with it), or ``None`` for a read-only
+        format.
       suffixes: file suffixes that select this format when none is given.
       detect: ``detect(path) -> bool`` for paths without a known suffix (folders).
     """
@@ -409,10 +632,17 @@ def register_weight_format(
 
 def weight_formats() -> dict[str, dict[str, bool]]:
     """The known formats: ``{name: {"read": True, "write": bool}}``."""
-    return {k: {"read": True, "write": v.save is not None} for k, v in _FORMATS.items()}
+    return {
+        k: {"read": True, "write": v.save is not None or v.writers is not None}
+        for k, v in _FORMATS.items()
+    }
 
 
-def _resolve_format(path: str, format: str | None, *, writing: bool) -> str:
+def _resolve_format(
+    path: str, format: str | None, *, detect_path: str | None = None
+) -> str:
+    """The format's name: ``format``, else from the suffix of ``path``, else (a
+    folder being read) detected on ``detect_path``."""
     if format is not None:
         if not isinstance(format, str):
             raise ValueError(f"format must be a string, got {format!r}")
@@ -429,9 +659,9 @@ def _resolve_format(path: str, format: str | None, *, writing: bool) -> str:
     for name, spec in _FORMATS.items():
         if any(path.lower().endswith(s) for s in spec.suffixes):
             return name
-    if not writing:
+    if detect_path is not None:
         for name, spec in _FORMATS.items():
-            if spec.detect is not None and spec.detect(path):
+            if spec.detect is not None and spec.detect(detect_path):
                 return name
     raise ValueError(
         f"cannot tell the weight format of {path!r} from its name; pass format= "
@@ -442,6 +672,50 @@ def _resolve_format(path: str, format: str | None, *, writing: bool) -> str:
 # ---------------------------------------------------------------- public API
 
 
+def _writable_targets(
+    dir_fd: int,
+    where: _files.Located,
+    names: Sequence[str],
+    fmt: str,
+    spec: _Format,
+    overwrite: bool,
+) -> frozenset[str]:
+    """The names among ``names`` to replace; refuses any other existing path."""
+    existing = []
+    for name in names:
+        st = _files.lstat_in(dir_fd, name)
+        if st is None:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            raise WeightFileError(
+                where.shown,
+                f"{name!r} is a folder; save_weights never replaces a folder (save "
+                "to a new name)",
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise WeightFileError(
+                where.shown, f"{name!r} exists and is not a regular file; not replaced"
+            )
+        if not overwrite:
+            raise WeightFileError(
+                where.shown,
+                f"{name!r} exists; pass overwrite=True to replace {fmt} weights "
+                "saved there before",
+            )
+        if spec.holds is None:
+            raise WeightFileError(
+                where.shown, f"{name!r} exists; {fmt} weights never replace a path"
+            )
+        existing.append(name)
+    if existing and not spec.holds(dir_fd, where):
+        raise WeightFileError(
+            where.shown,
+            f"{existing[0]!r} does not hold {fmt} weights; overwrite replaces only "
+            "weights of the same format",
+        )
+    return frozenset(existing)
+
+
 def save_weights(
     tree: Tree,
     path: str | os.PathLike[str],
@@ -449,12 +723,23 @@ def save_weights(
     format: str | None = None,
     dtype: Any = None,
     allow_lossy: bool = False,
+    overwrite: bool = False,
+    root: str | os.PathLike[str] | None = None,
 ) -> str:
     """Writes a parameter tree to ``path`` in a weight format.
 
-    Files are written to a temporary name and renamed into place, so a reader
-    sees the old file or the new one, never half of one (an existing file is
-    replaced).
+    Nothing that was there is deleted or changed unless asked: an existing path
+    is refused, unless ``overwrite=True`` and it already holds weights of the
+    same format (for ``"binary"``, both the data and its manifest); a folder is
+    never replaced (so an ``"ol_jax"`` checkpoint is saved to a new name). Each
+    file is written to an unpredictable temporary name created exclusively
+    beside the target, then renamed into place, so a reader sees the old file or
+    the new one, never half of one.
+
+    With ``root``, ``path`` is relative to that folder (or absolute inside it)
+    and may not leave it: each folder on the way is opened without following
+    symlinks and written through its descriptor, so a folder swapped for a
+    symlink mid-save cannot redirect the write (see ``ol_jax.models._files``).
 
     Args:
       tree: nested dicts / lists / tuples of jax or numpy arrays, or a flat
@@ -465,11 +750,17 @@ def save_weights(
       dtype: convert floating leaves to this dtype first (see
         :func:`convert_dtype`); ``None`` keeps each leaf's dtype.
       allow_lossy: allow a ``dtype`` conversion that changes values.
+      overwrite: replace weights of the same format already at ``path``.
+      root: the only folder the write may touch; ``None`` writes ``path`` as
+        given (its folder may be reached through symlinks, the file itself not).
 
     Returns:
-      The path written.
+      The path written, as given.
 
     Raises:
+      WeightFileError: the path exists (and may not be replaced), is outside
+        ``root`` or ``root`` itself, goes through a symlink, its folder is
+        missing, or the write failed (naming the OS error).
       ValueError: unknown or read-only format, unsupported tree or dtype, or a
         lossy conversion without ``allow_lossy``.
 
@@ -480,21 +771,61 @@ def save_weights(
       >>> load_weights(f)["layer"]["w"].shape
       (2, 3)
     """
-    path = os.fspath(path)
-    name = _resolve_format(path, format, writing=True)
+    where = _files.locate(path, root)
+    name = _resolve_format(where.shown, format)
     spec = _FORMATS[name]
-    if spec.save is None:
-        writable = sorted(k for k, v in _FORMATS.items() if v.save is not None)
+    if spec.save is None and spec.writers is None:
+        writable = sorted(k for k, v in weight_formats().items() if v["write"])
         raise ValueError(
             f"format {name!r} is read-only; save as one of {writable} instead"
         )
     if dtype is not None:
         tree = convert_dtype(tree, dtype, allow_lossy=allow_lossy)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"the folder of {path} does not exist")
-    spec.save(tree, path)
-    return path
+    # The tree is checked (and serialized lazily) before anything is touched.
+    writers = spec.writers(tree) if spec.writers is not None else None
+    with _files.open_parent(where) as dir_fd:
+        names = [where.name + s for s in writers] if writers else [where.name]
+        replace = _writable_targets(dir_fd, where, names, name, spec, overwrite)
+        try:
+            if writers is not None:
+                named = {where.name + s: w for s, w in writers.items()}
+                _files.write_files(dir_fd, named, replace=replace)
+            else:
+                with tempfile.TemporaryDirectory(prefix="ol_jax-save-") as stage:
+                    staged = os.path.join(stage, where.name)
+                    spec.save(tree, staged)
+                    _files.install_staged(staged, dir_fd, where.name)
+        except FileExistsError:
+            raise WeightFileError(
+                where.shown, "appeared while it was being saved; nothing was replaced"
+            ) from None
+        except OSError as e:
+            raise WeightFileError(where.shown, f"could not be written: {e}") from e
+    return where.shown
+
+
+@contextlib.contextmanager
+def _reopenable(fd: int, is_dir: bool, where: _files.Located) -> Iterator[str]:
+    """A path that reads exactly the opened ``fd``, for loaders that take paths.
+
+    A file: ``/proc/self/fd/N`` where the OS has it, else a private copy. A
+    folder under a root: a private copy made without following links (its
+    entries could be symlinks). A folder named by a library caller: its path.
+    """
+    if is_dir and where.follow:
+        yield os.path.join(where.root, where.name)
+        return
+    stable = None if is_dir else _files.fd_path(fd)
+    if stable is not None:
+        yield stable
+        return
+    with tempfile.TemporaryDirectory(prefix="ol_jax-load-") as private:
+        copy = os.path.join(private, where.name)
+        if is_dir:
+            _files.copy_tree_out(fd, copy, where)
+        else:
+            _files.copy_file_out(fd, copy)
+        yield copy
 
 
 def load_weights(
@@ -504,8 +835,13 @@ def load_weights(
     like: Tree = None,
     dtype: Any = None,
     allow_lossy: bool = False,
+    root: str | os.PathLike[str] | None = None,
 ) -> Tree:
     """Reads a parameter tree from a weight file, as numpy arrays.
+
+    Every problem with the file raises :class:`WeightFileError` naming it and
+    what is wrong: missing, truncated, corrupt, or a manifest whose names,
+    shapes, dtypes or offsets disagree with the data. Nothing is written.
 
     Args:
       path: the file or ``"ol_jax"`` checkpoint folder.
@@ -518,31 +854,65 @@ def load_weights(
         file as a flat ``{tensor name: array}`` dict.
       dtype: convert floating leaves to this dtype after reading.
       allow_lossy: allow a ``dtype`` conversion that changes values.
+      root: the only folder the read may touch: ``path`` is relative to it (or
+        absolute inside it), and neither it, the folders on the way nor a
+        sidecar file (the ``.json`` manifest of ``"binary"``) may be a symlink.
+        ``None`` reads ``path`` as given, symlinks included.
 
     Returns:
       The tree of numpy arrays, bit-exact to what was saved.
 
     Raises:
-      ValueError: missing file, unknown format, corrupt or truncated file, a
-        tensor ``like`` needs but the file lacks, or a lossy conversion.
+      WeightFileError: anything wrong with the file, a tensor ``like`` needs but
+        the file lacks, or a lossy conversion.
+      ValueError: an unknown ``format`` or ``dtype``.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"path {path} does not exist")
-    name = _resolve_format(path, format, writing=False)
-    spec = _FORMATS[name]
-    if spec.returns_tree:
-        tree = spec.load(path, like=like)
-    else:
-        if not os.path.isfile(path):
-            raise ValueError(f"{name} weights must be a file, got folder {path}")
-        tensors, skeleton = spec.load(path)
-        if like is not None:
-            tree = _like(tensors, like, path)
-        elif skeleton is not None:
-            tree = _rebuild(skeleton, tensors)
-        else:
-            tree = tensors
+    where = _files.locate(path, root)
+    if format is not None:
+        _resolve_format(where.shown, format)  # an unknown format: before any I/O
     if dtype is not None:
-        tree = convert_dtype(tree, dtype, allow_lossy=allow_lossy)
+        _dtype(dtype)
+    with _files.open_parent(where) as dir_fd:
+        fd, is_dir = _files.open_in(dir_fd, where.name, where, follow=where.follow)
+        try:
+            detect = None
+            if is_dir:
+                detect = _files.fd_path(fd) or os.path.join(where.root, *where.parts)
+            name = _resolve_format(where.shown, format, detect_path=detect)
+            spec = _FORMATS[name]
+            if is_dir and not spec.returns_tree:
+                raise WeightFileError(
+                    where.shown, f"is a folder; {name} weights are a single file"
+                )
+            with _reopenable(fd, is_dir, where) as stable:
+                try:
+                    tree = _read(spec, stable, dir_fd, fd, where, like)
+                except WeightFileError:
+                    raise
+                except Exception as e:  # numpy, gguf, Orbax...: name the file
+                    message = str(e).replace(stable, where.shown)
+                    raise WeightFileError(
+                        where.shown,
+                        f"could not read it as {name} weights (truncated or "
+                        f"corrupt?): {type(e).__name__}: {_short(message, 300)}",
+                    ) from e
+        finally:
+            os.close(fd)
+    if dtype is not None:
+        try:
+            tree = convert_dtype(tree, dtype, allow_lossy=allow_lossy)
+        except ValueError as e:
+            raise WeightFileError(where.shown, str(e)) from None
     return tree
+
+
+def _read(spec: _Format, stable: str, dir_fd: int, fd: int, where, like) -> Tree:
+    if spec.returns_tree:
+        return spec.load(stable, like=like)
+    src = _Source(where, dir_fd, stable, os.fstat(fd).st_size)
+    tensors, skeleton = spec.load(src)
+    if like is not None:
+        return _like(tensors, like, where.shown)
+    if skeleton is not None:
+        return _rebuild(skeleton, tensors)
+    return tensors

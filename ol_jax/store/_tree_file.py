@@ -86,7 +86,9 @@ def load_pytree(path: str | os.PathLike[str], *, like: Any = None) -> Any:
 
 
 def _save_weights_file(tree: Any, path: str) -> None:
-    save_pytree(path, tree, overwrite=True)
+    # save_weights hands over a new path in a private staging folder and moves
+    # the result into place itself; it never asks Orbax to replace a folder.
+    save_pytree(path, tree)
 
 
 # ``ol_jax.models`` sits above this layer and cannot import Orbax code, so the

@@ -131,21 +131,21 @@ def test_every_tool_over_stdio(tmp_path):
         await refused(session, "set_learning_rate", "learning_rate", learning_rate="x")
         await refused(session, "load_weights", "does not exist", file_path="no.bin")
         await refused(
-            session, "load_weights", "inside the allowed folder", file_path="../x.bin"
+            session, "load_weights", "the allowed folder", file_path="../x.bin"
         )
         await refused(
-            session, "load_weights", "inside the allowed folder", file_path="/etc/hosts"
+            session, "load_weights", "the allowed folder", file_path="/etc/hosts"
         )
         await refused(
             session,
             "load_weights",
-            "inside the allowed folder",
+            "the allowed folder",
             file_path="link.safetensors",
         )
         await refused(
             session,
             "save_weights",
-            "inside the allowed folder",
+            "the allowed folder",
             file_path="../../escape.safetensors",
         )
         await refused(
