@@ -36,7 +36,7 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # O_NONBLOCK: opening a FIFO planted at the path must not hang the caller; it is
 # refused once fstat shows what it is. It changes nothing for regular files.
 _READ = os.O_RDONLY | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
-_DIR = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC
+_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
 # Bounds a copied checkpoint folder's depth (Orbax nests a few levels).
 _MAX_DEPTH = 32
 

@@ -884,6 +884,11 @@ def load_weights(
                 raise WeightFileError(
                     where.shown, f"is a folder; {name} weights are a single file"
                 )
+            if is_dir and spec.detect is not None and not spec.detect(detect):
+                # Checked before a folder under a root is copied to be read.
+                raise WeightFileError(
+                    where.shown, f"is a folder that does not hold {name} weights"
+                )
             with _reopenable(fd, is_dir, where) as stable:
                 try:
                     tree = _read(spec, stable, dir_fd, fd, where, like)

@@ -351,3 +351,17 @@ def test_weight_file_error_is_a_value_error_that_pickles():
     for bad in ("", "a\x00b"):
         with pytest.raises(ValueError, match="non-empty path"):
             resolve_in_root("/", bad)
+
+
+def test_a_plain_folder_is_not_read_as_a_checkpoint(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.csv").write_text("1,2,3")
+    for kwargs, path in (({}, tmp_path / "data"), ({"root": tmp_path}, "data")):
+        with pytest.raises(ValueError, match="cannot tell the weight format"):
+            load_weights(path, **kwargs)
+        with pytest.raises(
+            WeightFileError, match="folder that does not hold ol_jax weights"
+        ):
+            load_weights(path, format="custom", **kwargs)
+        with pytest.raises(WeightFileError, match="single file"):
+            load_weights(path, format="safetensors", **kwargs)
