@@ -287,10 +287,12 @@ def copy_tree_out(fd: int, dest: str, where: Located, depth: int = 0) -> None:
             where.shown, f"is nested deeper than {_MAX_DEPTH} folders"
         )
     os.mkdir(dest, 0o700)
-    for entry in os.scandir(fd):
-        child, is_dir = open_in(fd, entry.name, where, follow=False)
+    with os.scandir(fd) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        child, is_dir = open_in(fd, name, where, follow=False)
         try:
-            target = os.path.join(dest, entry.name)
+            target = os.path.join(dest, name)
             if is_dir:
                 copy_tree_out(child, target, where, depth + 1)
             else:

@@ -889,18 +889,21 @@ def load_weights(
                 raise WeightFileError(
                     where.shown, f"is a folder that does not hold {name} weights"
                 )
-            with _reopenable(fd, is_dir, where) as stable:
-                try:
-                    tree = _read(spec, stable, dir_fd, fd, where, like)
-                except WeightFileError:
-                    raise
-                except Exception as e:  # numpy, gguf, Orbax...: name the file
-                    message = str(e).replace(stable, where.shown)
-                    raise WeightFileError(
-                        where.shown,
-                        f"could not read it as {name} weights (truncated or "
-                        f"corrupt?): {type(e).__name__}: {_short(message, 300)}",
-                    ) from e
+            try:
+                with _reopenable(fd, is_dir, where) as stable:
+                    try:
+                        tree = _read(spec, stable, dir_fd, fd, where, like)
+                    except WeightFileError:
+                        raise
+                    except Exception as e:  # numpy, gguf, Orbax...: name the file
+                        message = str(e).replace(stable, where.shown)
+                        raise WeightFileError(
+                            where.shown,
+                            f"could not read it as {name} weights (truncated or "
+                            f"corrupt?): {type(e).__name__}: {_short(message, 300)}",
+                        ) from e
+            except OSError as e:  # making the private copy it is read from
+                raise WeightFileError(where.shown, f"could not be read: {e}") from e
         finally:
             os.close(fd)
     if dtype is not None:
