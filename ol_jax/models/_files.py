@@ -133,7 +133,8 @@ def resolve_in_root(root: str | os.PathLike[str], file_path: str) -> str:
       The absolute path (under the real path of ``root``).
 
     Raises:
-      WeightFileError: outside ``root``, ``root`` itself, or through a symlink.
+      WeightFileError: outside ``root``, ``root`` itself, through a symlink, or
+        a folder on the way is missing.
       ValueError: empty, or holds a NUL byte.
     """
     where = locate(file_path, root)
