@@ -6,6 +6,8 @@ from ol_jax.learners._continual import backward_transfer as backward_transfer
 from ol_jax.learners._continual import forgetting as forgetting
 from ol_jax.learners._continual import plasticity_metrics as plasticity_metrics
 from ol_jax.learners._continual import stability_metrics as stability_metrics
+from ol_jax.learners._fact_stream import load_fact_set as load_fact_set
+from ol_jax.learners._fact_stream import run_fact_stream as run_fact_stream
 from ol_jax.learners._facts import EntityExtractionConfig as EntityExtractionConfig
 from ol_jax.learners._facts import FactConfidenceConfig as FactConfidenceConfig
 from ol_jax.learners._facts import FactDecayConfig as FactDecayConfig
@@ -16,7 +18,9 @@ from ol_jax.learners._facts import FactInfo as FactInfo
 from ol_jax.learners._facts import FactMemory as FactMemory
 from ol_jax.learners._facts import FactMemoryConfig as FactMemoryConfig
 from ol_jax.learners._facts import FactPattern as FactPattern
+from ol_jax.learners._facts import StatementDetectionConfig as StatementDetectionConfig
 from ol_jax.learners._facts import StoredFact as StoredFact
+from ol_jax.learners._facts import to_second_person as to_second_person
 from ol_jax.learners._token_weights import (
     ImportanceWeightingConfig as ImportanceWeightingConfig,
 )
@@ -60,6 +64,7 @@ __all__ = [
     "FactMemory",
     "FactMemoryConfig",
     "FactPattern",
+    "StatementDetectionConfig",
     "StoredFact",
     "ImportanceWeightingConfig",
     "PositionWeightingConfig",
@@ -71,6 +76,9 @@ __all__ = [
     "forgetting",
     "plasticity_metrics",
     "stability_metrics",
+    "to_second_person",
+    "load_fact_set",
+    "run_fact_stream",
     "BufferedLearner",
     "ByteTokenizer",
     "ChatConfig",

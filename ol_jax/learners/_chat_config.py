@@ -28,6 +28,7 @@ __all__ = [
     "ChatConfig",
     "ChatModelConfig",
     "ChatTrainingConfig",
+    "FactBankSection",
 ]
 
 
@@ -335,6 +336,78 @@ class CheckpointSection(ConfigSection):
     save_every: int = Field(default=10, ge=0)
 
 
+_DEFAULT_FACT_PROMPTS = (
+    "What do you know about {subject}?",
+    "Tell me about {subject}.",
+)
+
+
+class FactBankSection(ConfigSection):
+    """``fact_bank``: every learned fact in an adapter of its own, applied only to
+    the messages about it (a keyed side memory, as WISE and GRACE edit models).
+
+    A fact turn trains the fact's own LoRA adapter (a fresh one, ``B = 0``, for a
+    new fact; the same one when the statement restates a stored fact) on the
+    statement and on question prompts answered with the statement in the second
+    person, the answer tokens only. A message is routed to the fact whose
+    statement embedding (``encoder``) is most similar, if the cosine similarity is
+    at least ``route_threshold``; any other message is answered, and other turns
+    trained, by the shared adapter. Facts therefore do not overwrite each other,
+    and unrelated questions keep the base model's answers.
+
+    Attributes:
+      enabled: learn facts into the bank (false, the default: facts train the
+        shared adapter, as seed 001 describes).
+      encoder: sentence encoder alias or folder (``ol_jax.models.load_encoder``),
+        or ``"tiny"`` (random, for tests).
+      route_threshold: least cosine similarity of a message to a fact's
+        statement for that fact's adapter to answer it, in (-1, 1].
+      same_fact_threshold: a statement at least this similar to a stored fact
+        restates it (trains the same adapter), in [``route_threshold``, 1].
+      learning_rate: base AdamW rate of fact-adapter updates, times the turn's
+        context multiplier (``adaptive_optimizer``).
+      question_prompts: user prompts over ``{subject}`` (the fact's subject in
+        the second person) trained to answer with the statement.
+      max_facts: most facts kept; a new fact past it replaces the least
+        recently stated one.
+      optimizer_slots: facts whose AdamW moments are kept between their
+        statements (the most recently stated); another fact restarts its
+        moments when stated again.
+    """
+
+    enabled: bool = False
+    encoder: str = "all-minilm-l6-v2"
+    route_threshold: float = Field(default=0.45, gt=-1, le=1)
+    same_fact_threshold: float = Field(default=0.9, ge=-1, le=1)
+    learning_rate: float = Field(default=6e-4, gt=0, le=1)
+    question_prompts: tuple[str, ...] = _DEFAULT_FACT_PROMPTS
+    max_facts: int = Field(default=256, ge=1, le=100_000)
+    optimizer_slots: int = Field(default=8, ge=1, le=100_000)
+
+    @field_validator("question_prompts")
+    @classmethod
+    def _prompts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for template in value:
+            try:
+                template.format(subject="s")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"prompts may use only {{subject}}, got {template!r} ({e})"
+                ) from None
+            if not template.strip():
+                raise ValueError("prompts must be non-empty")
+        return value
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> FactBankSection:
+        if self.same_fact_threshold < self.route_threshold:
+            raise ValueError(
+                f"same_fact_threshold must be >= route_threshold="
+                f"{self.route_threshold}, got {self.same_fact_threshold}"
+            )
+        return self
+
+
 class ChatConfig(BaseNetworkConfig):
     """A chat network's ``config.yaml`` (seed 001), every section validated.
 
@@ -343,6 +416,7 @@ class ChatConfig(BaseNetworkConfig):
       training: learning rate, clipping, decay, loss weights, length buckets.
       fact_detection: question filter, fact patterns, entities, confidence.
       fact_memory: capacity, importance, eviction, decay, replay.
+      fact_bank: per-fact adapters and the router that applies them.
       adaptive_optimizer: per-context learning-rate multipliers.
       importance_weighting: token weights of the cross-entropy.
       generation: reply decoding.
@@ -356,6 +430,7 @@ class ChatConfig(BaseNetworkConfig):
     training: ChatTrainingConfig = Field(default_factory=ChatTrainingConfig)
     fact_detection: FactDetectionConfig = Field(default_factory=FactDetectionConfig)
     fact_memory: FactMemoryConfig = Field(default_factory=FactMemoryConfig)
+    fact_bank: FactBankSection = Field(default_factory=FactBankSection)
     adaptive_optimizer: AdaptiveOptimizerConfig = Field(
         default_factory=AdaptiveOptimizerConfig
     )

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ol_jax.store import ConfigSection
 
@@ -38,7 +38,9 @@ __all__ = [
     "FactMemory",
     "FactMemoryConfig",
     "FactPattern",
+    "StatementDetectionConfig",
     "StoredFact",
+    "to_second_person",
 ]
 
 
@@ -141,6 +143,152 @@ _DEFAULT_STOP_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+_DEFAULT_PREFACES: tuple[str, ...] = (
+    r"(?:oh,?\s+)?(?:and|also|so|well|okay|ok|actually|anyway|lately|btw|fyi)\b",
+    r"by\s+the\s+way\b",
+    r"just\s+so\s+you\s+know\b",
+    r"for\s+(?:context|the\s+record|reference|your\s+information)\b",
+    r"(?:just\s+)?(?:a\s+)?heads\s+up\b",
+    r"(?:please\s+)?(?:remember|note|keep\s+in\s+mind|don'?t\s+forget)(?:\s+that)?\b",
+    r"(?:fun\s+fact|quick\s+note|note\s+to\s+self|update)\s*:",
+    r"in\s+(?:their|his|her|my|our)\s+(?:free|spare)\s+time\b",
+)
+
+_DEFAULT_REQUESTS: tuple[str, ...] = (
+    r"^(?:please|pls|kindly|let'?s|let\s+us|help|write|tell|give|show|explain|"
+    r"describe|summari[sz]e|translate|suggest|recommend|make|create|list|find|"
+    r"draw|compose|generate|imagine|pretend|calculate|compute|name|define|"
+    r"compare|play|sing|teach|check|fix|answer|repeat|continue|go|stop|start|"
+    r"send|book|call|add|remove|set|turn|open|close|read|search|look|count|"
+    r"convert|rewrite|correct|plan|think|keep|wait|say|hold|try|take|bring|put|"
+    r"leave|get|do|don'?t|be|let\s+me|never\s+mind|hang\s+on)\b",
+    r"^(?:i\s+(?:want|need|would\s+like|'d\s+like)\s+(?:you|to)|"
+    r"i'?d\s+(?:like|love)\s+(?:you|to)|you\s+(?:should|must|need\s+to))\b",
+    r"\bplease\b",
+)
+
+_DEFAULT_HEDGES: tuple[str, ...] = (
+    r"\b(?:i|we)\s+(?:think|guess|suppose|believe|feel|reckon|suspect|doubt|"
+    r"wonder|hope|assume|imagine)\b",
+    r"\b(?:maybe|perhaps|probably|possibly|apparently|supposedly|presumably|"
+    r"might|may\s+be|could\s+be|kind\s+of|sort\s+of|not\s+sure|in\s+my\s+opinion|"
+    r"it\s+seems|seems\s+like|i'?m\s+not\s+sure|who\s+knows)\b",
+)
+
+_DEFAULT_CHITCHAT: tuple[str, ...] = (
+    r"^(?:hi|hello|hey|hiya|yo|greetings|good\s+(?:morning|afternoon|evening|"
+    r"night|day)|thanks|thank\s+you|thx|cheers|bye|goodbye|see\s+you|"
+    r"nice\s+to|sorry|oops|wow|cool|great|awesome|lol|haha|yes|no|yeah|nope|sure|"
+    r"ok|okay|fine|alright|congrats|congratulations|welcome|ha|hah|hmm|right|"
+    r"got\s+it|sounds\s+(?:good|great|fine)|fair\s+enough|of\s+course)\b",
+    r"\b(?:weather|today|tonight|right\s+now|this\s+(?:morning|afternoon|"
+    r"evening|week))\b.*\b(?:nice|great|good|bad|awful|lovely|beautiful|"
+    r"terrible|cold|hot|warm|sunny|rainy|boring|fun|long|busy|tired|tiring)\b",
+    r"\b(?:is|are|was|were|has\s+been|have\s+been|looks?|sounds?|feels?)\s+"
+    r"(?:so\s+|really\s+|very\s+|quite\s+|pretty\s+|a\s+bit\s+)?(?:nice|great|"
+    r"good|bad|awful|lovely|beautiful|terrible|boring|fun|funny|amazing|"
+    r"awesome|cool|weird|strange|interesting|busy|tired|sad|happy|right|wrong|"
+    r"true|correct|fine|okay|ok|hard|easy|tough|crazy)\s*$",
+)
+
+_STATEMENT_STARTERS = frozenset(
+    "the a an this that these those it he she they we you i there here today "
+    "yesterday tomorrow tonight yes no well so but and or oh hey also then now "
+    "our my his her their its your".split()
+)
+_COPULAS = frozenset(
+    "is are was were am has have had will would can could does did 's be been "
+    "being lives live works work owns own likes like loves love".split()
+)
+_NAME_PARTICLES = frozenset("of de da del van von der la le du bin al y".split())
+
+
+def _verb_index(words: list[str], lowered: list[str]) -> int | None:
+    """Index of the first verb-like word of a statement (heuristic, no tagger).
+
+    A statement starting with a name ("Orla Venn wrote ...") has its verb right
+    after the run of capitalized words; otherwise the verb is the first word
+    after the first that is a copula or a common verb ending ("-s", "-ed"), or
+    failing that the second lowercase word ("My sister spent ...").
+    """
+    if words[0][:1].isupper() and lowered[0] not in _STATEMENT_STARTERS:
+        i = 1
+        while i < len(words) and (
+            words[i][:1].isupper()
+            or (lowered[i] in _NAME_PARTICLES and i + 1 < len(words)
+                and words[i + 1][:1].isupper())
+            or lowered[i] in ("'s", "’s")
+        ):
+            i += 1
+        return i if i < len(words) else None
+    for i in range(1, len(words)):
+        w = lowered[i]
+        if words[i][:1].isupper() or w in _PREPOSITIONS:
+            continue
+        if w in _COPULAS or w.endswith("n't") or (
+            len(w) > 3 and w.endswith(("s", "ed")) and "'" not in w and "’" not in w
+        ):
+            return i
+    lower = [i for i in range(1, len(words)) if not words[i][:1].isupper()]
+    return lower[1] if len(lower) > 1 else (lower[0] if lower else None)
+
+
+_PREPOSITIONS = frozenset(
+    "in at on for with from to by into near since during after before about "
+    "as".split()
+)
+
+
+class StatementDetectionConfig(ConfigSection):
+    """``fact_detection.statements``: declarative statements of any verb.
+
+    A text no pattern matched is a fact when, after its prefaces ("By the way,",
+    "FYI,", "Remember that", ...) are stripped, it has ``min_words`` to
+    ``max_words`` words, is not a request, a hedged opinion or chit-chat, and is
+    about a named entity (a capitalized word that does not start the sentence,
+    or a sentence-initial one that is not a function word), about the user
+    (``my`` / ``our``), or a definition ("the alarm code hint is ...").  Its
+    relation is ``"statement"``; subject and object are the words before and
+    after its first verb-like word. Request, hedge and chit-chat patterns also
+    veto pattern matches, so "Maybe John is right." is not a fact.
+
+    Attributes:
+      enabled: detect statements no pattern matched.
+      min_confidence: the confidence of a detected statement, in [0, 1].
+      min_words: fewer words is not a statement (``"Tom Hanks."``), >= 1.
+      max_words: more words is not one statement, >= ``min_words``.
+      prefaces: regexes of discourse openers stripped from the start.
+      requests: regexes (``re.search``) of requests and commands.
+      hedges: regexes of hedged opinions.
+      chitchat: regexes of greetings, thanks and small talk.
+    """
+
+    enabled: bool = True
+    min_confidence: float = Field(default=0.7, ge=0, le=1)
+    min_words: int = Field(default=3, ge=1, le=1000)
+    max_words: int = Field(default=60, ge=1, le=1000)
+    prefaces: list[str] = Field(default_factory=lambda: list(_DEFAULT_PREFACES))
+    requests: list[str] = Field(default_factory=lambda: list(_DEFAULT_REQUESTS))
+    hedges: list[str] = Field(default_factory=lambda: list(_DEFAULT_HEDGES))
+    chitchat: list[str] = Field(default_factory=lambda: list(_DEFAULT_CHITCHAT))
+
+    @field_validator("prefaces", "requests", "hedges", "chitchat")
+    @classmethod
+    def _valid_regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            _compile(pattern)
+        return value
+
+    @model_validator(mode="after")
+    def _word_range(self) -> StatementDetectionConfig:
+        if self.max_words < self.min_words:
+            raise ValueError(
+                f"max_words must be >= min_words={self.min_words}, got "
+                f"{self.max_words}"
+            )
+        return self
+
+
 class FactPattern(ConfigSection):
     """One fact pattern: a regex with a relation type and a confidence threshold.
 
@@ -223,6 +371,8 @@ class FactDetectionConfig(ConfigSection):
         matches any of them is a question and never a fact.
       entity_extraction: how entities are extracted.
       confidence_calculation: how a match's confidence is computed.
+      statements: declarative statements no pattern matched (any verb), and
+        the request / hedge / chit-chat filters every fact passes.
       max_chars: texts longer than this are not scanned for facts (a fact is one
         statement; the bound also keeps user-supplied patterns from taking
         quadratic time on a huge input), >= 1.
@@ -240,6 +390,9 @@ class FactDetectionConfig(ConfigSection):
     )
     confidence_calculation: FactConfidenceConfig = Field(
         default_factory=FactConfidenceConfig
+    )
+    statements: StatementDetectionConfig = Field(
+        default_factory=StatementDetectionConfig
     )
     max_chars: int = Field(default=2000, ge=1)
 
@@ -305,6 +458,12 @@ class FactDetector:
         self._questions = [_compile(p) for p in config.question_indicators]
         self._patterns = [(p, _compile(p.pattern)) for p in config.patterns]
         self._stop = {w.casefold() for w in config.entity_extraction.stop_words}
+        sc = config.statements
+        self._prefaces = [
+            re.compile(rf"^\s*(?:{p})\s*[,:;.!-]*\s*", re.IGNORECASE)
+            for p in sc.prefaces
+        ]
+        self._vetoes = [_compile(p) for p in (*sc.requests, *sc.hedges, *sc.chitchat)]
 
     def is_question(self, text: str) -> bool:
         """Whether ``text`` matches any question indicator."""
@@ -331,6 +490,9 @@ class FactDetector:
             or self.is_question(stripped)
         ):
             return None
+        core = self._without_prefaces(body)
+        if not core or any(v.search(core) for v in self._vetoes):
+            return None
         best: FactInfo | None = None
         for spec, regex in self._patterns:
             match = regex.search(body)
@@ -339,7 +501,78 @@ class FactDetector:
             info = self._score(stripped, body, spec, match)
             if info is not None and (best is None or info.confidence > best.confidence):
                 best = info
+        if best is None and self.config.statements.enabled:
+            best = self._statement(stripped, core)
         return best
+
+    def strip_prefaces(self, text: str) -> str:
+        """``text`` without its leading discourse openers ("By the way, ...",
+        "FYI,", "Remember that") and trailing punctuation."""
+        return self._without_prefaces(text.strip().rstrip(_TRAILING))
+
+    def _without_prefaces(self, body: str) -> str:
+        changed = True
+        while changed:
+            changed = False
+            for preface in self._prefaces:
+                cut = preface.sub("", body, count=1)
+                if cut != body and cut:
+                    body, changed = cut, True
+        return body.strip(_TRAILING)
+
+    def _statement(self, stripped: str, core: str) -> FactInfo | None:
+        """``core`` as a declarative statement of any verb, or ``None``."""
+        sc = self.config.statements
+        words = _WORD.findall(core)
+        if not sc.min_words <= len(words) <= sc.max_words:
+            return None
+        lowered = [w.casefold() for w in words]
+        names = [
+            w
+            for i, w in enumerate(words)
+            if w[:1].isupper()
+            and w != "I"
+            and not (i == 0 and lowered[0] in _STATEMENT_STARTERS)
+        ]
+        about_user = any(w in ("my", "our") for w in lowered)
+        definition = lowered[0] in ("the", "a", "an") and any(
+            w in ("is", "are", "was", "were") for w in lowered[2:]
+        )
+        if not (names or about_user or definition):
+            return None
+        verb = _verb_index(words, lowered)
+        if verb is None:
+            return None
+        subject = " ".join(words[:verb])
+        obj = " ".join(w for w in words[verb + 1 :])
+        while obj.split(" ", 1)[0].casefold() in _PREPOSITIONS and " " in obj:
+            obj = obj.split(" ", 1)[1]
+        entities: list[str] = []
+        seen: set[str] = set()
+        for e in [*self._group_entities(subject), *self._name_runs(words)]:
+            if e.casefold() not in seen:
+                seen.add(e.casefold())
+                entities.append(e)
+        return FactInfo(
+            text=stripped,
+            relation="statement",
+            entities=tuple(entities),
+            subject=self._strip_stop(subject) or subject,
+            object=self._strip_stop(obj) or obj,
+            confidence=sc.min_confidence,
+            pattern="statement",
+        )
+
+    def _name_runs(self, words: list[str]) -> list[str]:
+        """Runs of capitalized words (proper names), stop words excluded."""
+        found, run = [], []
+        for word in [*words, ""]:
+            if word[:1].isupper() and word.casefold() not in self._stop:
+                run.append(word)
+            elif run:
+                found.append(" ".join(run))
+                run = []
+        return [e for e in found if len(e) >= self.config.entity_extraction.min_length]
 
     # -- helpers ------------------------------------------------------------------
 
@@ -402,6 +635,35 @@ class FactDetector:
             confidence=confidence,
             pattern=spec.name,
         )
+
+
+_PERSON = {
+    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself",
+    "we": "you", "us": "you", "our": "your", "ours": "yours",
+    "ourselves": "yourselves", "am": "are", "i'm": "you're", "i've": "you've",
+    "i'd": "you'd", "i'll": "you'll", "we're": "you're", "we've": "you've",
+}  # fmt: skip
+_PERSON_RE = re.compile(
+    r"(?<![\w'’])(?:" + "|".join(sorted(map(re.escape, _PERSON), key=len)[::-1])
+    + r")(?![\w'’])",
+    re.IGNORECASE,
+)
+
+
+def to_second_person(text: str) -> str:
+    """``text`` as the assistant would say it back: first person to second.
+
+    ``"My cat is named Pip"`` -> ``"Your cat is named Pip"``; ``"I am"`` ->
+    ``"you are"``. A replaced word keeps a leading capital.
+    """
+
+    def swap(match: re.Match[str]) -> str:
+        word = match.group(0)
+        out = _PERSON[word.casefold().replace("’", "'")]
+        keep_capital = word[:1].isupper() and (word != "I" or match.start() == 0)
+        return out[:1].upper() + out[1:] if keep_capital else out
+
+    return _PERSON_RE.sub(swap, text)
 
 
 # ------------------------------------------------------------------ fact memory

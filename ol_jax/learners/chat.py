@@ -66,7 +66,14 @@ from ol_jax.learners._chat_step import (
     turn_batch,
     turn_batches,
 )
-from ol_jax.learners._facts import FactDetector, FactInfo, FactMemory
+from ol_jax.learners._fact_bank import SHARED, FactBank
+from ol_jax.learners._facts import (
+    FactDetector,
+    FactInfo,
+    FactMemory,
+    to_second_person,
+)
+from ol_jax.learners._teacher_models import build_encoder
 from ol_jax.learners._token_weights import token_importance_weights
 from ol_jax.models import (
     Llama,
@@ -77,6 +84,7 @@ from ol_jax.models import (
     load_llama,
     split_lora,
 )
+from ol_jax.safety import answers_unchanged, edit_success, neighbour_kl
 from ol_jax.store import RunStore, load_config
 
 __all__ = [
@@ -177,6 +185,10 @@ class _ChatFormat:
             text, add_special_tokens=False, return_offsets_mapping=True
         )
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    def answer_start(self, user: str) -> int:
+        """Number of leading tokens of a training text that are the prompt."""
+        return len(self.prompt_ids(user))
 
     def training_text(self, user: str, assistant: str) -> str:
         """The text of a whole turn, as it is trained on."""
@@ -293,6 +305,15 @@ class ChatLearner:
         )
         self._step = make_step(loss_fn, self._tx, has_aux=True)
         self._rehearsal = self._rehearsal_batch(lora)
+        self.bank: FactBank | None = None
+        if config.fact_bank.enabled:
+            self.bank = FactBank(
+                config.fact_bank,
+                build_encoder(config.fact_bank.encoder, key=jax.random.fold_in(key, 3)),
+                lora,
+                self._tx,
+                key=jax.random.fold_in(key, 4),
+            )
         self._state = init_state(lora, self._tx, key=jax.random.fold_in(key, 1))
         self._gen_key = jax.random.fold_in(key, 2)
         self.detector = FactDetector(config.fact_detection)
@@ -408,35 +429,53 @@ class ChatLearner:
           greedy: decode greedily whatever ``generation.temperature`` says.
         """
         text, _ = self._clean(text)
-        return self._generate([self._prompt(text)], greedy=greedy)[0]
+        return self._generate([text], greedy=greedy)[0]
+
+    def route(self, texts: Sequence[str]) -> list[int]:
+        """Which adapter answers each message: a fact's index in :attr:`bank`, or
+        ``-1`` for the shared adapter (always ``-1`` without a fact bank)."""
+        if self.bank is None:
+            return [SHARED] * len(texts)
+        return self.bank.route(texts)
+
+    def _adapter(self, route: int) -> Any:
+        return self._state.params if route == SHARED else self.bank.params(route)
 
     def _generate(
         self,
-        prompts: list[list[int]],
+        texts: list[str],
         *,
         greedy: bool,
         max_new_tokens: int | None = None,
     ) -> list[str]:
+        """Replies to cleaned messages, each from the adapter it is routed to
+        (one batched ``generate`` per adapter)."""
         gc = self.config.generation
         temperature = 0.0 if greedy else gc.temperature
-        out = generate(
-            self.model,
-            prompts,
-            max_new_tokens=max_new_tokens or gc.max_new_tokens,
-            key=jax.random.fold_in(self._gen_key, self.turn),
-            temperature=temperature,
-            top_p=gc.top_p,
-            eos_token_id=list(self._eos) if gc.stop_at_eos else [],
-            pad_token_id=self._format.pad_id,
-        )
-        return [self._format.decode(ids) for ids in out]
+        routes = self.route(texts)
+        replies: list[str] = [""] * len(texts)
+        for route in dict.fromkeys(routes):
+            rows = [i for i, r in enumerate(routes) if r == route]
+            out = generate(
+                nnx.merge(self._graphdef, self._frozen, self._adapter(route)),
+                [self._prompt(texts[i]) for i in rows],
+                max_new_tokens=max_new_tokens or gc.max_new_tokens,
+                key=jax.random.fold_in(self._gen_key, self.turn),
+                temperature=temperature,
+                top_p=gc.top_p,
+                eos_token_id=list(self._eos) if gc.stop_at_eos else [],
+                pad_token_id=self._format.pad_id,
+            )
+            for i, ids in zip(rows, out, strict=True):
+                replies[i] = self._format.decode(ids)
+        return replies
 
     def answers(
         self, questions: Sequence[str], *, max_new_tokens: int | None = None
     ) -> list[str]:
         """Greedy replies to several questions in one batch (no update)."""
-        prompts = [self._prompt(self._clean(q)[0]) for q in questions]
-        return self._generate(prompts, greedy=True, max_new_tokens=max_new_tokens)
+        texts = [self._clean(q)[0] for q in questions]
+        return self._generate(texts, greedy=True, max_new_tokens=max_new_tokens)
 
     def recall(
         self,
@@ -454,6 +493,111 @@ class ChatLearner:
         replies = self.answers(questions, max_new_tokens=max_new_tokens)
         return [o.lower() in r.lower() for r, o in zip(replies, objects, strict=True)]
 
+    def neighbour_kl(
+        self, questions: Sequence[str], base_answers: Sequence[str]
+    ) -> float:
+        """Mean token ``KL(base || adapted)`` along the base model's answers.
+
+        Row ``i`` is ``prompt(questions[i]) + base_answers[i]``; the base model
+        and the adapter each question is routed to score its answer tokens
+        (:func:`ol_jax.safety.neighbour_kl`), in chunks of 8 rows.
+        """
+        if len(questions) != len(base_answers):
+            raise ValueError(
+                f"questions and base_answers must have equal length, got "
+                f"{len(questions)} and {len(base_answers)}"
+            )
+        texts = [self._clean(q)[0] for q in questions]
+        rows = []
+        for text, answer in zip(texts, base_answers, strict=True):
+            prompt = self._prompt(text)
+            ids, _ = self._format.encode(answer) if answer.strip() else ([], [])
+            rows.append((prompt + ids + [self._eos[0]], len(prompt)))
+        routes = self.route(texts)
+        total, n = 0.0, 0
+        for start in range(0, len(rows), 8):
+            chunk, chunk_routes = rows[start : start + 8], routes[start : start + 8]
+            tokens, mask = padded_rows(
+                chunk, buckets=self._score_buckets(chunk), pad_id=self._format.pad_id
+            )
+            inputs = jnp.asarray(tokens[:, :-1])
+            base = llama_apply(
+                self._graphdef, self._state.params, inputs, frozen=self._frozen,
+                use_lora=False,
+            )
+            for route in dict.fromkeys(chunk_routes):
+                sel = np.array([r == route for r in chunk_routes])
+                logits = llama_apply(
+                    self._graphdef, self._adapter(route), inputs, frozen=self._frozen
+                )
+                kl = neighbour_kl(base[sel], logits[sel], jnp.asarray(mask[sel]))
+                total += float(kl) * int(sel.sum())
+            n += len(chunk)
+        return total / n if n else 0.0
+
+    def evaluate_edits(
+        self,
+        facts: Sequence[Mapping[str, str]],
+        neighbours: Sequence[str],
+        base_answers: Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        log: bool = True,
+    ) -> dict[str, Any]:
+        """Knowledge-editing figures of the learned facts, as EasyEdit measures.
+
+        Args:
+          facts: dicts with ``question``, ``paraphrase`` and ``answer``.
+          neighbours: questions unrelated to every learned fact.
+          base_answers: the base model's greedy answers to ``neighbours``
+            (taken before any learning, with the same ``max_new_tokens``).
+          max_new_tokens: length of the greedy answers.
+          log: append the figures to the run's metrics file (``kind:
+            "edit_eval"``), where ``ol-jax report`` plots them.
+
+        Returns:
+          ``efficacy`` / ``generalization`` (facts whose question / paraphrase
+          answer contains the answer), their per-fact lists ``efficacy_hits`` /
+          ``generalization_hits``, ``locality`` (fraction of neighbours answered
+          exactly as the base model), ``neighbour_kl`` and ``facts``.
+        """
+        if len(neighbours) != len(base_answers):
+            raise ValueError(
+                f"neighbours and base_answers must have equal length, got "
+                f"{len(neighbours)} and {len(base_answers)}"
+            )
+        questions = [f["question"] for f in facts]
+        paraphrases = [f["paraphrase"] for f in facts]
+        objects = [f["answer"] for f in facts]
+        replies = self.answers(questions + paraphrases, max_new_tokens=max_new_tokens)
+        eff = edit_success(replies[: len(facts)], objects)
+        gen = edit_success(replies[len(facts) :], objects)
+        now = self.answers(list(neighbours), max_new_tokens=max_new_tokens)
+        same = answers_unchanged(base_answers, now)
+        out = {
+            "facts": len(facts),
+            "efficacy": int(eff.sum()),
+            "generalization": int(gen.sum()),
+            "efficacy_hits": eff.tolist(),
+            "generalization_hits": gen.tolist(),
+            "locality": float(same.mean()) if len(same) else 1.0,
+            "neighbour_kl": self.neighbour_kl(neighbours, base_answers),
+            "replies": replies,
+            "neighbour_replies": now,
+        }
+        if log:
+            row = {
+                "turn": self.turn,
+                "kind": "edit_eval",
+                **{k: out[k] for k in ("facts", "efficacy", "generalization")},
+                "efficacy_rate": float(eff.mean()) if len(eff) else 0.0,
+                "generalization_rate": float(gen.mean()) if len(gen) else 0.0,
+                "locality": out["locality"],
+                "neighbour_kl": out["neighbour_kl"],
+            }
+            self._append_metrics(row)
+        return out
+
     def answer_log_prob(self, question: str, answer: str) -> float:
         """``log p(answer | prompt(question))`` summed over the answer's tokens."""
         return self.answer_log_probs([question], [answer])[0]
@@ -463,8 +607,9 @@ class ChatLearner:
     ) -> list[float]:
         """:meth:`answer_log_prob` of several pairs in one batch."""
         rows = []
-        for q, a in zip(questions, answers, strict=True):
-            prompt = self._prompt(self._clean(q)[0])
+        texts = [self._clean(q)[0] for q in questions]
+        for text, a in zip(texts, answers, strict=True):
+            prompt = self._prompt(text)
             ids, _ = self._format.encode(a)
             if not ids:
                 raise ValueError(f"answer must have at least one token, got {a!r}")
@@ -472,10 +617,29 @@ class ChatLearner:
         tokens, mask = padded_rows(
             rows, buckets=self._score_buckets(rows), pad_id=self._format.pad_id
         )
-        out = score_sequences(
-            self._graphdef, self._state.params, self._frozen, tokens, mask
-        )
-        return [float(x) for x in np.asarray(out["log_prob"])]
+        out = self._score_routed(self.route(texts), tokens, mask)
+        return [float(x) for x in out["log_prob"]]
+
+    def _score_routed(self, routes, tokens, mask, *, with_kl: bool = False):
+        """:func:`score_sequences` with row ``i`` under adapter ``routes[i]``."""
+        out: dict[str, np.ndarray] = {}
+        for route in dict.fromkeys(routes):
+            # Every adapter scores the whole padded batch (one compiled shape).
+            scored = jax.device_get(
+                score_sequences(
+                    self._graphdef,
+                    self._adapter(route),
+                    self._frozen,
+                    tokens,
+                    mask,
+                    with_kl=with_kl,
+                )
+            )
+            rows = np.array([r == route for r in routes])
+            for name, values in scored.items():
+                out.setdefault(name, np.zeros(values.shape, np.float64))
+                out[name][rows] = np.asarray(values)[rows]
+        return out
 
     def _score_buckets(self, rows) -> tuple[int, ...]:
         longest = max(len(ids) for ids, _ in rows)
@@ -500,7 +664,7 @@ class ChatLearner:
         """
         clean, truncated = self._clean(text)
         t0 = time.perf_counter()
-        reply = self._generate([self._prompt(clean)], greedy=False)[0]
+        reply = self._generate([clean], greedy=False)[0]
         generate_ms = (time.perf_counter() - t0) * 1e3
         metrics = self.learn(clean, reply, _truncated=truncated, _gen_ms=generate_ms)
         return reply, metrics
@@ -528,7 +692,10 @@ class ChatLearner:
             context = "question" if is_question else "regular"
             assistant = reply
         kl_lambda = self._kl_lambda(info)
-        batch = self._batch(text, assistant, info)
+        if info is not None and self.bank is not None:
+            batch = self._fact_batch(text, info)
+        else:
+            batch = self._batch(text, assistant, info)
         batch["kl_lambda"] = np.float32(kl_lambda)
         return PreparedTurn(
             text=text,
@@ -567,8 +734,14 @@ class ChatLearner:
         turn = self.prepare_turn(text, reply)
         info = turn.info
         iterations = self.config.training.iterations_per_fact if info else 1
+        fact_index = None
+        if info is not None and self.bank is not None:
+            fact_index, _ = self.bank.slot(turn.text, turn=self.turn + 1)
         for _ in range(iterations):
-            metrics = self._update(turn.batch, turn.lr_multiplier)
+            if fact_index is None:
+                metrics = self._update(turn.batch, turn.lr_multiplier)
+            else:
+                metrics = self._update_fact(fact_index, turn.batch, turn.lr_multiplier)
         mem_on = self.config.fact_memory.enabled
         self.turn += 1
         replayed = 0
@@ -603,6 +776,10 @@ class ChatLearner:
         if info is not None:
             row["fact_confidence"] = float(info.confidence)
             row["fact_repetition"] = turn.repetition + 1
+        if fact_index is not None:
+            row["fact_index"] = fact_index
+        if self.bank is not None:
+            row["facts_in_bank"] = len(self.bank)
         row.update(self._tracker.add_loss(row["ce"]))
         every = self.config.metrics.eval_every
         anchors = self._anchor_scores() if every and self.turn % every == 0 else None
@@ -641,6 +818,29 @@ class ChatLearner:
         fields = {"subject": info.subject, "object": info.object, "text": info.text}
         question, answer = (t.format(**fields) for t in templates)
         return [(question, answer)]
+
+    def _fact_batch(self, text: str, info: FactInfo) -> dict[str, np.ndarray]:
+        """A fact-bank update: the statement with ``chat.fact_response``, and each
+        ``fact_bank.question_prompts`` prompt answered by the statement in the
+        second person, only the answer's tokens trained (one row each)."""
+        core = self.detector.strip_prefaces(text) or text
+        answer = to_second_person(core[:1].upper() + core[1:]) + "."
+        subject = to_second_person(info.subject or core)
+        assistant = self.config.chat.fact_response.format(text=text)
+        rows = [self._weighted_ids(text, assistant, info, fact=text)]
+        for template in self.config.fact_bank.question_prompts:
+            question = template.format(subject=subject)
+            ids, weights = self._weighted_ids(question, answer, info, fact=answer)
+            weights = weights.copy()
+            weights[: self._format.answer_start(question)] = 0.0
+            rows.append((ids, weights))
+        return turn_batches(
+            rows,
+            buckets=self.config.training.sequence_buckets,
+            pad_id=self._format.pad_id,
+            kl_lambda=0.0,
+            task_lambda=self.config.training.loss.task_lambda,
+        )
 
     def _weighted_ids(
         self, user: str, assistant: str, info: FactInfo | None, *, fact: str
@@ -737,11 +937,28 @@ class ChatLearner:
         self._state = set_learning_rate(state, base_lr)
         return jax.device_get(metrics)
 
+    def _update_fact(self, index: int, batch: Mapping[str, np.ndarray], multiplier):
+        """One step of fact ``index``'s adapter at ``fact_bank.learning_rate *
+        multiplier``."""
+        lr = self.config.fact_bank.learning_rate * multiplier
+        state = set_learning_rate(self.bank.state(index), lr)
+        batch = {**batch, **self._rehearsal}
+        jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+        state, metrics = self._step(state, jbatch, self._frozen)
+        self.bank.update(index, state)
+        return jax.device_get(metrics)
+
     def _replay(self) -> int:
         facts = self.memory.facts_for_replay(self.config.fact_memory.replay_limit)
         multiplier = self._lr_multiplier("replay", 0)
         for fact in facts:
             info = self.detector.detect(fact.fact_text)
+            if info is not None and self.bank is not None:
+                batch = self._fact_batch(fact.fact_text, info)
+                batch["kl_lambda"] = np.float32(self._kl_lambda(info))
+                index, _ = self.bank.slot(fact.fact_text, turn=self.turn)
+                self._update_fact(index, batch, multiplier)
+                continue
             assistant = self.config.chat.fact_response.format(text=fact.fact_text)
             batch = self._batch(fact.fact_text, assistant, info)
             batch = {**batch, "kl_lambda": np.float32(self._kl_lambda(info))}
@@ -754,26 +971,19 @@ class ChatLearner:
         prompts = self.config.metrics.anchor_prompts
         if not prompts:
             return None
-        rows = []
+        rows, texts = [], []
         for p in prompts:
             ids, _ = self._format.encode(p)
             if len(ids) >= 2:
                 rows.append((ids, 1))
+                texts.append(p)
         if not rows:
             return None
         tokens, mask = padded_rows(
             rows, buckets=self._score_buckets(rows), pad_id=self._format.pad_id
         )
-        out = jax.device_get(
-            score_sequences(
-                self._graphdef,
-                self._state.params,
-                self._frozen,
-                tokens,
-                mask,
-                with_kl=True,
-            )
-        )
+        # Each anchor is scored by the adapter that would answer it.
+        out = self._score_routed(self.route(texts), tokens, mask, with_kl=True)
         nll = -float(np.sum(out["log_prob"])) / float(np.sum(out["count"]))
         return {"nll": nll, "kl": float(np.mean(out["kl"]))}
 
@@ -806,13 +1016,27 @@ class ChatLearner:
             "fact_memory": self.memory.state_dict(),
             "tracker": self._tracker.state_dict(),
         }
-        version = self.store.save(self._tree(), metadata_entry=entry)
+        tree = self._tree()
+        if self.bank is not None:
+            entry["fact_bank"] = self.bank.entry()
+            if len(self.bank):
+                tree["fact_bank"] = self.bank.tree()
+        version = self.store.save(tree, metadata_entry=entry)
         self._since_save = 0
         return version
 
     def _resume(self) -> None:
         version = self.store.latest_version()
-        saved = self.store.restore(version, like=self._tree())
+        entry = next(
+            e for e in self.store.metadata()["entries"] if e.get("version") == version
+        )
+        like = self._tree()
+        bank_entry = entry.get("fact_bank")
+        if self.bank is not None and bank_entry and bank_entry["statements"]:
+            like["fact_bank"] = self.bank.like(bank_entry)
+        saved = self.store.restore(version, like=like)
+        if "fact_bank" in like:
+            self.bank.restore(saved["fact_bank"], bank_entry)
         self._state = self._state._replace(
             step=saved["step"],
             params=saved["params"],
@@ -820,9 +1044,6 @@ class ChatLearner:
             key=jax.random.wrap_key_data(
                 saved["key_data"], impl=jax.random.key_impl(self._state.key)
             ),
-        )
-        entry = next(
-            e for e in self.store.metadata()["entries"] if e.get("version") == version
         )
         self.turn = int(entry["turn"])
         self.memory = FactMemory.from_state_dict(

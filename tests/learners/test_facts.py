@@ -105,9 +105,12 @@ def test_most_confident_pattern_wins():
 
 
 def _one_pattern(pattern, relation="r", **kw):
-    """A detector with the single pattern ``pattern`` (min confidence 0.7)."""
+    """A detector with the single pattern ``pattern`` (min confidence 0.7) and no
+    statement fallback, so what it finds is that pattern's match."""
     spec = {"name": relation, "pattern": pattern, "relation": relation}
-    return FactDetector(FactDetectionConfig(patterns=[spec], **kw))
+    return FactDetector(
+        FactDetectionConfig(patterns=[spec], statements={"enabled": False}, **kw)
+    )
 
 
 def test_custom_pattern_with_unnamed_groups_and_simple_entities():
