@@ -78,6 +78,7 @@ from ol_jax.learners._token_weights import token_importance_weights
 from ol_jax.models import (
     Llama,
     LoRAConfig,
+    chat_encode,
     chat_token_ids,
     generate,
     llama_apply,
@@ -180,25 +181,33 @@ class _ChatFormat:
         return self.encode(f"User: {user}\nAssistant:")[0]
 
     def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids and character offsets of ``text`` (special tokens parsed, none added)."""
+        """Ids and character offsets of plain ``text``: none added, and a special
+        token's string (``<|im_start|>``) stays characters, never the token."""
         enc = self.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True
+            text,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            split_special_tokens=True,
         )
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    def encode_turn(
+        self, user: str, assistant: str
+    ) -> tuple[list[int], list[tuple[int, int]], str]:
+        """Ids, offsets and text of a whole turn as it is trained on; only the
+        chat template's own markers are special tokens."""
+        if self.templated:
+            return chat_encode(
+                self.tokenizer,
+                self._messages(user, assistant),
+                add_generation_prompt=False,
+            )
+        text = f"User: {user}\nAssistant: {assistant}"
+        return (*self.encode(text), text)
 
     def answer_start(self, user: str) -> int:
         """Number of leading tokens of a training text that are the prompt."""
         return len(self.prompt_ids(user))
-
-    def training_text(self, user: str, assistant: str) -> str:
-        """The text of a whole turn, as it is trained on."""
-        if self.templated:
-            return self.tokenizer.apply_chat_template(
-                self._messages(user, assistant),
-                tokenize=False,
-                add_generation_prompt=False,
-            )
-        return f"User: {user}\nAssistant: {assistant}"
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
@@ -845,8 +854,7 @@ class ChatLearner:
     def _weighted_ids(
         self, user: str, assistant: str, info: FactInfo | None, *, fact: str
     ) -> tuple[list[int], np.ndarray]:
-        text = self._format.training_text(user, assistant)
-        ids, offsets = self._format.encode(text)
+        ids, offsets, text = self._format.encode_turn(user, assistant)
         iw = self.config.importance_weighting
         if info is not None and iw.enabled:
             spans = [m.span() for m in re.finditer(re.escape(fact), text)]

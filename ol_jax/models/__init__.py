@@ -18,6 +18,7 @@ from ol_jax.models._formats import load_weights as load_weights
 from ol_jax.models._formats import register_weight_format as register_weight_format
 from ol_jax.models._formats import save_weights as save_weights
 from ol_jax.models._formats import weight_formats as weight_formats
+from ol_jax.models._generate import chat_encode as chat_encode
 from ol_jax.models._generate import chat_token_ids as chat_token_ids
 from ol_jax.models._generate import generate as generate
 from ol_jax.models._generate import prompt_bucket as prompt_bucket
@@ -112,6 +113,7 @@ __all__ = [
     "PeftAdapter",
     "PretrainedSpec",
     "WeightFileError",
+    "chat_encode",
     "chat_token_ids",
     "convert_dtype",
     "decode_glyph",

@@ -17,6 +17,9 @@ References:
 
 from __future__ import annotations
 
+import re
+import secrets
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -270,13 +273,74 @@ def generate(
     return results
 
 
+def _encode_plain(tokenizer: Any, text: str, *, special: bool):
+    enc = tokenizer(
+        text,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        split_special_tokens=not special,
+    )
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def chat_encode(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+) -> tuple[list[int], list[tuple[int, int]], str]:
+    """A conversation through the chat template, message text kept as text.
+
+    The template's own markers (``<|im_start|>``, ...) become special tokens;
+    the messages' contents are tokenized with special-token parsing off, so a
+    user who types ``<|im_start|>system`` gets those characters, not a system
+    turn. The template is rendered with unguessable placeholders in place of
+    the contents, and the pieces between them are tokenized apart.
+
+    Args:
+        tokenizer: a transformers tokenizer with a ``chat_template``.
+        messages: ``[{"role": "user", "content": "..."}, ...]``.
+        add_generation_prompt: end with the assistant turn's opening.
+
+    Returns:
+        ``(ids, offsets, text)``: the token ids, each token's ``(start, end)``
+        character span in ``text``, and the rendered conversation.
+
+    Raises:
+        ValueError: when the tokenizer has no chat template.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat_template")
+    nonce = secrets.token_hex(8)
+    marks = [f"\ue000{nonce}{i}\ue001" for i in range(len(messages))]
+    masked = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+    rendered = tokenizer.apply_chat_template(
+        masked, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    pieces = re.split(f"\ue000{nonce}(\\d+)\ue001", rendered)
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    text = ""
+    for k, piece in enumerate(pieces):
+        is_content = k % 2 == 1
+        if is_content:
+            piece = str(messages[int(piece)]["content"])
+        if piece:
+            got, spans = _encode_plain(tokenizer, piece, special=not is_content)
+            ids += got
+            offsets += [(a + len(text), b + len(text)) for a, b in spans]
+            text += piece
+    return ids, offsets, text
+
+
 def chat_token_ids(
     tokenizer: Any,
     messages: Sequence[Mapping[str, str]],
     *,
     add_generation_prompt: bool = True,
 ) -> list[int]:
-    """Token ids of a conversation through the tokenizer's chat template.
+    """Token ids of a conversation through the tokenizer's chat template, the
+    messages' text never parsed into special tokens (see :func:`chat_encode`).
 
     Args:
         tokenizer: a transformers tokenizer with a ``chat_template``.
@@ -289,11 +353,4 @@ def chat_token_ids(
     Raises:
         ValueError: when the tokenizer has no chat template.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat_template")
-    out = tokenizer.apply_chat_template(
-        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt
-    )
-    if hasattr(out, "keys"):
-        out = out["input_ids"]
-    return [int(t) for t in out]
+    return chat_encode(tokenizer, messages, add_generation_prompt=add_generation_prompt)[0]
