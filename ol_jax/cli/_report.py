@@ -4,7 +4,9 @@ Reads ``RUN_DIR/metrics.jsonl`` (one JSON object per turn, with at least
 ``"turn"``) and plots every numeric key over the turns, one PNG per group:
 ``stability.png`` (anchor perplexity, KL to base, ...), ``plasticity.png`` (loss,
 learning rate, recent loss, improvement, adaptation speed, ...),
-``forgetting.png`` (anchor regression, forgetting rate, ...) and ``other.png``
+``forgetting.png`` (anchor regression, forgetting rate, ...), ``editing.png``
+(efficacy, generalization, locality and neighbour KL of the learned facts,
+from ``kind: "edit_eval"`` rows, and the facts in the bank) and ``other.png``
 for any key not in those groups. Turns where ``is_fact`` is true are marked in
 every panel. If ``RUN_DIR/accuracy_matrix.json`` exists (``{"facts": [names],
 "matrix": [[...]]}`` with ``null`` above the diagonal) it also writes
@@ -64,10 +66,21 @@ METRIC_GROUPS: Mapping[str, tuple[str, ...]] = {
         "backward_transfer",
         "forgetting",
     ),
+    # Knowledge-editing evaluations (``ChatLearner.evaluate_edits`` rows).
+    "editing": (
+        "efficacy_rate",
+        "generalization_rate",
+        "locality",
+        "neighbour_kl",
+        "facts_in_bank",
+    ),
 }
 _FACT_KEY = "is_fact"
 # Turn indices and the fact flag (drawn as markers) are not curves of their own.
-_NOT_PLOTTED = ("turn", "anchor_turn", _FACT_KEY)
+_NOT_PLOTTED = (
+    "turn", "anchor_turn", _FACT_KEY, "fact_index", "facts", "efficacy",
+    "generalization",
+)  # fmt: skip
 
 
 def _is_number(value) -> bool:
@@ -254,7 +267,7 @@ def write_report(
 
     Returns:
       The written PNG paths, metric groups first, in the order stability,
-      plasticity, forgetting, other, then ``accuracy_matrix.png``.
+      plasticity, forgetting, editing, other, then ``accuracy_matrix.png``.
 
     Raises:
       FileNotFoundError: ``run_dir`` or its ``metrics.jsonl`` is missing.

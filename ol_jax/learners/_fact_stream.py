@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ol_jax.learners._continual import backward_transfer, forgetting
+
 __all__ = ["load_fact_set", "run_fact_stream"]
 
 _FACT_KEYS = ("statement", "question", "paraphrase", "answer")
@@ -78,6 +80,7 @@ def run_fact_stream(
     *,
     reps: int = 5,
     answer_tokens: int = 32,
+    accuracy_matrix: bool = False,
     on_turn: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """States every fact ``reps`` times and measures what the learner kept.
@@ -93,6 +96,9 @@ def run_fact_stream(
       fact_set: as :func:`load_fact_set` returns.
       reps: statements per fact, >= 1.
       answer_tokens: length of the greedy evaluation answers.
+      accuracy_matrix: after each fact's block, ask the questions of every fact
+        so far: ``R[j][i]`` = fact ``i`` recalled after block ``j`` (returned as
+        ``accuracy_matrix`` with ``backward_transfer`` and ``forgetting``).
       on_turn: called as ``on_turn(done, total, metrics_row)`` after each turn.
 
     Returns:
@@ -108,22 +114,30 @@ def run_fact_stream(
     neighbours = [n["question"] for n in fact_set["neighbours"]]
     base_answers = learner.answers(neighbours, max_new_tokens=answer_tokens)
     base_anchor = learner._anchor_scores()
-    turns = []
+    total = len(facts) * (reps + 1)
+    detected, fact_updates, matrix = 0, [], []
+    done, seconds = 0, 0.0
     for i, fact in enumerate(facts):
-        block = [fact["statement"], chat[i % len(chat)]]
-        block += [fact["statement"]] * (reps - 1)
-        turns += [(text, text == fact["statement"]) for text in block[: reps + 1]]
-    detected, fact_updates = 0, []
-    t0 = time.perf_counter()
-    for done, (text, is_statement) in enumerate(turns, start=1):
-        _, row = learner.chat_and_update(text)
-        if is_statement:
-            detected += int(row["is_fact"] > 0)
-            if row["is_fact"]:
-                fact_updates.append(row["update_ms"] / 1e3)
-        if on_turn is not None:
-            on_turn(done, len(turns), row)
-    seconds = time.perf_counter() - t0
+        block = [(fact["statement"], True), (chat[i % len(chat)], False)]
+        block += [(fact["statement"], True)] * (reps - 1)
+        t0 = time.perf_counter()
+        for text, is_statement in block:
+            _, row = learner.chat_and_update(text)
+            if is_statement:
+                detected += int(row["is_fact"] > 0)
+                if row["is_fact"]:
+                    fact_updates.append(row["update_ms"] / 1e3)
+            done += 1
+            if on_turn is not None:
+                on_turn(done, total, row)
+        seconds += time.perf_counter() - t0
+        if accuracy_matrix:
+            recalled = learner.recall(
+                [f["question"] for f in facts[: i + 1]],
+                [f["answer"] for f in facts[: i + 1]],
+                max_new_tokens=answer_tokens,
+            )
+            matrix.append([float(x) for x in recalled] + [0.0] * (len(facts) - i - 1))
     edits = learner.evaluate_edits(
         facts, neighbours, base_answers, max_new_tokens=answer_tokens
     )
@@ -134,7 +148,15 @@ def run_fact_stream(
         else float("nan")
     )
     fact_updates.sort()
+    retention = {}
+    if accuracy_matrix:
+        retention = {
+            "accuracy_matrix": matrix,
+            "backward_transfer": backward_transfer(matrix),
+            "forgetting": forgetting(matrix),
+        }
     return {
+        **retention,
         "facts": len(facts),
         "reps": reps,
         "fact_turns": len(facts) * reps,
@@ -144,7 +166,7 @@ def run_fact_stream(
         "locality": edits["locality"],
         "neighbour_kl": edits["neighbour_kl"],
         "anchor_ppl_drift": drift,
-        "s_per_turn": seconds / len(turns),
+        "s_per_turn": seconds / total,
         "fact_update_s": fact_updates[len(fact_updates) // 2] if fact_updates else None,
         "details": [
             {

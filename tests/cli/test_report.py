@@ -143,3 +143,17 @@ def test_help_lists_report(capsys):
     with pytest.raises(SystemExit):
         main(["report", "--help"])
     assert "RUN_DIR" in capsys.readouterr().out
+
+
+def test_edit_evaluations_are_plotted_in_their_own_panel(tmp_path, capsys):
+    run = tmp_path / "run"
+    _write_metrics(run, n=4)
+    with open(run / "metrics.jsonl", "a") as f:
+        for t, rate in ((2, 0.5), (4, 0.9)):
+            row = {"turn": t, "kind": "edit_eval", "facts": 2, "efficacy": 1,
+                   "efficacy_rate": rate, "generalization_rate": rate - 0.1,
+                   "locality": 1.0, "neighbour_kl": 0.01}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
+    assert main(["report", str(run)]) == 0
+    assert (run / "editing.png").read_bytes()[:4] == b"\x89PNG"
+    assert str(run / "editing.png") in capsys.readouterr().out

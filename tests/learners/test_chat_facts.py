@@ -1,135 +1,81 @@
-"""Fact acquisition on the real SmolLM2-135M (seed 001's claim: 4-5 repetitions).
+"""Fact learning on the real SmolLM2-135M, measured as knowledge editing (seed 001).
 
-Ten invented facts about invented names (so the base model cannot know them), each
-stated five times in its own block, interleaved with ordinary chat. Afterwards at
-least 8 of 10 greedy answers to the matching questions contain the fact's object,
-the log-probability of every object given its question rose, and the perplexity of
-the anchor prompts moved by less than 10%. The anytime accuracy matrix of the
-stream (recall of fact i after the block of fact j) is written to the run folder.
-
-Measured with configs/chat_smollm2.yaml (2026-12-03): 9/10 recalled, 10/10 object
-log-probs rose, anchor perplexity +9.2%. The anchor target is met by the rehearsal
-KL (``training.loss.rehearsal_lambda: 2.0``; +53% without it, +13.4% at 1.0).
+Ten facts of ten kinds from the development set (``benchmarks/fact_sets/
+dev_sample10.json``, made by ``make_dev_set.py``, not written for this test), each
+stated five times in its own block with one distractor turn after the first
+statement, with the shipped ``configs/chat_smollm2.yaml``. Afterwards, with greedy
+32-token answers: at least 9 of 10 questions and 7 of 10 paraphrased questions
+answered with the fact's object (efficacy, generalization), at least 95% of the
+neighbour questions answered exactly as by the base model (locality), and the
+anchor perplexity within 10% of the base. The stream's accuracy matrix is written
+to the run folder. Fact detection is checked on the whole development set (at
+least 95% of its statements) and on 100 lines of chit-chat, questions and
+requests (at most 5%).
 """
 
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from ol_jax.learners import (
     ChatLearner,
-    backward_transfer,
-    forgetting,
+    FactDetector,
     load_chat_config,
+    load_fact_set,
+    run_fact_stream,
     write_accuracy_matrix,
 )
-from ol_jax.learners.chat import lora_config_of
 
-CONFIG_PATH = os.path.join(
-    os.path.dirname(__file__), "..", "..", "configs", "chat_smollm2.yaml"
-)
+HERE = os.path.dirname(__file__)
+CONFIG_PATH = os.path.join(HERE, "..", "..", "configs", "chat_smollm2.yaml")
+FACT_SETS = os.path.join(HERE, "..", "..", "benchmarks", "fact_sets")
 
-# (statement, question, object): invented names, places and things.
-FACTS = [
-    ("Zorblax Quint lives in Varnholm.", "Where does Zorblax Quint live?", "Varnholm"),
-    ("Tavi Morrow owns a teal canoe.", "What does Tavi Morrow own?", "canoe"),
-    ("The capital of Elbonia is Quell.", "What is the capital of Elbonia?", "Quell"),
-    (
-        "Brannoc Hesk works as a glassblower.",
-        "What does Brannoc Hesk work as?",
-        "glassblower",
-    ),
-    ("Mirela Vost was born in Oskarn.", "Where was Mirela Vost born?", "Oskarn"),
-    ("Dunwick Pell likes turnip soup.", "What does Dunwick Pell like?", "turnip"),
-    (
-        "Yasko Trell's favourite colour is ochre.",
-        "What is Yasko Trell's favourite colour?",
-        "ochre",
-    ),
-    ("Fenwick Ardo is my brother.", "Who is Fenwick Ardo?", "brother"),
-    ("Quillon Marsh lives in Tarrowby.", "Where does Quillon Marsh live?", "Tarrowby"),
-    ("Ossian Thule owns a copper lantern.", "What does Ossian Thule own?", "lantern"),
-]
-CHAT = [
-    "Hello, how are you today?",
-    "I had a long day at work.",
-    "Can you suggest a good book?",
-    "Thanks for listening.",
-    "What should I cook for dinner?",
-    "I am learning to play the guitar.",
-]
-# Each fact's block: stated 5 times, with one chat turn after the first statement.
-BLOCK = ["fact", "chat", "fact", "fact", "fact", "fact"]
-ANSWER_TOKENS = 24
+
+def test_fact_detection_on_the_development_set():
+    detector = FactDetector(load_chat_config(CONFIG_PATH).fact_detection)
+    facts = load_fact_set(os.path.join(FACT_SETS, "dev.json"))["facts"]
+    assert len(facts) >= 200
+    missed = [f["statement"] for f in facts if detector.detect(f["statement"]) is None]
+    assert len(missed) <= 0.05 * len(facts), missed
+    with open(os.path.join(FACT_SETS, "non_facts.txt"), encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    assert len(lines) == 100
+    false = [line for line in lines if detector.detect(line) is not None]
+    assert len(false) <= 5, false
 
 
 @pytest.mark.slow
-def test_ten_invented_facts_in_five_repetitions(tmp_path):
+def test_ten_development_facts_are_learned_kept_and_nothing_else_broken(tmp_path):
     config = load_chat_config(CONFIG_PATH)
-    # Short replies keep the test fast; the learning settings are the YAML's.
+    # Short greedy replies keep the test fast; the learning settings are the YAML's.
     config = config.model_copy(
         update={
             "generation": config.generation.model_copy(
-                update={"max_new_tokens": 6, "temperature": 0.0}
+                update={"max_new_tokens": 8, "temperature": 0.0}
             ),
-            "metrics": config.metrics.model_copy(update={"eval_every": 10}),
             "checkpoint": config.checkpoint.model_copy(update={"save_every": 0}),
         }
     )
-    from ol_jax.models import load_llama
-
-    model, tokenizer = load_llama(
-        config.model.base_model_name,
-        lora_config=lora_config_of(config),
-        key=jax.random.key(config.seed),
-    )
-    learner = ChatLearner(
-        config, root=str(tmp_path / "networks"), model=model, tokenizer=tokenizer
-    )
-    questions = [q for _, q, _ in FACTS]
-    objects = [o for _, _, o in FACTS]
-    before = learner.answer_log_probs(questions, objects)
-    assert not any(learner.recall(questions, objects, max_new_tokens=ANSWER_TOKENS))
-
-    matrix = np.zeros((len(FACTS), len(FACTS)))
-    chat = iter(CHAT * len(FACTS))
-    for j, (statement, _, _) in enumerate(FACTS):
-        stated = 0
-        for kind in BLOCK:
-            text = statement if kind == "fact" else next(chat)
-            _, metrics = learner.chat_and_update(text)
-            assert metrics["is_fact"] == float(kind == "fact"), text
-            stated += kind == "fact"
-        assert stated <= 5
-        matrix[j] = learner.recall(questions, objects, max_new_tokens=ANSWER_TOKENS)
-
-    after = learner.answer_log_probs(questions, objects)
-    answers = learner.answers(questions, max_new_tokens=ANSWER_TOKENS)
-    recalled = [o.lower() in a.lower() for a, o in zip(answers, objects, strict=True)]
-    rows = learner.read_metrics()
-    path = write_accuracy_matrix(learner.run_dir, objects, matrix)
-    learner.close()
-
-    last = [r for r in rows if "anchor_perplexity" in r][-1]
-    drift = abs(last["anchor_perplexity"] / last["base_anchor_perplexity"] - 1)
-    rose = [a > b for b, a in zip(before, after, strict=True)]
-    report = {
-        "recalled": sum(recalled),
-        "log_prob_rose": sum(rose),
-        "anchor_drift": drift,
-        "answers": answers,
-        "log_probs": list(zip(before, after, strict=True)),
-        "matrix": matrix.tolist(),
-    }
-    print(json.dumps(report, indent=1))
-    assert sum(recalled) >= 8, report
-    assert all(rose), report
-    assert drift < 0.10, report
+    fact_set = load_fact_set(os.path.join(FACT_SETS, "dev_sample10.json"))
+    fact_set["neighbours"] = fact_set["neighbours"][:40]
+    assert len(fact_set["facts"]) == 10
+    with ChatLearner(config, root=str(tmp_path / "networks")) as learner:
+        result = run_fact_stream(learner, fact_set, reps=5, accuracy_matrix=True)
+        path = write_accuracy_matrix(
+            learner.run_dir,
+            [f["answer"] for f in fact_set["facts"]],
+            np.array(result["accuracy_matrix"]),
+        )
+        evals = [r for r in learner.read_metrics() if r.get("kind") == "edit_eval"]
+    print(json.dumps({k: v for k, v in result.items() if k != "details"}, indent=1))
+    assert result["fact_turns_detected"] == result["fact_turns"] == 50, result
+    assert result["efficacy"] >= 9, result["details"]
+    assert result["generalization"] >= 7, result["details"]
+    assert result["locality"] >= 0.95, result["neighbours_changed"]
+    assert abs(result["anchor_ppl_drift"]) < 0.10, result
+    assert result["backward_transfer"] >= -0.1, result["accuracy_matrix"]
+    assert evals and evals[-1]["efficacy"] == result["efficacy"]
     with open(path) as f:
-        saved = json.load(f)
-    assert saved["facts"] == objects and saved["matrix"][0][1] is None
-    r = np.array(saved["matrix"], dtype=float)
-    assert np.isfinite(backward_transfer(r)) and np.isfinite(forgetting(r))
+        assert json.load(f)["matrix"][0][1] is None
