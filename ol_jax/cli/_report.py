@@ -72,6 +72,8 @@ METRIC_GROUPS: Mapping[str, tuple[str, ...]] = {
         "generalization_rate",
         "locality",
         "neighbour_kl",
+        "probe_locality",
+        "probe_kl",
         "facts_in_bank",
     ),
 }

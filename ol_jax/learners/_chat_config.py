@@ -318,10 +318,13 @@ class MetricsSection(ConfigSection):
 
     anchor_prompts: tuple[str, ...] = _DEFAULT_ANCHORS
     eval_every: int = Field(default=1, ge=0)
+    probe_questions: tuple[str, ...] = ()
+    probe_every: int = Field(default=10, ge=0)
+    probe_tokens: int = Field(default=32, ge=1, le=4096)
     window_size: int = Field(default=10, ge=2)
     metrics_file: str = "metrics.jsonl"
 
-    @field_validator("anchor_prompts")
+    @field_validator("anchor_prompts", "probe_questions")
     @classmethod
     def _anchors(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if any(not p.strip() for p in value):

@@ -323,6 +323,7 @@ class ChatLearner:
                 self._tx,
                 key=jax.random.fold_in(key, 4),
             )
+        self._initial_lora = jax.tree.map(jnp.copy, lora)
         self._state = init_state(lora, self._tx, key=jax.random.fold_in(key, 1))
         self._gen_key = jax.random.fold_in(key, 2)
         self.detector = FactDetector(config.fact_detection)
@@ -340,6 +341,7 @@ class ChatLearner:
             self._resume()
         else:
             self._tracker.set_baseline(self._anchor_scores())
+        self._probe_base = self._base_answers(config.metrics.probe_questions)
 
     # ------------------------------------------------------------------ setup
 
@@ -446,6 +448,29 @@ class ChatLearner:
         if self.bank is None:
             return [SHARED] * len(texts)
         return self.bank.route(texts)
+
+    def _base_answers(self, questions: Sequence[str]) -> list[str]:
+        """The base model's greedy answers (the initial adapter, ``B = 0``)."""
+        if not questions:
+            return []
+        out = generate(
+            nnx.merge(self._graphdef, self._frozen, self._initial_lora),
+            [self._prompt(self._clean(q)[0]) for q in questions],
+            max_new_tokens=self.config.metrics.probe_tokens,
+            temperature=0.0,
+            eos_token_id=list(self._eos),
+            pad_token_id=self._format.pad_id,
+        )
+        return [self._format.decode(ids) for ids in out]
+
+    def _probe(self) -> dict[str, float]:
+        """``probe_locality`` and ``probe_kl`` of ``metrics.probe_questions``."""
+        questions = list(self.config.metrics.probe_questions)
+        now = self.answers(questions, max_new_tokens=self.config.metrics.probe_tokens)
+        return {
+            "probe_locality": float(answers_unchanged(self._probe_base, now).mean()),
+            "probe_kl": self.neighbour_kl(questions, self._probe_base),
+        }
 
     def _adapter(self, route: int) -> Any:
         return self._state.params if route == SHARED else self.bank.params(route)
@@ -793,6 +818,9 @@ class ChatLearner:
         every = self.config.metrics.eval_every
         anchors = self._anchor_scores() if every and self.turn % every == 0 else None
         row.update(self._tracker.stability(anchors, turn=self.turn))
+        probe_every = self.config.metrics.probe_every
+        if self._probe_base and probe_every and self.turn % probe_every == 0:
+            row.update(self._probe())
         self._append_metrics(row)
         self._since_save += 1
         save_every = self.config.checkpoint.save_every

@@ -157,3 +157,20 @@ def test_typed_special_tokens_are_trained_as_text(tmp_path, model, tokenizer):
     typed = turn.batch["tokens"]
     assert (typed == start).sum() == (plain == start).sum()
     learner.close()
+
+
+def test_probe_questions_are_measured_every_probe_every_turns(tmp_path, model, tokenizer):
+    config = bank_config()
+    config = config.model_copy(
+        update={
+            "metrics": config.metrics.model_copy(
+                update={"probe_questions": ("What is 2 plus 2?", "Hi?"),
+                        "probe_every": 2, "probe_tokens": 3}  # fmt: skip
+            )
+        }
+    )
+    learner = make(tmp_path, model, tokenizer, config)
+    rows = [learner.chat_and_update(t)[1] for t in (FACT, "Hello there", FACT)]
+    assert "probe_locality" not in rows[0] and "probe_locality" not in rows[2]
+    assert 0.0 <= rows[1]["probe_locality"] <= 1.0 and rows[1]["probe_kl"] >= 0.0
+    learner.close()
