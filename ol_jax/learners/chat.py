@@ -11,6 +11,13 @@ LoRA adapter, then takes one jit-compiled update on the turn:
 * a *question* or *regular* turn trains on the user message and the model's own
   reply (self-supervised), at 2x or 1x the learning rate with the base KL weight.
 
+With ``fact_bank.enabled`` (the shipped config) a fact trains an adapter of its
+own instead (:class:`~ol_jax.learners._fact_bank.FactBank`): on the statement
+and on question prompts answered by it, answer tokens only; every message is
+answered by the adapter of the fact its sentence embedding is closest to, if
+close enough, else by the shared adapter, so facts neither overwrite each other
+nor change unrelated answers (a WISE / GRACE-style side memory).
+
 Every ``replay_interval`` turns the facts in memory are replayed at 0.5x the
 learning rate. The loss is ``task_lambda * CE_w + lambda * KL(base || adapted)``,
 clipped and applied by AdamW to the LoRA parameters only; the learning rate and
@@ -28,6 +35,8 @@ References:
     <https://arxiv.org/abs/1711.05101>`_, 2019.
     Lopez-Paz & Ranzato, `Gradient Episodic Memory for Continual Learning
     <https://arxiv.org/abs/1706.08840>`_, 2017 (the accuracy matrix).
+    Wang et al., `WISE: Rethinking the Knowledge Memory for Lifelong Model
+    Editing of Large Language Models <https://arxiv.org/abs/2405.14768>`_, 2024.
 """
 
 from __future__ import annotations
