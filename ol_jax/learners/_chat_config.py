@@ -32,6 +32,20 @@ __all__ = [
 ]
 
 
+def _check_template(template: str, fields: tuple[str, ...], where: str) -> None:
+    """Raises ValueError unless ``template`` is a non-empty format string over
+    (some of) ``fields``."""
+    try:
+        template.format(**{f: f[0] for f in fields})
+    except (KeyError, IndexError, ValueError) as e:
+        names = ", ".join(f"{{{f}}}" for f in fields)
+        raise ValueError(
+            f"{where}: templates may use only {names}, got {template!r} ({e})"
+        ) from None
+    if not template.strip():
+        raise ValueError(f"{where}: templates must be non-empty")
+
+
 class LoraSection(ConfigSection):
     """``model.lora``: the adapter (PEFT conventions, update ``(alpha / r) A B``).
 
@@ -270,15 +284,7 @@ class ChatInputSection(ConfigSection):
     def _questions(cls, value: dict[str, tuple[str, str]]):
         for relation, templates in value.items():
             for template in templates:
-                try:
-                    template.format(subject="s", object="o", text="t")
-                except (KeyError, IndexError, ValueError) as e:
-                    raise ValueError(
-                        f"{relation}: templates may use only {{subject}}, "
-                        f"{{object}} and {{text}}, got {template!r} ({e})"
-                    ) from None
-                if not template.strip():
-                    raise ValueError(f"{relation}: templates must be non-empty")
+                _check_template(template, ("subject", "object", "text"), relation)
         return value
 
     @field_validator("fact_response")
@@ -391,14 +397,7 @@ class FactBankSection(ConfigSection):
     @classmethod
     def _prompts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for template in value:
-            try:
-                template.format(subject="s")
-            except (KeyError, IndexError, ValueError) as e:
-                raise ValueError(
-                    f"prompts may use only {{subject}}, got {template!r} ({e})"
-                ) from None
-            if not template.strip():
-                raise ValueError("prompts must be non-empty")
+            _check_template(template, ("subject",), "question_prompts")
         return value
 
     @model_validator(mode="after")
