@@ -55,7 +55,11 @@ from ol_jax.learners._controller_env import (
     poison_windows,
     serve,
 )
-from ol_jax.learners._stream import FeedbackProcessor, StreamProcessor
+from ol_jax.learners._stream import (
+    REJECT_REASONS,
+    FeedbackProcessor,
+    StreamProcessor,
+)
 from ol_jax.memory import prioritized_replay
 from ol_jax.models import routed_mlp_apply
 from ol_jax.objectives import (
@@ -86,6 +90,7 @@ __all__ = [
     "ControllerConfig",
     "FeedbackProcessor",
     "OnlineLearner",
+    "REJECT_REASONS",
     "StreamProcessor",
     "load_controller",
     "save_controller",
