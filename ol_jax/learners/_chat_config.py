@@ -21,7 +21,16 @@ from ol_jax.learners._facts import (
 )
 from ol_jax.learners._token_weights import ImportanceWeightingConfig
 from ol_jax.models import LLAMA_PROJECTIONS
-from ol_jax.store import BaseNetworkConfig, ConfigSection
+from ol_jax.store import (
+    BaseNetworkConfig,
+    BatchSize,
+    Capacity,
+    Chars,
+    ConfigSection,
+    Count,
+    Dim,
+    Tokens,
+)
 
 __all__ = [
     "AdaptiveOptimizerConfig",
@@ -42,7 +51,7 @@ class LoraSection(ConfigSection):
       bias: only ``"none"`` (biases are never trained).
     """
 
-    rank: int = Field(default=4, ge=1)
+    rank: Dim = Field(default=4, ge=1)
     alpha: float = Field(default=16.0, gt=0)
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -177,8 +186,9 @@ class ChatTrainingConfig(ConfigSection):
     adam_b1: float = Field(default=0.9, ge=0, lt=1)
     adam_b2: float = Field(default=0.999, ge=0, lt=1)
     adam_eps: float = Field(default=1e-8, gt=0)
-    iterations_per_fact: int = Field(default=1, ge=1)
-    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
+    # Each iteration is one more update of the model in the turn.
+    iterations_per_fact: BatchSize = Field(default=1, ge=1)
+    sequence_buckets: tuple[Tokens, ...] = (32, 64, 128, 256)
     loss: LossSection = Field(default_factory=LossSection)
 
     @field_validator("sequence_buckets")
@@ -231,12 +241,12 @@ class GenerationSection(ConfigSection):
       max_prompt_tokens: longer prompts keep their last tokens.
     """
 
-    max_new_tokens: int = Field(default=64, ge=1)
+    max_new_tokens: Tokens = Field(default=64, ge=1)
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
     system_prompt: str | None = ""
     stop_at_eos: bool = True
-    max_prompt_tokens: int = Field(default=256, ge=8)
+    max_prompt_tokens: Tokens = Field(default=256, ge=8)
 
 
 class ChatInputSection(ConfigSection):
@@ -258,7 +268,7 @@ class ChatInputSection(ConfigSection):
         Empty: statements only.
     """
 
-    max_input_chars: int = Field(default=4000, ge=1)
+    max_input_chars: Chars = Field(default=4000, ge=1)
     on_too_long: Literal["truncate", "error"] = "truncate"
     invalid_utf8: Literal["error", "replace"] = "error"
     fact_response: str = "I understand. {text}"
@@ -316,8 +326,8 @@ class MetricsSection(ConfigSection):
     """
 
     anchor_prompts: tuple[str, ...] = _DEFAULT_ANCHORS
-    eval_every: int = Field(default=1, ge=0)
-    window_size: int = Field(default=10, ge=2)
+    eval_every: Count = Field(default=1, ge=0)
+    window_size: Capacity = Field(default=10, ge=2)
     metrics_file: str = "metrics.jsonl"
 
     @field_validator("anchor_prompts")
@@ -332,7 +342,7 @@ class CheckpointSection(ConfigSection):
     """``checkpoint``: LoRA, optimizer state, fact memory and counters are saved
     to the run store every ``save_every`` turns (0: only on close)."""
 
-    save_every: int = Field(default=10, ge=0)
+    save_every: Count = Field(default=10, ge=0)
 
 
 class ChatConfig(BaseNetworkConfig):

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ol_jax.store import ConfigSection
+from ol_jax.store import BatchSize, Capacity, Chars, ConfigSection, Count
 
 __all__ = [
     "EntityExtractionConfig",
@@ -182,7 +182,7 @@ class EntityExtractionConfig(ConfigSection):
 
     method: Literal["regex", "simple"] = "regex"
     stop_words: list[str] = Field(default_factory=lambda: list(_DEFAULT_STOP_WORDS))
-    min_length: int = Field(default=2, ge=1)
+    min_length: Chars = Field(default=2, ge=1)
 
 
 class FactConfidenceConfig(ConfigSection):
@@ -241,7 +241,7 @@ class FactDetectionConfig(ConfigSection):
     confidence_calculation: FactConfidenceConfig = Field(
         default_factory=FactConfidenceConfig
     )
-    max_chars: int = Field(default=2000, ge=1)
+    max_chars: Chars = Field(default=2000, ge=1)
 
     @field_validator("question_indicators")
     @classmethod
@@ -451,7 +451,7 @@ class FactDecayConfig(ConfigSection):
     """
 
     enabled: bool = True
-    turns: int = Field(default=100, ge=1)
+    turns: Count = Field(default=100, ge=1)
     rate: float = Field(default=0.1, ge=0, lt=1)
     threshold: float = Field(default=0.1, ge=0)
 
@@ -474,9 +474,10 @@ class FactMemoryConfig(ConfigSection):
     """
 
     enabled: bool = True
-    max_facts: int = Field(default=50, ge=1)
-    replay_interval: int = Field(default=10, ge=1)
-    replay_limit: int = Field(default=10, ge=1)
+    max_facts: Capacity = Field(default=50, ge=1)
+    replay_interval: Count = Field(default=10, ge=1)
+    # Every replayed fact is one more update of the model on its text.
+    replay_limit: BatchSize = Field(default=10, ge=1)
     eviction_policy: Literal["fifo", "lru", "importance", "hybrid"] = "hybrid"
     importance_scoring: FactImportanceConfig = Field(
         default_factory=FactImportanceConfig
