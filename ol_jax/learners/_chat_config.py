@@ -11,7 +11,7 @@ Unknown keys and bad values are :class:`~ol_jax.store.ConfigError` naming the ke
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -188,7 +188,7 @@ class ChatTrainingConfig(ConfigSection):
     adam_eps: float = Field(default=1e-8, gt=0)
     # Each iteration is one more update of the model in the turn.
     iterations_per_fact: BatchSize = Field(default=1, ge=1)
-    sequence_buckets: tuple[Tokens, ...] = (32, 64, 128, 256)
+    sequence_buckets: tuple[Annotated[Tokens, Field(ge=4)], ...] = (32, 64, 128, 256)
     loss: LossSection = Field(default_factory=LossSection)
 
     @field_validator("sequence_buckets")
@@ -249,6 +249,10 @@ class GenerationSection(ConfigSection):
     max_prompt_tokens: Tokens = Field(default=256, ge=8)
 
 
+# What str.format raises for a bad template ("{x}", "{0}", "{text.x}", "{text[0][0]}").
+_FORMAT_ERRORS = (KeyError, IndexError, ValueError, AttributeError, TypeError)
+
+
 class ChatInputSection(ConfigSection):
     """``chat``: what one turn accepts and trains on.
 
@@ -281,7 +285,7 @@ class ChatInputSection(ConfigSection):
             for template in templates:
                 try:
                     template.format(subject="s", object="o", text="t")
-                except (KeyError, IndexError, ValueError) as e:
+                except _FORMAT_ERRORS as e:
                     raise ValueError(
                         f"{relation}: templates may use only {{subject}}, "
                         f"{{object}} and {{text}}, got {template!r} ({e})"
@@ -297,7 +301,7 @@ class ChatInputSection(ConfigSection):
             raise ValueError(f"must contain '{{text}}', got {value!r}")
         try:
             value.format(text="x")
-        except (KeyError, IndexError, ValueError) as e:
+        except _FORMAT_ERRORS as e:
             raise ValueError(
                 f"must be a format string with only {{text}}: {e}"
             ) from None

@@ -243,6 +243,13 @@ class GeneratorSection(_ReplaySection):
             raise ValueError(
                 f"prompt_format must contain '{{query}}', got {self.prompt_format!r}"
             )
+        try:
+            self.prompt_format.format(query="q")
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise ValueError(
+                f"prompt_format must be a format string with only {{query}}, got "
+                f"{self.prompt_format!r} ({e})"
+            ) from None
         bad = [t for t in self.lora_targets if t not in LLAMA_PROJECTIONS]
         if bad or not self.lora_targets:
             raise ValueError(

@@ -219,6 +219,9 @@ class OnlineLearningConfig(ConfigSection):
         return value
 
 
+_Width = Annotated[Dim, Field(ge=1)]
+
+
 class ModelConfig(ConfigSection):
     """Architecture of the glyph decoder (see ``ol_jax.models.GlyphConfig``).
 
@@ -239,16 +242,9 @@ class ModelConfig(ConfigSection):
     # A glyph's per-pixel layers hold image_size**2 x H2 activations: at 1024 and
     # the default H2 = 32 that is 128 MiB per glyph, for every glyph of a window.
     image_size: Annotated[Dim, Field(le=1024)] = Field(default=32, ge=4)
-    hidden: tuple[Dim, Dim, Dim] = (128, 256, 32)
+    hidden: tuple[_Width, _Width, _Width] = (128, 256, 32)
     coord_scale: float = Field(default=6.0, gt=0)
     stroke_sharpness: float = Field(default=10.0, gt=0)
-
-    @field_validator("hidden")
-    @classmethod
-    def _sizes(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if any(size < 1 for size in value):
-            raise ValueError(f"must be three widths >= 1, got {list(value)}")
-        return value
 
 
 class StoreConfig(ConfigSection):
