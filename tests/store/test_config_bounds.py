@@ -340,3 +340,19 @@ def test_fuzzed_configs_are_valid_or_name_the_key(mutation):
         assert validate_config(dump, cls) == config
     # Validation never changes its input.
     assert _DUMPS[name] == original
+
+
+def test_model_dataclasses_refuse_non_int_sizes():
+    from ol_jax.models import GlyphConfig, LoRAConfig
+
+    for kwargs, name in [
+        ({"image_size": 1e30}, "image_size"),
+        ({"style_z_dim": 64.0}, "style_z_dim"),
+        ({"hidden": (8, 8, 4.0)}, r"hidden\[2\]"),
+        ({"hidden": 8}, "hidden"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{name} must be"):
+            GlyphConfig(**kwargs)
+    for rank in (4.0, True, 1e30):
+        with pytest.raises(ValueError, match="rank must be an int"):
+            LoRAConfig(rank=rank)
