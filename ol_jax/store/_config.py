@@ -125,7 +125,13 @@ class ConfigSection(BaseModel):
 
     Unknown keys are errors (``validate_config`` names them with a did-you-mean
     hint), sections are immutable, defaults are validated like given values, and
-    every float must be finite: YAML's ``.inf`` and ``.nan`` are rejected.
+    every float must be finite: YAML's ``.inf`` and ``.nan`` are rejected. Every
+    integer setting is one of the bounded types (:data:`Dim`, :data:`Tokens`,
+    :data:`Capacity`, :data:`BatchSize`, :data:`Count`, :data:`Chars`,
+    :data:`Seed`) with its lower bound at the field, e.g. ``rank: Dim =
+    Field(default=4, ge=1)``; a tighter upper bound goes in the type,
+    ``Annotated[Dim, Field(le=1024)]``, since pydantic keeps the type's own
+    ``le`` over one given at the field.
     """
 
     model_config = ConfigDict(
