@@ -60,7 +60,6 @@ from ol_jax.store import (
     ConfigSection,
     Count,
     Seed,
-    Tokens,
     load_config,
     validate_config,
 )
@@ -634,10 +633,12 @@ class ProxySection(ConfigSection):
     )
     upstream: str | None = None
     teacher_model: str = Field(default=DEFAULT_ANTHROPIC_MODEL, min_length=1)
-    teacher_max_tokens: Tokens = Field(default=512, ge=1)
+    # The upstream's answer limit, not a local shape (answers are cut to the
+    # generator's max_new_tokens for training).
+    teacher_max_tokens: Annotated[Count, Field(le=1 << 20)] = Field(default=512, ge=1)
     upstream_timeout_s: float = Field(default=60.0, gt=0)
     # Each retry waits longer (the SDK backs off exponentially).
-    upstream_max_retries: Annotated[Count, Field(le=100)] = Field(default=2, ge=0)
+    upstream_max_retries: Annotated[Count, Field(le=10)] = Field(default=2, ge=0)
     save_every: Count = Field(default=100, ge=1)
     max_body_bytes: Chars = Field(default=MAX_BODY_BYTES, ge=1)
     simulated_families: Capacity = Field(default=60, ge=1)
