@@ -8,12 +8,14 @@ and fail later with an opaque XLA error; now every config class refuses it with 
 import copy
 import math
 import re
+from typing import Annotated
 
 import annotated_types
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import Field
 
 import ol_jax.learners  # noqa: F401 (defines the learners' config sections)
 from ol_jax.cli._proxy import ProxyNetworkConfig  # the proxy's config is not public
@@ -27,6 +29,7 @@ from ol_jax.store import (
     MAX_DIM,
     ConfigError,
     ConfigSection,
+    Dim,
     NetworkConfig,
     check_values,
     load_config,
@@ -155,12 +158,6 @@ def test_learning_config_sizes_checked_by_the_same_types():
 
 
 def test_check_values_names_nested_keys():
-    from typing import Annotated
-
-    from pydantic import Field
-
-    from ol_jax.store import Dim
-
     with pytest.raises(ConfigError) as info:
         check_values(
             {"widths": [4, 2.5, 2**70]},
@@ -193,6 +190,24 @@ def test_bad_format_templates_are_config_errors(cls, data, key):
     with pytest.raises(ConfigError) as info:
         validate_config(data, cls)
     assert [k for k, _ in info.value.problems] == [key]
+
+
+@given(
+    value=st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.floats(),
+        st.booleans(),
+        st.text(max_size=3),
+    )
+)
+def test_check_values_accepts_exactly_the_ints_in_range(value):
+    ok = type(value) is int and 1 <= value <= MAX_DIM
+    try:
+        check_values({"size": value}, {"size": Annotated[Dim, Field(ge=1)]})
+    except ConfigError as error:
+        assert not ok and [k for k, _ in error.problems] == ["size"]
+    else:
+        assert ok
 
 
 # ----------------------------------------------------------------- every section
