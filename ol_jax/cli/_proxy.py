@@ -48,13 +48,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
 from ol_jax.feedback import DEFAULT_ANTHROPIC_MODEL, TeacherError
 from ol_jax.learners import TeacherProxyConfig
-from ol_jax.store import ConfigSection, load_config, validate_config
+from ol_jax.store import (
+    Capacity,
+    Chars,
+    ConfigSection,
+    Count,
+    Seed,
+    load_config,
+    validate_config,
+)
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -625,14 +633,17 @@ class ProxySection(ConfigSection):
     )
     upstream: str | None = None
     teacher_model: str = Field(default=DEFAULT_ANTHROPIC_MODEL, min_length=1)
-    teacher_max_tokens: int = Field(default=512, ge=1)
+    # The upstream's answer limit, not a local shape (answers are cut to the
+    # generator's max_new_tokens for training).
+    teacher_max_tokens: Annotated[Count, Field(le=1 << 20)] = Field(default=512, ge=1)
     upstream_timeout_s: float = Field(default=60.0, gt=0)
-    upstream_max_retries: int = Field(default=2, ge=0)
-    save_every: int = Field(default=100, ge=1)
-    max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1)
-    simulated_families: int = Field(default=60, ge=1)
-    simulated_paraphrases: int = Field(default=4, ge=1)
-    simulated_seed: int = 0
+    # Each retry waits longer (the SDK backs off exponentially).
+    upstream_max_retries: Annotated[Count, Field(le=10)] = Field(default=2, ge=0)
+    save_every: Count = Field(default=100, ge=1)
+    max_body_bytes: Chars = Field(default=MAX_BODY_BYTES, ge=1)
+    simulated_families: Capacity = Field(default=60, ge=1)
+    simulated_paraphrases: Capacity = Field(default=4, ge=1)
+    simulated_seed: Seed = 0
 
 
 class ProxyNetworkConfig(TeacherProxyConfig):

@@ -11,7 +11,7 @@ Unknown keys and bad values are :class:`~ol_jax.store.ConfigError` naming the ke
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,7 +21,16 @@ from ol_jax.learners._facts import (
 )
 from ol_jax.learners._token_weights import ImportanceWeightingConfig
 from ol_jax.models import LLAMA_PROJECTIONS
-from ol_jax.store import BaseNetworkConfig, ConfigSection
+from ol_jax.store import (
+    BaseNetworkConfig,
+    BatchSize,
+    Capacity,
+    Chars,
+    ConfigSection,
+    Count,
+    Dim,
+    Tokens,
+)
 
 __all__ = [
     "AdaptiveOptimizerConfig",
@@ -37,7 +46,7 @@ def _check_template(template: str, fields: tuple[str, ...], where: str) -> None:
     (some of) ``fields``."""
     try:
         template.format(**{f: f[0] for f in fields})
-    except (KeyError, IndexError, ValueError) as e:
+    except _FORMAT_ERRORS as e:
         names = ", ".join(f"{{{f}}}" for f in fields)
         raise ValueError(
             f"{where}: templates may use only {names}, got {template!r} ({e})"
@@ -57,7 +66,7 @@ class LoraSection(ConfigSection):
       bias: only ``"none"`` (biases are never trained).
     """
 
-    rank: int = Field(default=4, ge=1)
+    rank: Dim = Field(default=4, ge=1)
     alpha: float = Field(default=16.0, gt=0)
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -192,8 +201,9 @@ class ChatTrainingConfig(ConfigSection):
     adam_b1: float = Field(default=0.9, ge=0, lt=1)
     adam_b2: float = Field(default=0.999, ge=0, lt=1)
     adam_eps: float = Field(default=1e-8, gt=0)
-    iterations_per_fact: int = Field(default=1, ge=1)
-    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
+    # Each iteration is one more update of the model in the turn.
+    iterations_per_fact: BatchSize = Field(default=1, ge=1)
+    sequence_buckets: tuple[Annotated[Tokens, Field(ge=4)], ...] = (32, 64, 128, 256)
     loss: LossSection = Field(default_factory=LossSection)
 
     @field_validator("sequence_buckets")
@@ -246,12 +256,16 @@ class GenerationSection(ConfigSection):
       max_prompt_tokens: longer prompts keep their last tokens.
     """
 
-    max_new_tokens: int = Field(default=64, ge=1)
+    max_new_tokens: Tokens = Field(default=64, ge=1)
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
     system_prompt: str | None = ""
     stop_at_eos: bool = True
-    max_prompt_tokens: int = Field(default=256, ge=8)
+    max_prompt_tokens: Tokens = Field(default=256, ge=8)
+
+
+# What str.format raises for a bad template ("{x}", "{0}", "{text.x}", "{text[0][0]}").
+_FORMAT_ERRORS = (KeyError, IndexError, ValueError, AttributeError, TypeError)
 
 
 class ChatInputSection(ConfigSection):
@@ -273,7 +287,7 @@ class ChatInputSection(ConfigSection):
         Empty: statements only.
     """
 
-    max_input_chars: int = Field(default=4000, ge=1)
+    max_input_chars: Chars = Field(default=4000, ge=1)
     on_too_long: Literal["truncate", "error"] = "truncate"
     invalid_utf8: Literal["error", "replace"] = "error"
     fact_response: str = "I understand. {text}"
@@ -294,7 +308,7 @@ class ChatInputSection(ConfigSection):
             raise ValueError(f"must contain '{{text}}', got {value!r}")
         try:
             value.format(text="x")
-        except (KeyError, IndexError, ValueError) as e:
+        except _FORMAT_ERRORS as e:
             raise ValueError(
                 f"must be a format string with only {{text}}: {e}"
             ) from None
@@ -323,11 +337,11 @@ class MetricsSection(ConfigSection):
     """
 
     anchor_prompts: tuple[str, ...] = _DEFAULT_ANCHORS
-    eval_every: int = Field(default=1, ge=0)
+    eval_every: Count = Field(default=1, ge=0)
     probe_questions: tuple[str, ...] = ()
-    probe_every: int = Field(default=10, ge=0)
-    probe_tokens: int = Field(default=32, ge=1, le=4096)
-    window_size: int = Field(default=10, ge=2)
+    probe_every: Count = Field(default=10, ge=0)
+    probe_tokens: Tokens = Field(default=32, ge=1)
+    window_size: Capacity = Field(default=10, ge=2)
     metrics_file: str = "metrics.jsonl"
 
     @field_validator("anchor_prompts", "probe_questions")
@@ -342,7 +356,7 @@ class CheckpointSection(ConfigSection):
     """``checkpoint``: LoRA, optimizer state, fact memory and counters are saved
     to the run store every ``save_every`` turns (0: only on close)."""
 
-    save_every: int = Field(default=10, ge=0)
+    save_every: Count = Field(default=10, ge=0)
 
 
 _DEFAULT_FACT_PROMPTS = (
@@ -390,8 +404,8 @@ class FactBankSection(ConfigSection):
     same_fact_threshold: float = Field(default=0.9, ge=-1, le=1)
     learning_rate: float = Field(default=6e-4, gt=0, le=1)
     question_prompts: tuple[str, ...] = _DEFAULT_FACT_PROMPTS
-    max_facts: int = Field(default=256, ge=1, le=100_000)
-    optimizer_slots: int = Field(default=8, ge=1, le=100_000)
+    max_facts: Capacity = Field(default=256, ge=1)
+    optimizer_slots: Capacity = Field(default=8, ge=1)
 
     @field_validator("question_prompts")
     @classmethod

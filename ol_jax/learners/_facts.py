@@ -21,11 +21,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ol_jax.store import ConfigSection
+from ol_jax.store import BatchSize, Capacity, Chars, ConfigSection, Count
 
 __all__ = [
     "EntityExtractionConfig",
@@ -265,8 +265,8 @@ class StatementDetectionConfig(ConfigSection):
 
     enabled: bool = True
     min_confidence: float = Field(default=0.7, ge=0, le=1)
-    min_words: int = Field(default=3, ge=1, le=1000)
-    max_words: int = Field(default=60, ge=1, le=1000)
+    min_words: Annotated[Count, Field(le=1000)] = Field(default=3, ge=1)
+    max_words: Annotated[Count, Field(le=1000)] = Field(default=60, ge=1)
     prefaces: list[str] = Field(default_factory=lambda: list(_DEFAULT_PREFACES))
     requests: list[str] = Field(default_factory=lambda: list(_DEFAULT_REQUESTS))
     hedges: list[str] = Field(default_factory=lambda: list(_DEFAULT_HEDGES))
@@ -330,7 +330,7 @@ class EntityExtractionConfig(ConfigSection):
 
     method: Literal["regex", "simple"] = "regex"
     stop_words: list[str] = Field(default_factory=lambda: list(_DEFAULT_STOP_WORDS))
-    min_length: int = Field(default=2, ge=1)
+    min_length: Chars = Field(default=2, ge=1)
 
 
 class FactConfidenceConfig(ConfigSection):
@@ -394,7 +394,7 @@ class FactDetectionConfig(ConfigSection):
     statements: StatementDetectionConfig = Field(
         default_factory=StatementDetectionConfig
     )
-    max_chars: int = Field(default=2000, ge=1)
+    max_chars: Chars = Field(default=2000, ge=1)
 
     @field_validator("question_indicators")
     @classmethod
@@ -713,7 +713,7 @@ class FactDecayConfig(ConfigSection):
     """
 
     enabled: bool = True
-    turns: int = Field(default=100, ge=1)
+    turns: Count = Field(default=100, ge=1)
     rate: float = Field(default=0.1, ge=0, lt=1)
     threshold: float = Field(default=0.1, ge=0)
 
@@ -736,9 +736,10 @@ class FactMemoryConfig(ConfigSection):
     """
 
     enabled: bool = True
-    max_facts: int = Field(default=50, ge=1)
-    replay_interval: int = Field(default=10, ge=1)
-    replay_limit: int = Field(default=10, ge=1)
+    max_facts: Capacity = Field(default=50, ge=1)
+    replay_interval: Count = Field(default=10, ge=1)
+    # Every replayed fact is one more update of the model on its text.
+    replay_limit: BatchSize = Field(default=10, ge=1)
     eviction_policy: Literal["fifo", "lru", "importance", "hybrid"] = "hybrid"
     importance_scoring: FactImportanceConfig = Field(
         default_factory=FactImportanceConfig

@@ -25,6 +25,22 @@ _BINARY = {
     "tool_result": {"success": 1.0, "failure": 0.0, True: 1.0, False: 0.0},
 }
 FEEDBACK_KINDS = ("thumbs", "tool_result", "rating")
+# Longest accepted event id: ids are remembered for de-duplication, so one
+# huge id must not hold megabytes in the window.
+MAX_ID_CHARS = 256
+REJECT_REASONS = (
+    "not_a_mapping",
+    *(f"missing_{name}" for name in REQUIRED_FIELDS),
+    "bad_id",
+    "duplicate_id",
+    "bad_timestamp",
+    "non_finite",
+    "unknown_type",
+    "bad_value",
+    "bad_features",
+    "bad_expert",
+    "unreadable",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +71,21 @@ class StreamProcessor:
     """Validates live feedback events; malformed ones are rejected and counted.
 
     Checks, in order: the event is a mapping; every field of
-    :data:`REQUIRED_FIELDS` is present; ``id`` is a non-empty string not seen in
-    the last ``dedupe_window`` events; ``timestamp`` is a finite number; ``type``
-    is known; ``value`` is valid for the type (``up``/``down``,
-    ``success``/``failure``, a whole rating in 1..10); ``features`` are
-    ``feature_dim`` finite numbers; ``expert`` is an int in ``0..num_experts-1``.
+    :data:`REQUIRED_FIELDS` is present; ``id`` is a non-empty string of at most
+    :data:`MAX_ID_CHARS` characters not seen in the last ``dedupe_window``
+    events; ``timestamp`` is a finite real number; ``type`` is a known string;
+    ``value`` is valid for the type (``up``/``down``, ``success``/``failure``, a
+    whole rating in 1..10); ``features`` is a list, tuple or 1-D array of
+    ``feature_dim`` finite real numbers; ``expert`` is an int in
+    ``0..num_experts-1``. Other keys are ignored (a producer may add its own,
+    such as a prompt id).
+
+    :meth:`process` never raises on any event: a field of any type (huge ints
+    such as ``10**400``, NaN, numpy arrays, nested containers) is rejected with
+    one of :data:`REJECT_REASONS`, and an object whose own methods raise (a
+    broken ``Mapping``) is rejected as ``"unreadable"``. A rejected event
+    changes nothing but the counters, which always satisfy ``received ==
+    accepted + rejected_total``.
 
     Args:
       feature_dim: expected number of features.
@@ -73,11 +99,13 @@ class StreamProcessor:
     """
 
     def __init__(self, feature_dim: int, num_experts: int, dedupe_window: int = 4096):
-        if feature_dim < 1 or num_experts < 1 or dedupe_window < 1:
-            raise ValueError(
-                "feature_dim, num_experts and dedupe_window must be >= 1, got "
-                f"{feature_dim}, {num_experts}, {dedupe_window}"
-            )
+        for name, value in (
+            ("feature_dim", feature_dim),
+            ("num_experts", num_experts),
+            ("dedupe_window", dedupe_window),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.feature_dim = feature_dim
         self.num_experts = num_experts
         self.received = 0
@@ -99,17 +127,32 @@ class StreamProcessor:
         }
 
     def load_counters(self, counters: Mapping[str, Any]) -> None:
-        """Restores counts saved by :meth:`counters` (when resuming a run)."""
-        self.received = int(counters["received"])
-        self.accepted = int(counters["accepted"])
-        self.rejected = collections.Counter(
+        """Restores counts saved by :meth:`counters` (when resuming a run).
+
+        Raises:
+          ValueError: the counts are negative or do not add up (``received !=
+            accepted + sum(rejected)``).
+        """
+        received = int(counters["received"])
+        accepted = int(counters["accepted"])
+        rejected = collections.Counter(
             {str(k): int(v) for k, v in counters["rejected"].items()}
         )
+        if min([received, accepted, *rejected.values()]) < 0 or received != (
+            accepted + sum(rejected.values())
+        ):
+            raise ValueError(
+                "counters must be >= 0 with received == accepted + sum(rejected), "
+                f"got {dict(counters)!r}"
+            )
+        self.received, self.accepted, self.rejected = received, accepted, rejected
 
     def validate(self, event: Any) -> tuple[FeedbackSignal | None, str | None]:
         """``(signal, None)`` for a valid event, ``(None, reason)`` otherwise.
 
-        Does not count; see :meth:`process`.
+        Does not count; see :meth:`process`. ``reason`` is one of
+        :data:`REJECT_REASONS` except ``"unreadable"`` (an event whose own
+        methods raise propagates here and is caught by :meth:`process`).
         """
         if not isinstance(event, Mapping):
             return None, "not_a_mapping"
@@ -117,42 +160,29 @@ class StreamProcessor:
             if name not in event:
                 return None, f"missing_{name}"
         event_id = event["id"]
-        if not isinstance(event_id, str) or not event_id:
+        if (
+            not isinstance(event_id, str)
+            or not event_id
+            or len(event_id) > MAX_ID_CHARS
+        ):
             return None, "bad_id"
+        # A str subclass could override hashing and equality; keep a plain copy.
+        event_id = str.__str__(event_id)
         if event_id in self._recent:
             return None, "duplicate_id"
-        ts = event["timestamp"]
-        if isinstance(ts, bool) or not isinstance(ts, int | float):
-            return None, "bad_timestamp"
-        if not math.isfinite(ts):
-            return None, "non_finite"
+        ts, reason = _real(event["timestamp"])
+        if reason is not None:
+            return None, "bad_timestamp" if reason == "bad" else reason
         kind = event["type"]
-        if kind not in FEEDBACK_KINDS:
+        if not isinstance(kind, str) or kind not in FEEDBACK_KINDS:
             return None, "unknown_type"
-        value = event["value"]
-        if kind == "rating":
-            if isinstance(value, float) and not math.isfinite(value):
-                return None, "non_finite"
-            try:
-                reward = (float(normalize_rating(value)) + 1.0) / 2.0
-            except (ValueError, TypeError):
-                return None, "bad_value"
-        else:
-            table = _BINARY[kind]
-            if isinstance(value, float) and not math.isfinite(value):
-                return None, "non_finite"
-            if not isinstance(value, str | bool) or value not in table:
-                return None, "bad_value"
-            reward = table[value]
-        features = event["features"]
-        try:
-            x = np.asarray(features, dtype=np.float32)
-        except (TypeError, ValueError):
-            return None, "bad_features"
-        if x.shape != (self.feature_dim,):
-            return None, "bad_features"
-        if not np.all(np.isfinite(x)):
-            return None, "non_finite"
+        kind = str.__str__(kind)
+        reward, reason = _reward(kind, event["value"])
+        if reason is not None:
+            return None, reason
+        x, reason = _features(event["features"], self.feature_dim)
+        if reason is not None:
+            return None, reason
         expert = event["expert"]
         if (
             isinstance(expert, bool)
@@ -160,21 +190,34 @@ class StreamProcessor:
             or not 0 <= int(expert) < self.num_experts
         ):
             return None, "bad_expert"
+        poisoned = event.get("_poisoned", False)
         signal = FeedbackSignal(
             event_id=event_id,
-            timestamp=float(ts),
+            timestamp=ts,
             kind=kind,
-            reward=float(reward),
+            reward=reward,
             features=x,
             expert=int(expert),
-            poisoned=bool(event.get("_poisoned", False)),
+            # Simulator ground truth: only a real boolean counts.
+            poisoned=isinstance(poisoned, bool | np.bool_) and bool(poisoned),
         )
         return signal, None
 
     def process(self, event: Any) -> FeedbackSignal | None:
-        """Validates and counts one event; never raises on a malformed one."""
+        """Validates and counts one event; never raises, whatever ``event`` is.
+
+        Returns:
+          The signal of a valid event, else ``None`` (the reason is counted in
+          :attr:`rejected`).
+        """
+        try:
+            signal, reason = self.validate(event)
+        except Exception:
+            # The contract is that one bad record never stops the stream: a
+            # Mapping whose own lookups raise is a rejected event too.
+            signal, reason = None, "unreadable"
+        # Counters change together, after the verdict, so they always add up.
         self.received += 1
-        signal, reason = self.validate(event)
         if signal is None:
             self.rejected[reason] += 1
             return None
@@ -183,6 +226,72 @@ class StreamProcessor:
         if len(self._recent) > self._window:
             self._recent.popitem(last=False)
         return signal
+
+
+def _real(value: Any) -> tuple[float, str | None]:
+    """``(float(value), None)`` for a finite real scalar, else ``(nan, reason)``.
+
+    ``reason`` is ``"bad"`` for a non-number (bool, string, array, ...) and
+    ``"non_finite"`` for NaN, an infinity or an int too large for a float.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(
+        value, int | float | np.integer | np.floating
+    ):
+        return math.nan, "bad"
+    try:
+        x = float(value)
+    except OverflowError:
+        return math.nan, "non_finite"
+    if not math.isfinite(x):
+        return math.nan, "non_finite"
+    return x, None
+
+
+def _reward(kind: str, value: Any) -> tuple[float, str | None]:
+    """The reward in [0, 1] of a ``value`` of feedback kind ``kind``."""
+    if kind == "rating":
+        x, reason = _real(value)
+        if reason is not None:
+            return math.nan, "bad_value" if reason == "bad" else reason
+        try:
+            return (float(normalize_rating(x)) + 1.0) / 2.0, None
+        except ValueError:
+            return math.nan, "bad_value"
+    if isinstance(value, float) and not math.isfinite(value):
+        return math.nan, "non_finite"
+    # Only a plain str or bool is looked up: anything else could be unhashable
+    # or compare equal to a key by its own rules (1 == True).
+    if type(value) not in (str, bool) or value not in _BINARY[kind]:
+        return math.nan, "bad_value"
+    return _BINARY[kind][value], None
+
+
+def _features(value: Any, dim: int) -> tuple[np.ndarray | None, str | None]:
+    """``value`` as float32 ``[dim]`` if it is ``dim`` finite real numbers."""
+    if isinstance(value, np.ndarray):
+        if value.shape != (dim,) or value.dtype.kind not in "iuf":
+            return None, "bad_features"
+        items = value
+    elif isinstance(value, list | tuple):
+        # The length first: a huge list is rejected before it is converted.
+        if len(value) != dim:
+            return None, "bad_features"
+        items = value
+        overflow = False
+        for item in items:
+            _, reason = _real(item)
+            if reason == "bad":
+                return None, "bad_features"
+            overflow = overflow or reason is not None
+        if overflow:
+            return None, "non_finite"
+    else:
+        return None, "bad_features"
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.asarray(items, dtype=np.float64).astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        return None, "non_finite"
+    return x, None
 
 
 class FeedbackProcessor:
@@ -203,11 +312,12 @@ class FeedbackProcessor:
                 raise ValueError(
                     f"kind_weights key must be one of {FEEDBACK_KINDS}, got {k!r}"
                 )
-            if not (math.isfinite(w) and w >= 0):
+            x, reason = _real(w)
+            if reason is not None or x < 0:
                 raise ValueError(
-                    f"kind_weights[{k!r}] must be finite and >= 0, got {w}"
+                    f"kind_weights[{k!r}] must be a finite number >= 0, got {w!r}"
                 )
-            weights[k] = float(w)
+            weights[k] = x
         self.kind_weights = weights
 
     def to_example(self, signal: FeedbackSignal) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from ol_jax.store import ConfigSection
+from ol_jax.store import Chars, ConfigSection, Tokens
 
 __all__ = [
     "ImportanceWeightingConfig",
@@ -42,9 +42,9 @@ class PositionWeightingConfig(ConfigSection):
     """
 
     enabled: bool = True
-    first_n_tokens: int = Field(default=5, ge=0)
+    first_n_tokens: Tokens = Field(default=5, ge=0)
     first_token_weight: float = Field(default=2.0, gt=0)
-    last_n_tokens: int = Field(default=5, ge=0)
+    last_n_tokens: Tokens = Field(default=5, ge=0)
     last_token_weight: float = Field(default=1.5, gt=0)
 
 
@@ -60,7 +60,7 @@ class RepetitionWeightingConfig(ConfigSection):
 
     enabled: bool = True
     weight: float = Field(default=2.0, gt=0)
-    min_chars: int = Field(default=3, ge=1)
+    min_chars: Chars = Field(default=3, ge=1)
 
 
 class ImportanceWeightingConfig(ConfigSection):

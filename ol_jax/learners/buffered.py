@@ -36,12 +36,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from pydantic import Field
 
 from ol_jax.core import (
     get_learning_rate,
@@ -67,7 +68,14 @@ from ol_jax.models import (
     prompt_bucket,
     save_weights,
 )
-from ol_jax.store import RunStore
+from ol_jax.store import (
+    BatchSize,
+    Capacity,
+    Count,
+    RunStore,
+    Tokens,
+    check_values,
+)
 
 __all__ = [
     "BufferedLearner",
@@ -122,6 +130,17 @@ def byte_llama_config(**overrides: Any) -> LlamaConfig:
     return LlamaConfig(**fields)
 
 
+_LEARNING_INTS = {
+    "buffer_size": Annotated[Capacity, Field(ge=1)],
+    "update_frequency": Annotated[BatchSize, Field(ge=1)],
+    "batch_size": Annotated[BatchSize, Field(ge=1)] | None,
+    "checkpoint_frequency": Annotated[Count, Field(ge=1)] | None,
+    "max_length": Annotated[Tokens, Field(ge=4)],
+    # Every fused update's batch is stacked in memory for the one compiled call.
+    "max_fused": Annotated[BatchSize, Field(ge=1)],
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class LearningConfig:
     """Settings of a :class:`BufferedLearner` (the document's ``LearningConfig``).
@@ -169,22 +188,12 @@ class LearningConfig:
     learner_share: float = 0.5
 
     def __post_init__(self):
-        for name in ("buffer_size", "update_frequency", "max_length", "max_fused"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.max_length < 4:
-            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
-        if self.batch_size is not None and not (
-            isinstance(self.batch_size, int) and 1 <= self.batch_size
-        ):
-            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
-        every = self.checkpoint_frequency
-        if every is not None and not (isinstance(every, int) and every >= 1):
-            raise ValueError(
-                "checkpoint_frequency must be >= 1 or None, got "
-                f"{self.checkpoint_frequency!r}"
-            )
+        # The integer settings follow the config sections' bounded types.
+        check_values(
+            {name: getattr(self, name) for name in _LEARNING_INTS},
+            _LEARNING_INTS,
+            source="LearningConfig",
+        )
         if not callable(self.loss) and self.loss not in LOSSES:
             raise ValueError(
                 f"loss must be one of {LOSSES} or a callable, got {self.loss!r}"

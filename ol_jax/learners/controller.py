@@ -55,7 +55,11 @@ from ol_jax.learners._controller_env import (
     poison_windows,
     serve,
 )
-from ol_jax.learners._stream import FeedbackProcessor, StreamProcessor
+from ol_jax.learners._stream import (
+    REJECT_REASONS,
+    FeedbackProcessor,
+    StreamProcessor,
+)
 from ol_jax.memory import prioritized_replay
 from ol_jax.models import routed_mlp_apply
 from ol_jax.objectives import (
@@ -75,9 +79,14 @@ from ol_jax.safety import (
     param_norm_ratio,
 )
 from ol_jax.store import (
+    BatchSize,
+    Capacity,
     ConfigSection,
+    Count,
+    Dim,
     NetworkConfig,
     RunStore,
+    Seed,
     StoreConfig,
     load_config,
 )
@@ -86,6 +95,7 @@ __all__ = [
     "ControllerConfig",
     "FeedbackProcessor",
     "OnlineLearner",
+    "REJECT_REASONS",
     "StreamProcessor",
     "load_controller",
     "save_controller",
@@ -101,12 +111,12 @@ __all__ = [
 class ModelSection(ConfigSection):
     """The routed model and its simulated task environment."""
 
-    d_in: int = Field(default=16, ge=1)
-    d_hidden: int = Field(default=32, ge=1)
-    d_out: int = Field(default=8, ge=1)
-    num_experts: int = Field(default=4, ge=2)
-    rank: int = Field(default=4, ge=1)
-    controller_hidden: int = Field(default=0, ge=0)
+    d_in: Dim = Field(default=16, ge=1)
+    d_hidden: Dim = Field(default=32, ge=1)
+    d_out: Dim = Field(default=8, ge=1)
+    num_experts: Dim = Field(default=4, ge=2)
+    rank: Dim = Field(default=4, ge=1)
+    controller_hidden: Dim = Field(default=0, ge=0)
     quality_sigma: float = Field(default=0.8, gt=0)
     input_noise: float = Field(default=1.0, gt=0)
 
@@ -117,9 +127,9 @@ class LearningSection(ConfigSection):
     learning_rate: float = Field(default=0.02, gt=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adam"
     clip_norm: float = Field(default=1.0, gt=0)
-    update_every: int = Field(default=32, ge=1)
-    replay_capacity: int = Field(default=10_000, ge=1)
-    replay_batch: int = Field(default=32, ge=1)
+    update_every: BatchSize = Field(default=32, ge=1)
+    replay_capacity: Capacity = Field(default=10_000, ge=1)
+    replay_batch: BatchSize = Field(default=32, ge=1)
     replay_weight: float = Field(default=1.0, ge=0)
     replay_alpha: float = Field(default=0.6, ge=0, le=1)
     replay_beta: float = Field(default=0.4, ge=0, le=1)
@@ -133,8 +143,8 @@ class LearningSection(ConfigSection):
 class WarmupSection(ConfigSection):
     """The starting checkpoint: trained on the pre-shift mix, or loaded."""
 
-    examples: int = Field(default=2048, ge=1)
-    steps: int = Field(default=200, ge=0)
+    examples: Capacity = Field(default=2048, ge=1)
+    steps: Count = Field(default=200, ge=0)
     learning_rate: float = Field(default=0.05, gt=0)
     # A controller checkpoint (.npz from save_controller) to start from; the
     # Fisher is then computed at it on the warm-up examples.
@@ -144,32 +154,34 @@ class WarmupSection(ConfigSection):
 class SafetySection(ConfigSection):
     """Canary gate and drift monitor limits."""
 
-    canary_per_family: int = Field(default=64, ge=1)
+    canary_per_family: Capacity = Field(default=64, ge=1)
     canary_tolerance: float = Field(default=0.002, ge=0)
-    probes: int = Field(default=128, ge=1)
+    probes: Capacity = Field(default=128, ge=1)
     max_kl: float = Field(default=0.5, gt=0)
     max_norm_ratio: float = Field(default=1.5, gt=1)
     spike_z: float = Field(default=4.0, gt=0)
     spike_decay: float = Field(default=0.95, gt=0, lt=1)
     spike_min_std: float = Field(default=0.05, ge=0)
-    spike_warmup: int = Field(default=8, ge=1)
+    spike_warmup: Count = Field(default=8, ge=1)
 
 
 class SoakSection(ConfigSection):
     """The simulated stream."""
 
-    hours: float = Field(default=24.0, gt=0)
+    # The whole stream (one event a second) is generated up front: a week is
+    # 604,800 events.
+    hours: float = Field(default=24.0, gt=0, le=168)
     shift_fraction: float = Field(default=0.5, ge=0, le=1)
     noise_rate: float = Field(default=0.05, ge=0, le=1)
-    poison_bursts: int = Field(default=6, ge=0)
-    poison_burst_length: int = Field(default=120, ge=1)
+    poison_bursts: Count = Field(default=6, ge=0)
+    poison_burst_length: Count = Field(default=120, ge=1)
     poison_shift_guard: float = Field(default=0.1, ge=0, le=1)
     nan_rate: float = Field(default=0.002, ge=0, le=1)
     malformed_rate: float = Field(default=0.002, ge=0, le=1)
     explore_epsilon: float = Field(default=0.1, ge=0, le=1)
-    save_every_events: int = Field(default=900, ge=1)
-    eval_every_events: int = Field(default=1800, ge=1)
-    eval_per_family: int = Field(default=256, ge=1)
+    save_every_events: Count = Field(default=900, ge=1)
+    eval_every_events: Count = Field(default=1800, ge=1)
+    eval_per_family: Capacity = Field(default=256, ge=1)
 
 
 class StoreSection(ConfigSection):
@@ -177,13 +189,13 @@ class StoreSection(ConfigSection):
 
     root: str = "networks"
     network_id: str = "controller-soak"
-    max_to_keep: int | None = Field(default=8, ge=1)
+    max_to_keep: Count | None = Field(default=8, ge=1)
 
 
 class ControllerConfig(ConfigSection):
     """``configs/controller.yaml``: the whole seed-003 learner and its soak."""
 
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
     model: ModelSection = Field(default_factory=ModelSection)
     learning: LearningSection = Field(default_factory=LearningSection)
     warmup: WarmupSection = Field(default_factory=WarmupSection)

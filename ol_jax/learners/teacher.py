@@ -69,8 +69,13 @@ from ol_jax.memory import prioritized_replay
 from ol_jax.models import LLAMA_PROJECTIONS, LoRAConfig, generate, split_lora
 from ol_jax.store import (
     BaseNetworkConfig,
+    BatchSize,
+    Capacity,
     ConfigSection,
+    Count,
+    Dim,
     RunStore,
+    Tokens,
     load_config,
     load_pytree,
     save_pytree,
@@ -116,8 +121,8 @@ class PolicySection(ConfigSection):
         ``cost_saved`` of each local answer.
     """
 
-    cold_start: int = Field(default=50, ge=0)
-    conservative_until: int = Field(default=200, ge=0)
+    cold_start: Count = Field(default=50, ge=0)
+    conservative_until: Count = Field(default=200, ge=0)
     router_threshold: float = Field(default=0.5, ge=0, le=1)
     router_threshold_conservative: float = Field(default=0.7, ge=0, le=1)
     validator_threshold: float = Field(default=0.5, ge=0, le=1)
@@ -126,7 +131,7 @@ class PolicySection(ConfigSection):
     sampling_end: float = Field(default=0.05, ge=0, le=1)
     sampling_half_life: float = Field(default=40.0, gt=0)
     similarity_threshold: float = Field(default=0.9, ge=-1, le=1)
-    answer_memory: int = Field(default=512, ge=0)
+    answer_memory: Capacity = Field(default=512, ge=0)
     teacher_cost_per_query: float = Field(default=0.002, ge=0)
 
     @model_validator(mode="after")
@@ -153,8 +158,8 @@ class EncoderSection(ConfigSection):
 class _ReplaySection(ConfigSection):
     """A model with a replay buffer: ``replay_batch`` rows drawn per update."""
 
-    replay_capacity: int = Field(default=64, ge=1)
-    replay_batch: int = Field(default=7, ge=1)
+    replay_capacity: Capacity = Field(default=64, ge=1)
+    replay_batch: BatchSize = Field(default=7, ge=1)
 
     @model_validator(mode="after")
     def _replay(self) -> _ReplaySection:
@@ -177,7 +182,7 @@ class HeadSection(_ReplaySection):
       replay_batch: replayed examples per update (besides the new ones).
     """
 
-    hidden: int = Field(default=64, ge=1)
+    hidden: Dim = Field(default=64, ge=1)
     learning_rate: float = Field(default=3e-3, gt=0)
     clip_norm: float = Field(default=1.0, gt=0)
 
@@ -190,8 +195,8 @@ class ValidatorSection(HeadSection):
         does not match this one, is a bad answer to this query.
     """
 
-    replay_capacity: int = Field(default=256, ge=1)
-    replay_batch: int = Field(default=13, ge=1)
+    replay_capacity: Capacity = Field(default=256, ge=1)
+    replay_batch: BatchSize = Field(default=13, ge=1)
     mismatched_negatives: bool = True
 
 
@@ -219,17 +224,17 @@ class GeneratorSection(_ReplaySection):
 
     name: str = "smollm2-135m"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    lora_rank: int = Field(default=8, ge=1)
+    lora_rank: Dim = Field(default=8, ge=1)
     lora_alpha: float = Field(default=16.0, gt=0)
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     learning_rate: float = Field(default=2e-3, gt=0)
     clip_norm: float = Field(default=1.0, gt=0)
     kl_weight: float = Field(default=0.05, ge=0)
-    max_new_tokens: int = Field(default=17, ge=1)
-    max_length: int = Field(default=40, ge=8)
+    max_new_tokens: Tokens = Field(default=17, ge=1)
+    max_length: Tokens = Field(default=40, ge=8)
     prompt_format: str = "Question: {query}\nAnswer:"
-    replay_capacity: int = Field(default=256, ge=1)
-    replay_batch: int = Field(default=2, ge=1)
+    replay_capacity: Capacity = Field(default=256, ge=1)
+    replay_batch: BatchSize = Field(default=2, ge=1)
     replay_alpha: float = Field(default=0.6, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -238,6 +243,13 @@ class GeneratorSection(_ReplaySection):
             raise ValueError(
                 f"prompt_format must contain '{{query}}', got {self.prompt_format!r}"
             )
+        try:
+            self.prompt_format.format(query="q")
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise ValueError(
+                f"prompt_format must be a format string with only {{query}}, got "
+                f"{self.prompt_format!r} ({e})"
+            ) from None
         bad = [t for t in self.lora_targets if t not in LLAMA_PROJECTIONS]
         if bad or not self.lora_targets:
             raise ValueError(

@@ -70,6 +70,16 @@ class GlyphConfig:
     stroke_sharpness: float = 10.0
 
     def __post_init__(self):
+        # Sizes become array shapes: a float (or a bool) here would surface as an
+        # opaque XLA error at the first trace. (Their upper bounds are the
+        # config's: ``ol_jax.store.ModelConfig``.)
+        if not isinstance(self.hidden, tuple | list):
+            raise ValueError(f"hidden must be three widths, got {self.hidden!r}")
+        sizes = {"style_z_dim": self.style_z_dim, "image_size": self.image_size}
+        sizes |= {f"hidden[{i}]": h for i, h in enumerate(self.hidden)}
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
         if self.style_z_dim < 1:
             raise ValueError(f"style_z_dim must be >= 1, got {self.style_z_dim}")
         if self.image_size < 2:

@@ -271,6 +271,9 @@ class LoRAConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        # The rank is an array shape: a float would fail later, inside XLA.
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int):
+            raise ValueError(f"rank must be an int, got {self.rank!r}")
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:

@@ -3,13 +3,27 @@
 All Orbax usage in ol_jax lives in this package.
 """
 
+from ol_jax.store._config import MAX_BATCH as MAX_BATCH
+from ol_jax.store._config import MAX_CHARS as MAX_CHARS
+from ol_jax.store._config import MAX_COUNT as MAX_COUNT
+from ol_jax.store._config import MAX_DIM as MAX_DIM
+from ol_jax.store._config import MAX_ITEMS as MAX_ITEMS
+from ol_jax.store._config import MAX_TOKENS as MAX_TOKENS
 from ol_jax.store._config import BaseNetworkConfig as BaseNetworkConfig
+from ol_jax.store._config import BatchSize as BatchSize
+from ol_jax.store._config import Capacity as Capacity
+from ol_jax.store._config import Chars as Chars
 from ol_jax.store._config import ConfigError as ConfigError
 from ol_jax.store._config import ConfigSection as ConfigSection
+from ol_jax.store._config import Count as Count
+from ol_jax.store._config import Dim as Dim
 from ol_jax.store._config import ModelConfig as ModelConfig
 from ol_jax.store._config import NetworkConfig as NetworkConfig
 from ol_jax.store._config import OnlineLearningConfig as OnlineLearningConfig
+from ol_jax.store._config import Seed as Seed
 from ol_jax.store._config import StoreConfig as StoreConfig
+from ol_jax.store._config import Tokens as Tokens
+from ol_jax.store._config import check_values as check_values
 from ol_jax.store._config import load_config as load_config
 from ol_jax.store._config import load_network_config as load_network_config
 from ol_jax.store._config import validate_config as validate_config
@@ -23,17 +37,31 @@ from ol_jax.store._writer import CheckpointWriter as CheckpointWriter
 from ol_jax.store._writer import WriteJob as WriteJob
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_CHARS",
+    "MAX_COUNT",
+    "MAX_DIM",
+    "MAX_ITEMS",
+    "MAX_TOKENS",
     "BaseNetworkConfig",
+    "BatchSize",
+    "Capacity",
+    "Chars",
     "CheckpointWriteError",
     "CheckpointWriter",
     "ConfigError",
     "ConfigSection",
+    "Count",
+    "Dim",
     "ModelConfig",
     "NetworkConfig",
     "OnlineLearningConfig",
     "RunStore",
+    "Seed",
     "StoreConfig",
+    "Tokens",
     "WriteJob",
+    "check_values",
     "is_pytree_checkpoint",
     "load_config",
     "load_network_config",

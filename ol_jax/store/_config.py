@@ -22,14 +22,23 @@ import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_CHARS",
+    "MAX_COUNT",
+    "MAX_DIM",
+    "MAX_ITEMS",
+    "MAX_TOKENS",
     "BaseNetworkConfig",
+    "BatchSize",
+    "Capacity",
+    "Chars",
     "ConfigError",
     "ModelConfig",
     "NetworkConfig",
@@ -43,6 +52,52 @@ __all__ = [
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _NETWORK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+# --- bounded integers -------------------------------------------------------------
+# Every integer setting of every config section is one of these types. They are
+# strict (YAML's `1e30` or `3.0` for an int is an error, not a silently truncated
+# int) and bounded above so that a typo such as `image_size: 1e30` or
+# `style_z_dim: 2**64` is an error naming the key, not an out-of-memory kill or an
+# opaque XLA error later. The bounds are sized for the machine ol_jax targets (24
+# GiB of RAM, 2 CPU cores): generous (far above any setting that runs in useful
+# time there) but finite. Each type fixes only the upper bound; the lower bound is
+# a property of the setting and is written at the field (``Field(ge=1)``).
+
+#: A width, latent dimension, rank or expert count: one float32 weight of
+#: ``[MAX_DIM, MAX_DIM]`` is 1 GiB.
+MAX_DIM = 16_384
+#: A token length (sequence, prompt, reply, length bucket, answer limit): the
+#: context of the shipped SmolLM2-135M; one float32 attention map of that length
+#: is 256 MiB per head.
+MAX_TOKENS = 8_192
+#: Rows kept in a buffer, memory or evaluation set: a million rows of a few
+#: hundred bytes is a few hundred MiB.
+MAX_ITEMS = 1_000_000
+#: Examples per update: every one is a row of each activation of the update.
+MAX_BATCH = 4_096
+#: A count of, or a period in, events, turns, updates or steps: JAX keeps step
+#: counts in int32, and a period beyond that never elapses in a run.
+MAX_COUNT = 2**31 - 1
+#: Characters or bytes of one input: 16 MiB (texts are scanned by regexes and
+#: tokenized on the host).
+MAX_CHARS = 2**24
+
+#: An integer no larger than :data:`MAX_DIM`.
+Dim = Annotated[int, Field(strict=True, le=MAX_DIM)]
+#: An integer no larger than :data:`MAX_TOKENS`.
+Tokens = Annotated[int, Field(strict=True, le=MAX_TOKENS)]
+#: An integer no larger than :data:`MAX_ITEMS`.
+Capacity = Annotated[int, Field(strict=True, le=MAX_ITEMS)]
+#: An integer no larger than :data:`MAX_BATCH`.
+BatchSize = Annotated[int, Field(strict=True, le=MAX_BATCH)]
+#: An integer no larger than :data:`MAX_COUNT`.
+Count = Annotated[int, Field(strict=True, le=MAX_COUNT)]
+#: An integer no larger than :data:`MAX_CHARS`.
+Chars = Annotated[int, Field(strict=True, le=MAX_CHARS)]
+#: A PRNG seed in ``0..2**32 - 1`` (what ``jax.random.key`` and numpy take, with
+#: room for the small offsets learners add to derive their own seeds).
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]
 
 
 class ConfigError(ValueError):
@@ -70,7 +125,13 @@ class ConfigSection(BaseModel):
 
     Unknown keys are errors (``validate_config`` names them with a did-you-mean
     hint), sections are immutable, defaults are validated like given values, and
-    every float must be finite: YAML's ``.inf`` and ``.nan`` are rejected.
+    every float must be finite: YAML's ``.inf`` and ``.nan`` are rejected. Every
+    integer setting is one of the bounded types (:data:`Dim`, :data:`Tokens`,
+    :data:`Capacity`, :data:`BatchSize`, :data:`Count`, :data:`Chars`,
+    :data:`Seed`) with its lower bound at the field, e.g. ``rank: Dim =
+    Field(default=4, ge=1)``; a tighter upper bound goes in the type,
+    ``Annotated[Dim, Field(le=1024)]``, since pydantic keeps the type's own
+    ``le`` over one given at the field.
     """
 
     model_config = ConfigDict(
@@ -129,8 +190,8 @@ class OnlineLearningConfig(ConfigSection):
     )
     feedback_scale: Literal["linear", "nonlinear"] = "linear"
     update_frequency: Literal["per_rating", "batched"] = "per_rating"
-    batch_size: int = Field(default=4, ge=1)
-    min_ratings_before_update: int = Field(default=3, ge=0)
+    batch_size: BatchSize = Field(default=4, ge=1)
+    min_ratings_before_update: Count = Field(default=3, ge=0)
     weight_clamp: tuple[float, float] = (-5.0, 5.0)
     weight_decay: float = Field(default=1e-4, ge=0)
     baseline_decay: float = Field(default=0.9, ge=0, lt=1)
@@ -138,9 +199,10 @@ class OnlineLearningConfig(ConfigSection):
     entropy_coef: float = Field(default=0.0, ge=0)
     min_log_std: float = -5.0
     pixel_noise_std: float = Field(default=0.05, gt=0)
-    feedback_window: int = Field(default=16, ge=1)
+    # Each update revisits every rating of the window (its image included).
+    feedback_window: BatchSize = Field(default=16, ge=1)
     finetune_lr_scale: float = Field(default=0.2, gt=0)
-    warmup_updates: int = Field(default=0, ge=0)
+    warmup_updates: Count = Field(default=0, ge=0)
     log_std_lr_scale: float = Field(default=0.75, gt=0)
 
     @field_validator("finetune_layers")
@@ -163,6 +225,9 @@ class OnlineLearningConfig(ConfigSection):
         return value
 
 
+_Width = Annotated[Dim, Field(ge=1)]
+
+
 class ModelConfig(ConfigSection):
     """Architecture of the glyph decoder (see ``ol_jax.models.GlyphConfig``).
 
@@ -172,25 +237,20 @@ class ModelConfig(ConfigSection):
 
     Attributes:
       style_z_dim: dimension of the style latent, >= 1.
-      image_size: side of the square output image in pixels, >= 4.
+      image_size: side of the square output image in pixels, in 4..1024.
       hidden: widths ``[H0, H1, H2]`` of decoder.0, decoder.1 and the per-pixel
         layers, each >= 1.
       coord_scale: scale of the pixel coordinates, > 0 (larger: curvier strokes).
       stroke_sharpness: stroke profile sharpness, > 0 (larger: thinner strokes).
     """
 
-    style_z_dim: int = Field(default=64, ge=1)
-    image_size: int = Field(default=32, ge=4)
-    hidden: tuple[int, int, int] = (128, 256, 32)
+    style_z_dim: Dim = Field(default=64, ge=1)
+    # A glyph's per-pixel layers hold image_size**2 x H2 activations: at 1024 and
+    # the default H2 = 32 that is 128 MiB per glyph, for every glyph of a window.
+    image_size: Annotated[Dim, Field(le=1024)] = Field(default=32, ge=4)
+    hidden: tuple[_Width, _Width, _Width] = (128, 256, 32)
     coord_scale: float = Field(default=6.0, gt=0)
     stroke_sharpness: float = Field(default=10.0, gt=0)
-
-    @field_validator("hidden")
-    @classmethod
-    def _sizes(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if any(size < 1 for size in value):
-            raise ValueError(f"must be three widths >= 1, got {list(value)}")
-        return value
 
 
 class StoreConfig(ConfigSection):
@@ -205,9 +265,10 @@ class StoreConfig(ConfigSection):
         blocks (back-pressure; no version is ever dropped), >= 1.
     """
 
-    max_to_keep: int | None = Field(default=None, ge=1)
+    max_to_keep: Count | None = Field(default=None, ge=1)
     async_writes: bool = True
-    queue_size: int = Field(default=8, ge=1)
+    # Every waiting save holds a host copy of the weights.
+    queue_size: Annotated[Count, Field(le=1024)] = Field(default=8, ge=1)
 
 
 class BaseNetworkConfig(ConfigSection):
@@ -221,7 +282,7 @@ class BaseNetworkConfig(ConfigSection):
       network_id: the folder name under ``networks/``; letters, digits, ``.``,
         ``_`` and ``-``.
       store: checkpoint store settings.
-      seed: root PRNG seed of the network, >= 0.
+      seed: root PRNG seed of the network, in ``0..2**32 - 1``.
 
     Examples:
       >>> class ChatNetworkConfig(BaseNetworkConfig):
@@ -232,7 +293,7 @@ class BaseNetworkConfig(ConfigSection):
 
     network_id: str = Field(pattern=_NETWORK_ID_PATTERN)
     store: StoreConfig = Field(default_factory=StoreConfig)
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
 
 class NetworkConfig(BaseNetworkConfig):
@@ -307,14 +368,14 @@ def _number(x: Any) -> Any:
     return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
-def _describe(error: Mapping[str, Any], model_cls: type[BaseModel]) -> str:
+def _describe(error: Mapping[str, Any], model_cls: type[BaseModel] | None) -> str:
     """One human sentence for one pydantic error, with the offending value."""
     kind = error["type"]
     ctx = error.get("ctx") or {}
     value = error.get("input")
     if kind == "extra_forbidden":
         *parent, name = error["loc"]
-        known = _fields_at(model_cls, parent)
+        known = _fields_at(model_cls, parent) if model_cls is not None else []
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key{hint}; allowed keys: {', '.join(known)}"
@@ -375,6 +436,46 @@ def validate_config(
         return model_cls.model_validate(dict(data))
     except pydantic.ValidationError as exc:
         raise ConfigError(_problems(exc, model_cls), source=source) from None
+
+
+def check_values(
+    values: Mapping[str, Any],
+    types: Mapping[str, Any],
+    *,
+    source: str | None = None,
+) -> None:
+    """Checks plain values against config types, as a config section would.
+
+    For settings that are not a pydantic section (a dataclass such as
+    ``ol_jax.learners.LearningConfig``): the same types (:data:`Dim`,
+    :data:`Capacity`, ...), rules and messages as :func:`validate_config`.
+
+    Args:
+      values: ``{key: value}``.
+      types: ``{key: type}`` for each key of ``values``, e.g.
+        ``Annotated[Capacity, Field(ge=1)]``.
+      source: label for error messages (the class or file).
+
+    Raises:
+      ConfigError: naming every bad key, e.g. ``buffer_size: expected an
+        integer, got 1e+30``.
+
+    Examples:
+      >>> check_values({"size": 8}, {"size": Annotated[Capacity, Field(ge=1)]})
+    """
+    problems = []
+    for key, value in values.items():
+        try:
+            pydantic.TypeAdapter(
+                types[key], config=ConfigDict(allow_inf_nan=False)
+            ).validate_python(value)
+        except pydantic.ValidationError as exc:
+            problems += [
+                (_dotted((key, *error["loc"])), _describe(error, None))
+                for error in exc.errors(include_url=False)
+            ]
+    if problems:
+        raise ConfigError(problems, source=source)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -150,7 +150,10 @@ online_learning:
             "network_id: n\nstore:\n  queue_size: 0\n",
             r"store\.queue_size: must be >= 1",
         ),
-        ("network_id: n\nmodel:\n  hidden: [8, 0, 4]\n", r"model\.hidden: must be"),
+        (
+            "network_id: n\nmodel:\n  hidden: [8, 0, 4]\n",
+            r"model\.hidden\[1\]: must be >= 1, got 0",
+        ),
         ("network_id: n\nmodel:\n  hidden: [8, 4]\n", r"model\.hidden\[2\]: required"),
         (
             "network_id: n\nonline_learning:\n  pixel_noise_std: 0\n",
