@@ -58,12 +58,19 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--facts", default=DEFAULT_FACTS, help="fact-set JSON file")
     p.add_argument("--reps", type=int, default=5, help="statements per fact")
-    p.add_argument("--limit", type=int, default=None, help="use the first N facts")
+    p.add_argument("--limit", type=int, default=None, help="use the first N facts, None: all")
     p.add_argument("--config", default=CONFIG, help="chat config YAML")
     p.add_argument(
         "--answer-tokens", type=int, default=32, help="greedy evaluation answer length"
     )
-    p.add_argument("--root", default=None, help="run store folder (default: a temp dir)")
+    p.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=None,
+        help="longest chat reply of a turn, None: the config's "
+        "generation.max_new_tokens (distractor turns train on their reply)",
+    )
+    p.add_argument("--root", default=None, help="run store folder, None: a temp dir")
     p.add_argument("--json", action="store_true", help="print the figures as JSON last")
     args = p.parse_args(argv)
     if args.reps < 1:
@@ -79,6 +86,16 @@ def main(argv=None) -> dict:
     enable_compilation_cache()
     console = Console(stderr=True)
     config = load_chat_config(args.config)
+    if args.reply_tokens is not None:
+        if args.reply_tokens < 1:
+            p.error(f"--reply-tokens must be >= 1, got {args.reply_tokens}")
+        config = config.model_copy(
+            update={
+                "generation": config.generation.model_copy(
+                    update={"max_new_tokens": args.reply_tokens}
+                )
+            }
+        )
     root = args.root or tempfile.mkdtemp(prefix="fact_learning_")
     with ChatLearner(config, root=root) as learner:
         with Progress(console=console, transient=True) as progress:
