@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from ol_jax.cli._help import HelpFormatter
+
 __all__ = ["COMMANDS", "build_parser", "chat_main", "parse_command", "run_chat"]
 
 # The slash commands, in the order /help lists them.
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "that a later chat with the same --run-id continues it. Commands: "
         + _command_list()
         + ". Ctrl-C during a turn undoes that turn; a second Ctrl-C quits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--config",

@@ -216,7 +216,9 @@ def test_undo_point_restores_a_turn_exactly(tmp_path, model_folder):
         assert not all(
             np.array_equal(a, b)
             for a, b in zip(
-                jax.tree.leaves(before), jax.tree.leaves(learner.state.params)
+                jax.tree.leaves(before),
+                jax.tree.leaves(learner.state.params),
+                strict=True,
             )
         )
         learner.undo_to(point)
@@ -297,9 +299,7 @@ def _drive_terminal_chat(child, gate):
     child.expect(pexpect.EOF)
 
 
-def test_terminal_chat_replies_first_and_ctrl_c_undoes_the_turn(
-    tmp_path, model_folder
-):
+def test_terminal_chat_replies_first_and_ctrl_c_undoes_the_turn(tmp_path, model_folder):
     pexpect = pytest.importorskip("pexpect")
     config = write_config(tmp_path, model_folder, checkpoint={"save_every": 1})
     driver = tmp_path / "driver.py"
