@@ -37,8 +37,8 @@ __all__ = ["COMMANDS", "build_parser", "chat_main", "parse_command", "run_chat"]
 COMMANDS = {
     "/help": "list these commands",
     "/save": "save the adapter and fact memory now",
-    "/quit": "end the chat (saving)",
-    "/exit": "end the chat (saving)",
+    "/quit": "save and end the chat",
+    "/exit": "save and end the chat",
 }
 
 # A command is a first word like "/save"; "/usr/bin is a folder" is a message.
