@@ -997,14 +997,20 @@ def run_soak(
     timeline: list[dict[str, Any]] = []
     if resume and store.latest_version() is not None:
         learner.resume()
-        # Evaluations written after the last saved version are redone.
+        # Evaluations and updates written after the last saved version are
+        # redone; the earlier updates' records let the report cover the run.
         timeline = [
             t
             for t in _load_timeline(out_dir)
             if t["events"] <= learner.events_processed
         ]
+        learner.history = [
+            r for r in _load_history(out_dir) if r["events"] <= learner.events_processed
+        ]
+        _write_history(out_dir, learner.history, mode="w")
     else:
         learner.save(reason="start")
+        _write_history(out_dir, [], mode="w")
         # The starting point of the curves: the warm-up checkpoint's scores.
         timeline.append(_timeline_point(env, learner, eval_set, 0, scores=start_scores))
         _write_timeline(out_dir, timeline)
@@ -1015,6 +1021,7 @@ def run_soak(
     eval_every = _eval_every(config, n)
     next_eval = (learner.events_processed // eval_every + 1) * eval_every
     pos = start_pos = learner.events_processed
+    written = len(learner.history)
     t_loop = time.perf_counter()
     while pos < n:
         stop = min(pos + turn, n)
@@ -1035,6 +1042,9 @@ def run_soak(
         if pos >= next_save or pos >= n:
             next_save += save_every
             learner.save(reason="periodic")
+            # Records up to a save are final (a rollback marks only later ones).
+            _write_history(out_dir, learner.history[written:], mode="a")
+            written = len(learner.history)
         if on_progress is not None:
             on_progress(pos, n, learner)
     store.flush()
@@ -1073,7 +1083,7 @@ def _refuse_existing_run(config: ControllerConfig, out_dir: str, run_id: str) ->
         )
 
 
-_SOAK_FILES = ("report.json", "timeline.json", "report.png")
+_SOAK_FILES = ("report.json", "timeline.json", "history.jsonl", "report.png")
 
 
 def _timeline_point(env, learner, eval_set, events: int, *, scores=None):
@@ -1100,6 +1110,30 @@ def _write_timeline(out_dir: str, timeline) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(timeline, f)
     os.replace(tmp, os.path.join(out_dir, "timeline.json"))
+
+
+def _write_history(out_dir: str, records, *, mode: str) -> None:
+    path = os.path.join(out_dir, "history.jsonl")
+    with open(path, mode, encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load_history(out_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(out_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line torn by a crash mid-write, or the last ""
+            continue
+    return out
 
 
 def _load_timeline(out_dir: str):
@@ -1159,6 +1193,9 @@ def _report(config, spec, windows, learner, start, final, pre, timeline):
         "poison_bursts": spec.poison_bursts,
         "stream": learner.stream.counters(),
         "updates": learner.updates,
+        # Updates the bursts and canary figures below are computed from: all of
+        # them, also in a run resumed after a crash.
+        "updates_in_report": len(hist),
         "accepted_updates": learner.accepted,
         "rejected_updates": learner.rejected,
         "rollbacks": learner.rollbacks,

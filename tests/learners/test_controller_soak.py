@@ -78,6 +78,7 @@ def test_soak_acceptance(full_run):
     assert report["rejected_updates"] > 0
     # One reason per rejected update.
     assert sum(report["rejected_by"].values()) == report["rejected_updates"]
+    assert report["updates_in_report"] == report["updates"]
     # The curves start at the warm-up checkpoint's score.
     assert report["timeline"][0]["events"] == 0
     assert report["timeline"][0]["task_score"] == report["aggregate_start"]
@@ -157,9 +158,14 @@ def test_sigkill_resume_counts_each_event_once(full_run, tmp_path):
         "accepted_canary_regressions",
         "rollbacks",
         "rollback_events",
+        # From the update records kept on disk across the crash:
+        "bursts",
+        "all_bursts_handled",
+        "max_accepted_canary_drop",
     ):
         assert resumed[key] == reference[key], key
     assert sum(resumed["rejected_by"].values()) == resumed["rejected_updates"]
+    assert resumed["updates_in_report"] == resumed["updates"]
     assert resumed["final_family_scores"] == reference["final_family_scores"]
 
 
