@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ol_jax.cli._help import HelpFormatter
+
 
 def _demo(args: argparse.Namespace) -> int:
     from ol_jax.cli._demo import run_demo
@@ -23,7 +25,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from ol_jax.learners.controller import soak_main
+    from ol_jax.cli._soak import soak_main
 
     return soak_main(args.rest)
 
@@ -61,6 +63,22 @@ _OWN_PARSERS = {
 }
 
 
+# One line per subcommand for ``ol-jax --help``, in the user's terms.
+_SUMMARIES = {
+    "demo": "learn a glyph style from a simulated rater's 1-10 ratings and plot "
+    "the scores before and after",
+    "chat": "chat in the terminal with a language model that learns from every "
+    "turn (facts you state are remembered)",
+    "mcp": "serve a language model that learns online as MCP tools (add "
+    "examples, update, generate, save and load weights)",
+    "proxy": "serve the Anthropic Messages API from a local model that learns "
+    "from the answers of a teacher model",
+    "soak": "run a routing controller through a simulated day of user feedback "
+    "(shift, noise, poisoned bursts) and report how its safety gates held",
+    "report": "draw PNG plots of a run's metrics.jsonl",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ol-jax`` with every subcommand."""
     from ol_jax.feedback import PERSONALITIES
@@ -68,20 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ol-jax",
         description="Online learning in JAX: weights that change after every "
-        "piece of feedback.",
+        "piece of feedback. Each command has its own --help.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo",
-        help="glyph style learner against the simulated rater (seed 000)",
-        description="Runs a new run of the glyph network against a simulated "
-        "rater personality and writes plots into the run folder.",
+        help=_SUMMARIES["demo"],
+        description="Starts a new run of the glyph network: a small image decoder "
+        "whose style vector learns from 1-10 ratings given by a simulated rater "
+        "with a taste (a personality), a few glyphs per feedback cycle. Prints "
+        "progress and a score table, and writes the plots into the run folder "
+        "(<root>/<network>/runs/<run-id>/).",
+        formatter_class=HelpFormatter,
     )
-    demo.add_argument("--root", default="networks", help="networks folder")
-    demo.add_argument("--network", default="glyph-demo", help="network id")
+    demo.add_argument("--root", default="networks", help="folder of saved networks")
+    demo.add_argument("--network", default="glyph-demo", help="network id (folder)")
     demo.add_argument(
-        "--personality", default="bold", choices=[p for p in PERSONALITIES]
+        "--personality",
+        default="bold",
+        choices=list(PERSONALITIES),
+        help="the simulated rater's taste",
     )
     demo.add_argument("--cycles", type=int, default=20, help="feedback cycles")
     demo.add_argument(
@@ -90,18 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--eval-samples", type=int, default=64, help="held-out glyphs per evaluation"
     )
-    demo.add_argument("--run-id", default=None, help="run id (default: new)")
+    demo.add_argument("--run-id", default=None, help="run id (default: a new id)")
     demo.set_defaults(func=_demo)
 
     # These parse their own arguments (see their --help).
-    for name, func, text in (
-        ("soak", _soak, "controller-only lifelong learner soak test (seed 003)"),
-        ("mcp", _mcp, "MCP server over a buffered online learner (seed 004)"),
-        ("report", _report, "PNG plots of a run's metrics.jsonl (seed 001)"),
-        ("proxy", _proxy, "Anthropic Messages API proxy that learns (seed 002)"),
-        ("chat", _chat, "terminal chat whose LLM learns after every turn (seed 001)"),
+    for name, func in (
+        ("chat", _chat),
+        ("mcp", _mcp),
+        ("proxy", _proxy),
+        ("soak", _soak),
+        ("report", _report),
     ):
-        p = sub.add_parser(name, help=text, add_help=False)
+        p = sub.add_parser(name, help=_SUMMARIES[name], add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
     return parser

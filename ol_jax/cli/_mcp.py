@@ -1,10 +1,10 @@
 """``ol-jax mcp``: a :class:`~ol_jax.learners.BufferedLearner` behind MCP tools.
 
-The Model Context Protocol server of seed 004, built on the official ``mcp`` SDK
-(``MCPServer``), over stdio or streamable HTTP on 127.0.0.1. Its tools are the
-document's ``load_weights``, ``save_weights``, ``enable_learning``,
-``disable_learning``, ``add_training_example``, ``get_learning_stats``,
-``set_learning_rate``, ``force_update`` and ``generate``.
+The Model Context Protocol server of the buffered learner, built on the official
+``mcp`` SDK (``MCPServer``), over stdio or streamable HTTP on 127.0.0.1. Its tools
+are ``load_weights``, ``save_weights``, ``enable_learning``, ``disable_learning``,
+``add_training_example``, ``get_learning_stats``, ``set_learning_rate``,
+``force_update`` and ``generate``.
 
 Every tool's arguments are checked against its JSON schema (generated from the
 annotated signature, so a negative learning rate or an unknown format is refused
@@ -74,6 +74,7 @@ def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax
     server = MCPServer(
         name,
         instructions="A language model that learns online from training examples.",
+        version=_package_version(),
     )
 
     def reply(message: str, **extra: Any) -> dict[str, Any]:
@@ -145,12 +146,27 @@ def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax
             float, Field(ge=0, allow_inf_nan=False, description="example weight")
         ] = 1.0,
     ) -> dict[str, Any]:
-        """Add a training example for the model to learn from."""
+        """Add a training example for the model to learn from.
+
+        An example longer than the server's --max-length tokens keeps its end
+        (where the target is); the reply then says how many tokens were cut.
+        """
         try:
+            length = learner.example_length(input, target)
             learner.add_example(input, target, weight=weight)
         except ValueError as e:
             raise ToolError(str(e)) from e
-        return reply("Training example added")
+        limit = learner.config.max_length
+        if length <= limit:
+            return reply("Training example added")
+        cut = length - limit
+        return reply(
+            f"Training example added, truncated: it is {length} tokens, over the "
+            f"limit of {limit} (--max-length), so its first {cut} tokens (from the "
+            "start of the input) were cut and the last "
+            f"{limit} kept",
+            truncated_tokens=cut,
+        )
 
     @server.tool()
     def get_learning_stats() -> dict[str, Any]:
@@ -170,8 +186,21 @@ def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax
         return reply(f"Learning rate set to {learning_rate}")
 
     @server.tool()
-    def force_update() -> dict[str, Any]:
-        """Force an immediate weight update using the buffered examples."""
+    def force_update(
+        force: Annotated[
+            bool,
+            Field(description="update even while learning is disabled"),
+        ] = False,
+    ) -> dict[str, Any]:
+        """Force an immediate weight update using the buffered examples.
+
+        While learning is disabled this is refused unless ``force`` is true.
+        """
+        if not learner.enabled and not force:
+            raise ToolError(
+                "learning is disabled, so no update was made: call enable_learning "
+                "first, or force_update with force: true to update anyway"
+            )
         try:
             done = learner.force_update()
         except (RuntimeError, TimeoutError) as e:
@@ -197,39 +226,92 @@ def build_mcp_server(learner: Any, *, root: str | os.PathLike[str], name="ol-jax
     return server
 
 
+def _package_version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("ol_jax")
+    except metadata.PackageNotFoundError:
+        import ol_jax
+
+        return ol_jax.__version__
+
+
 def _parser() -> argparse.ArgumentParser:
+    from ol_jax.cli._help import HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="ol-jax mcp",
-        description="MCP server: a small language model that learns online.",
+        description="Serves a language model that learns online as Model Context "
+        "Protocol tools: add training examples, and every --update-frequency of "
+        "them (or on force_update) its weights are updated in the background "
+        "while generate keeps answering; weights are saved and loaded inside "
+        "--root only. The model is compiled before the server starts answering.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--root", default=".", help="the only folder weight files may be read/written"
     )
-    parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    parser.add_argument(
+        "--transport",
+        choices=["stdio", "http"],
+        default="stdio",
+        help="stdio (for a client that starts the server) or streamable HTTP on "
+        "127.0.0.1",
+    )
     parser.add_argument("--port", type=int, default=8765, help="HTTP port")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--update-frequency", type=int, default=10)
-    parser.add_argument("--buffer-size", type=int, default=1000)
-    parser.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    parser.add_argument(
+        "--learning-rate", type=float, default=1e-3, help="learning rate of updates"
+    )
+    parser.add_argument(
+        "--update-frequency",
+        type=int,
+        default=10,
+        help="examples added per automatic update",
+    )
+    parser.add_argument(
+        "--buffer-size", type=int, default=1000, help="examples kept for updates"
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=["adam", "adamw", "sgd"],
+        default="adam",
+        help="update rule",
+    )
     parser.add_argument(
         "--loss",
         choices=["cross_entropy", "mse", "contrastive"],
         default="cross_entropy",
+        help="training loss on the examples",
     )
-    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=64,
+        help="tokens per example at most; a longer one keeps its end",
+    )
     parser.add_argument(
         "--model",
-        default="byte-llama",
-        help="'byte-llama' (a fresh ~1M-parameter byte-level Llama), or a "
-        "pretrained alias, .gguf file or Hugging Face folder",
+        default="smollm2-135m",
+        help="'smollm2-135m' (the pretrained SmolLM2-135M-Instruct), a .gguf file "
+        "or a Hugging Face folder; or 'byte-llama', a fresh untrained ~1M-parameter "
+        "byte-level Llama (fast to compile, for tests: it generates noise until "
+        "trained at length)",
     )
     parser.add_argument(
-        "--layers", type=int, default=4, help="layers of the byte-level Llama"
+        "--layers",
+        type=int,
+        default=4,
+        help="layers of the byte-level Llama (--model byte-llama only)",
     )
     parser.add_argument(
-        "--hidden-size", type=int, default=128, help="width of the byte-level Llama"
+        "--hidden-size",
+        type=int,
+        default=128,
+        help="width of the byte-level Llama (--model byte-llama only)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--checkpoint-dir",
         default=None,
@@ -247,10 +329,11 @@ def _parser() -> argparse.ArgumentParser:
 def mcp_main(argv: Sequence[str] | None = None) -> int:
     """Runs the MCP server until the client disconnects (stdio) or it is stopped.
 
-    The model is a fresh byte-level Llama
-    (:func:`~ol_jax.learners.byte_llama_config`) or, with ``--model``, a
-    pretrained one (e.g. ``smollm2-135m``), trained by a
-    :class:`~ol_jax.learners.BufferedLearner`.
+    The model is the pretrained SmolLM2-135M-Instruct (``--model``: another
+    pretrained one, or ``byte-llama``, a fresh byte-level Llama from
+    :func:`~ol_jax.learners.byte_llama_config`), trained by a
+    :class:`~ol_jax.learners.BufferedLearner`, with its update and generation
+    programs compiled before the server answers.
 
     Args:
       argv: command-line arguments after ``mcp`` (see ``--help``).
@@ -302,6 +385,7 @@ def mcp_main(argv: Sequence[str] | None = None) -> int:
         key=jax.random.key(args.seed + 1),
         store=store,
     )
+    _precompile(learner)
     server = build_mcp_server(learner, root=args.root)
     try:
         if args.transport == "stdio":
@@ -313,6 +397,26 @@ def mcp_main(argv: Sequence[str] | None = None) -> int:
         if store is not None:
             store.close()
     return 0
+
+
+def _precompile(learner: Any) -> None:
+    """Compiles the update and generation programs before the server is ready.
+
+    Messages go to stderr: stdout is the stdio transport's channel.
+    """
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    print("ol-jax mcp: compiling the update programs...", file=sys.stderr, flush=True)
+    n = learner.precompile()
+    learner.generate("Hello", max_new_tokens=32)
+    print(
+        f"ol-jax mcp: compiled {n} update programs and generation in "
+        f"{time.perf_counter() - t0:.1f} s; ready",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``ol-jax proxy``: a local Anthropic Messages API endpoint that learns (seed 002).
+"""``ol-jax proxy``: a local Anthropic Messages API endpoint that learns.
 
 ``POST /v1/messages`` accepts the Anthropic Messages API request (``model``,
 ``max_tokens``, ``messages``, optional ``system``), so any Anthropic client works
@@ -567,11 +567,14 @@ def _handler(proxy: ProxyServer) -> type[BaseHTTPRequestHandler]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ol_jax.cli._help import HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="ol-jax proxy",
         description="A local Anthropic Messages API endpoint (POST /v1/messages) "
         "that answers locally or forwards to a teacher, and learns from every "
         "teacher answer. GET /stats returns the learner's statistics.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument(

@@ -320,10 +320,13 @@ def report_main(argv: Sequence[str]) -> int:
     from rich.console import Console
     from rich.markup import escape
 
+    from ol_jax.cli._help import HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="ol-jax report",
         description="Writes PNG plots of a run's metrics.jsonl (stability, "
         "plasticity, forgetting) and, if present, of its accuracy_matrix.json.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder")
     parser.add_argument(

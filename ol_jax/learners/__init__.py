@@ -46,6 +46,7 @@ from ol_jax.learners.chat import write_accuracy_matrix as write_accuracy_matrix
 from ol_jax.learners.controller import ControllerConfig as ControllerConfig
 from ol_jax.learners.controller import OnlineLearner as OnlineLearner
 from ol_jax.learners.controller import run_soak as run_soak
+from ol_jax.learners.controller import soak_failures as soak_failures
 from ol_jax.learners.glyph import Glyph as Glyph
 from ol_jax.learners.glyph import GlyphLearner as GlyphLearner
 from ol_jax.learners.multi_glyph import MultiGlyphLearner as MultiGlyphLearner
@@ -98,4 +99,5 @@ __all__ = [
     "load_chat_config",
     "write_accuracy_matrix",
     "run_soak",
+    "soak_failures",
 ]

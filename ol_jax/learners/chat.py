@@ -104,6 +104,7 @@ __all__ = [
     "ChatModelConfig",
     "ChatTrainingConfig",
     "PreparedTurn",
+    "TurnUndo",
     "chat_turn_loss",
     "load_chat_config",
     "lora_config_of",
@@ -247,6 +248,16 @@ class PreparedTurn(NamedTuple):
     lr_multiplier: float
     kl_lambda: float
     truncated: bool
+
+
+class TurnUndo(NamedTuple):
+    """What :meth:`ChatLearner.undo_point` keeps: state copy, counters, memory."""
+
+    state: Any
+    turn: int
+    memory: dict[str, Any]
+    tracker: dict[str, Any]
+    since_save: int
 
 
 class ChatLearner:
@@ -1116,6 +1127,38 @@ class ChatLearner:
         finally:
             self.store.close()
             self.store = None
+
+    # ------------------------------------------------------------------ undo
+    # For callers that let a user cancel a turn's update (the chat CLI's Ctrl-C):
+    # everything a turn changes, copied before it and put back after it.
+
+    def undo_point(self) -> TurnUndo:
+        """A copy of the state a turn changes, for :meth:`undo_to`.
+
+        The update donates the state's buffers, so the arrays are copied.
+        """
+        return TurnUndo(
+            state=jax.tree.map(jnp.copy, self._state),
+            turn=self.turn,
+            memory=json.loads(json.dumps(self.memory.state_dict())),
+            tracker=json.loads(json.dumps(self._tracker.state_dict())),
+            since_save=self._since_save,
+        )
+
+    def undo_to(self, point: TurnUndo) -> None:
+        """Puts back the state of :meth:`undo_point` and drops later metric rows.
+
+        Versions saved since stay in the store; call :meth:`save` to make the
+        restored state the latest one.
+        """
+        self._state = jax.tree.map(jnp.copy, point.state)
+        self.turn = point.turn
+        self.memory = FactMemory.from_state_dict(self.config.fact_memory, point.memory)
+        self._tracker = TurnMetrics.from_state_dict(
+            point.tracker, window=self.config.metrics.window_size
+        )
+        self._since_save = point.since_save
+        self._drop_rows_after(self.turn)
 
     def __enter__(self) -> ChatLearner:
         return self

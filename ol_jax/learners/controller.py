@@ -25,11 +25,10 @@ bursts and malformed events and writes a JSON + PNG report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -40,7 +39,6 @@ from optax import tree_utils as otu
 from pydantic import Field
 
 from ol_jax.core import (
-    enable_compilation_cache,
     init_state,
     make_step,
     online_optimizer,
@@ -101,7 +99,8 @@ __all__ = [
     "save_controller",
     "warmup",
     "run_soak",
-    "soak_main",
+    "scaled_poison_bursts",
+    "soak_failures",
 ]
 
 
@@ -229,6 +228,42 @@ def _mix(k: int, *, first_half: bool) -> tuple[float, ...]:
     return tuple(0.9 / n_main if f in main else 0.1 / (k - n_main) for f in range(k))
 
 
+def scaled_poison_bursts(config: ControllerConfig, hours: float | None) -> int:
+    """Poisoned bursts in a stream of ``hours``: ``soak.poison_bursts`` per
+    ``soak.hours``, at least one when the config has any.
+
+    A shorter run keeps the configured density of poisoned feedback: six bursts
+    of 120 events in a quarter-hour stream (900 events) would make most of it
+    poisoned, and every update would rightly be rejected.
+
+    Args:
+      config: the soak's configuration.
+      hours: the run's length; ``None`` is ``soak.hours`` (no scaling).
+
+    Returns:
+      ``round(poison_bursts * hours / soak.hours)``, at least 1 when
+      ``poison_bursts > 0``.
+    """
+    s = config.soak
+    if hours is None or s.poison_bursts == 0:
+        return s.poison_bursts
+    return max(1, round(s.poison_bursts * hours / s.hours))
+
+
+def _eval_every(config: ControllerConfig, num_events: int) -> int:
+    # At least ~10 points on a short run's curves (never more often than a turn).
+    every = config.soak.eval_every_events
+    return min(every, max(config.learning.update_every, num_events // 10))
+
+
+def _save_every(config: ControllerConfig, num_events: int) -> int:
+    # The drift monitor compares with the last saved version: on a run shorter
+    # than a few save intervals that is the starting checkpoint, the drift of a
+    # whole run is measured as one step, and a rollback undoes all of it.
+    every = config.soak.save_every_events
+    return min(every, max(config.learning.update_every, num_events // 8))
+
+
 def _stream_spec(config: ControllerConfig, hours: float | None) -> StreamSpec:
     s = config.soak
     return StreamSpec(
@@ -236,7 +271,7 @@ def _stream_spec(config: ControllerConfig, hours: float | None) -> StreamSpec:
         hours=s.hours if hours is None else hours,
         shift_fraction=s.shift_fraction,
         noise_rate=s.noise_rate,
-        poison_bursts=s.poison_bursts,
+        poison_bursts=scaled_poison_bursts(config, hours),
         poison_burst_length=s.poison_burst_length,
         poison_shift_guard=s.poison_shift_guard,
         nan_rate=s.nan_rate,
@@ -246,6 +281,25 @@ def _stream_spec(config: ControllerConfig, hours: float | None) -> StreamSpec:
 
 
 # ----------------------------------------------------------------- pure pieces
+
+
+# Why a gated update was refused, in the order the checks are charged: an
+# update that fails several checks counts once, for the first of them.
+REJECTION_REASONS = ("non_finite", "loss_spike", "canary", "calibrating")
+
+
+def _rejection_reason(info: Mapping[str, Any], use_canary: bool) -> str:
+    """The first failed check of a rejected update (see ``REJECTION_REASONS``)."""
+    if not bool(info["applied"]):
+        return "non_finite"
+    if use_canary:
+        if not bool(info["plausible"]):
+            return "loss_spike"
+        if not bool(info["canary_ok"]):
+            return "canary"
+        if not bool(info["calibrated"]):
+            return "calibrating"
+    raise ValueError(f"the update was accepted, it has no rejection reason: {info}")
 
 
 def _example_loss(controller, frozen, x, expert, target):
@@ -363,6 +417,11 @@ class OnlineLearner:
         self.accepted = 0
         self.rejected = 0
         self.rollbacks = 0
+        # One reason per rejected update (the first failed check, in the order
+        # of REJECTION_REASONS), so the counts add up to `rejected`.
+        self.rejected_by = dict.fromkeys(REJECTION_REASONS, 0)
+        self.accepted_canary_regressions = 0
+        self.rollback_events: list[int] = []
         self.events_processed = 0
         self.history: list[dict[str, Any]] = []
         self._since_save: list[dict[str, Any]] = []
@@ -440,10 +499,10 @@ class OnlineLearner:
         after = self._canary_scores(candidate.params)
         gate = canary_gate(before, after, self.config.safety.canary_tolerance)
         accept = metrics["applied"]
+        # Shadow mode: no update is applied until the spike gate has seen
+        # `spike_warmup` batches and so knows the normal loss level.
+        calibrated = state["spike"].count >= sc.spike_warmup
         if self.use_canary:
-            # Shadow mode: no update is applied until the spike gate has seen
-            # `spike_warmup` batches and so knows the normal loss level.
-            calibrated = state["spike"].count >= sc.spike_warmup
             accept = accept & gate.accept & plausible & calibrated
         new_online = otu.tree_where(accept, candidate, online)
         # The step counter always moves, so the next key differs.
@@ -478,6 +537,8 @@ class OnlineLearner:
             "canary_worst": gate.worst,
             "new_loss": new_loss,
             "plausible": plausible,
+            "canary_ok": gate.accept,
+            "calibrated": calibrated,
         }
         new_state = {"online": new_online, "replay": new_replay, "spike": spike}
         return new_state, info
@@ -563,8 +624,11 @@ class OnlineLearner:
             "spike": not bool(info["plausible"]),
             "applied": bool(info["applied"]),
         }
+        reason = None if accepted else _rejection_reason(info, self.use_canary)
+        record["rejected_by"] = reason
         if accepted:
             self.accepted += 1
+            self.accepted_canary_regressions += record["canary_regressed"]
             drift = self.check_drift()
             record.update(kl=drift["kl"], norm_ratio=drift["norm_ratio"])
             self._since_save.append(record)
@@ -572,6 +636,7 @@ class OnlineLearner:
                 self.rollback(reason="drift")
         else:
             self.rejected += 1
+            self.rejected_by[reason] += 1
         self.history.append(record)
         return record
 
@@ -618,6 +683,9 @@ class OnlineLearner:
             "accepted": self.accepted,
             "rejected": self.rejected,
             "rollbacks": self.rollbacks,
+            "rejected_by": dict(self.rejected_by),
+            "accepted_canary_regressions": self.accepted_canary_regressions,
+            "rollback_events": list(self.rollback_events),
             "stream": self.stream.counters(),
             "pending": [
                 {
@@ -651,6 +719,7 @@ class OnlineLearner:
                 f"store={self.store!r}, good_version={self.good_version!r}"
             )
         self.rollbacks += 1
+        self.rollback_events.append(self.events_processed)
         for record in self._since_save:
             record["rolled_back"] = True
         self._since_save = []
@@ -679,6 +748,15 @@ class OnlineLearner:
         self.accepted = int(entry["accepted"])
         self.rejected = int(entry["rejected"])
         self.rollbacks = int(entry["rollbacks"])
+        # Runs saved before these counters existed resume with what is known.
+        self.rejected_by = dict.fromkeys(REJECTION_REASONS, 0)
+        self.rejected_by.update(entry.get("rejected_by", {}))
+        if "rejected_by" not in entry:
+            self.rejected_by["unrecorded"] = self.rejected
+        self.accepted_canary_regressions = int(
+            entry.get("accepted_canary_regressions", 0)
+        )
+        self.rollback_events = [int(e) for e in entry.get("rollback_events", [])]
         self.stream.load_counters(entry["stream"])
         self.policy = BetweenPromptsPolicy()
         for e in entry["pending"]:
@@ -864,6 +942,7 @@ def run_soak(
     use_replay: bool = True,
     use_canary: bool = True,
     progress: bool = False,
+    on_progress: Callable[[int, int, OnlineLearner], None] | None = None,
 ) -> dict[str, Any]:
     """Replays a simulated feedback stream through an :class:`OnlineLearner`.
 
@@ -875,22 +954,34 @@ def run_soak(
     continues from its latest saved version (after a crash), and no event is
     processed twice.
 
+    A run of other length than ``soak.hours`` keeps the configured density of
+    poisoned bursts (:func:`scaled_poison_bursts`); a short one also saves (the
+    drift monitor's reference) at least 8 times and evaluates at least 10 times.
+
     Args:
       config: a :class:`ControllerConfig` or a YAML path.
       hours: stream length; ``None`` uses ``soak.hours``.
       out_dir: folder for the run store, ``report.json`` and ``report.png``.
       run_id: the run's id in the store.
-      resume: continue an existing run from its latest version.
+      resume: continue an existing run from its latest version. Without it, an
+        ``out_dir`` that already holds a soak run is refused.
       plot: write the PNG plot.
       regularizer, use_replay, use_canary: ablations (see :class:`OnlineLearner`).
-      progress: print a line per evaluation.
+      progress: print a JSON line per evaluation.
+      on_progress: called after every turn of prompts as
+        ``on_progress(events_done, events_total, learner)``.
 
     Returns:
       The report (also written to ``out_dir/report.json``).
+
+    Raises:
+      ValueError: ``out_dir`` holds a run and ``resume`` is false.
     """
     if not isinstance(config, ControllerConfig):
         config = load_config(config, ControllerConfig)
     out_dir = os.fspath(out_dir)
+    if not resume:
+        _refuse_existing_run(config, out_dir, run_id)
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
     env = TaskEnv(_env_spec(config))
@@ -918,23 +1009,31 @@ def run_soak(
     timeline: list[dict[str, Any]] = []
     if resume and store.latest_version() is not None:
         learner.resume()
-        # Evaluations written after the last saved version are redone.
+        # Evaluations and updates written after the last saved version are
+        # redone; the earlier updates' records let the report cover the run.
         timeline = [
             t
             for t in _load_timeline(out_dir)
             if t["events"] <= learner.events_processed
         ]
+        learner.history = [
+            r for r in _load_history(out_dir) if r["events"] <= learner.events_processed
+        ]
+        _write_history(out_dir, learner.history, mode="w")
     else:
         learner.save(reason="start")
+        _write_history(out_dir, [], mode="w")
+        # The starting point of the curves: the warm-up checkpoint's scores.
+        timeline.append(_timeline_point(env, learner, eval_set, 0, scores=start_scores))
+        _write_timeline(out_dir, timeline)
     turn = config.learning.update_every
     n = spec.num_events
-    next_save = (learner.events_processed // config.soak.save_every_events + 1) * (
-        config.soak.save_every_events
-    )
-    next_eval = (learner.events_processed // config.soak.eval_every_events + 1) * (
-        config.soak.eval_every_events
-    )
+    save_every = _save_every(config, n)
+    next_save = (learner.events_processed // save_every + 1) * save_every
+    eval_every = _eval_every(config, n)
+    next_eval = (learner.events_processed // eval_every + 1) * eval_every
     pos = start_pos = learner.events_processed
+    written = len(learner.history)
     t_loop = time.perf_counter()
     while pos < n:
         stop = min(pos + turn, n)
@@ -947,36 +1046,19 @@ def run_soak(
         learner.maybe_update()
         pos = stop
         if pos >= next_eval or pos >= n:
-            next_eval += config.soak.eval_every_events
-            scores = env.family_scores(learner.params, eval_set)
-            recent = learner.history[-50:]
-            timeline.append(
-                {
-                    "events": pos,
-                    "hours": pos / 3600.0,
-                    "task_score": float(scores.mean()),
-                    "family_scores": scores.tolist(),
-                    "canary_score": float(
-                        np.mean(
-                            list(
-                                jax.device_get(
-                                    learner._canary_scores(learner.params)
-                                ).values()
-                            )
-                        )
-                    ),
-                    "rollbacks": learner.rollbacks,
-                    "kl": float(np.mean([r.get("kl", 0.0) for r in recent] or [0.0])),
-                    "accepted": learner.accepted,
-                    "rejected": learner.rejected,
-                }
-            )
+            next_eval += eval_every
+            timeline.append(_timeline_point(env, learner, eval_set, pos))
             _write_timeline(out_dir, timeline)
             if progress:
                 print(json.dumps(timeline[-1]), flush=True)
         if pos >= next_save or pos >= n:
-            next_save += config.soak.save_every_events
+            next_save += save_every
             learner.save(reason="periodic")
+            # Records up to a save are final (a rollback marks only later ones).
+            _write_history(out_dir, learner.history[written:], mode="a")
+            written = len(learner.history)
+        if on_progress is not None:
+            on_progress(pos, n, learner)
     store.flush()
     loop_s = time.perf_counter() - t_loop
     final_scores = env.family_scores(learner.params, eval_set)
@@ -992,8 +1074,47 @@ def run_soak(
     with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     if plot:
-        _plot(os.path.join(out_dir, "report.png"), timeline, learner.history)
+        _plot(os.path.join(out_dir, "report.png"), report, learner.history)
     return report
+
+
+def _refuse_existing_run(config: ControllerConfig, out_dir: str, run_id: str) -> None:
+    run_dir = os.path.join(
+        out_dir, config.store.root, config.store.network_id, "runs", run_id
+    )
+    found = [
+        p
+        for p in (run_dir, *(os.path.join(out_dir, f) for f in _SOAK_FILES))
+        if os.path.exists(p)
+    ]
+    if found:
+        raise ValueError(
+            f"--out {out_dir} already holds a soak run ({found[0]}): continue it "
+            f"with --resume (same --out and --run-id {run_id}), or choose another "
+            f"--out folder"
+        )
+
+
+_SOAK_FILES = ("report.json", "timeline.json", "history.jsonl", "report.png")
+
+
+def _timeline_point(env, learner, eval_set, events: int, *, scores=None):
+    """One evaluation of the deployed parameters, at ``events`` events."""
+    if scores is None:
+        scores = env.family_scores(learner.params, eval_set)
+    canary = jax.device_get(learner._canary_scores(learner.params))
+    recent = learner.history[-50:]
+    return {
+        "events": events,
+        "hours": events / 3600.0,
+        "task_score": float(scores.mean()),
+        "family_scores": scores.tolist(),
+        "canary_score": float(np.mean(list(canary.values()))),
+        "rollbacks": learner.rollbacks,
+        "kl": float(np.mean([r.get("kl", 0.0) for r in recent] or [0.0])),
+        "accepted": learner.accepted,
+        "rejected": learner.rejected,
+    }
 
 
 def _write_timeline(out_dir: str, timeline) -> None:
@@ -1001,6 +1122,30 @@ def _write_timeline(out_dir: str, timeline) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(timeline, f)
     os.replace(tmp, os.path.join(out_dir, "timeline.json"))
+
+
+def _write_history(out_dir: str, records, *, mode: str) -> None:
+    path = os.path.join(out_dir, "history.jsonl")
+    with open(path, mode, encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load_history(out_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(out_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line torn by a crash mid-write, or the last ""
+            continue
+    return out
 
 
 def _load_timeline(out_dir: str):
@@ -1051,27 +1196,27 @@ def _report(config, spec, windows, learner, start, final, pre, timeline):
         )
     agg_start, agg_final = float(start.mean()), float(final.mean())
     pre_start, pre_final = float(start[pre].mean()), float(final[pre].mean())
-    accepted_regressing = sum(r["accepted"] and r["canary_regressed"] for r in hist)
     return {
         "events": spec.num_events,
         "hours": spec.hours,
         "shift_at_event": int(spec.shift_at),
         "poison_windows": windows,
+        # soak.poison_bursts per soak.hours, scaled to this run's length.
+        "poison_bursts": spec.poison_bursts,
         "stream": learner.stream.counters(),
         "updates": learner.updates,
+        # Updates the bursts and canary figures below are computed from: all of
+        # them, also in a run resumed after a crash.
+        "updates_in_report": len(hist),
         "accepted_updates": learner.accepted,
         "rejected_updates": learner.rejected,
         "rollbacks": learner.rollbacks,
-        "accepted_canary_regressions": accepted_regressing,
+        "accepted_canary_regressions": learner.accepted_canary_regressions,
         "canary_tolerance": config.safety.canary_tolerance,
-        # Why updates were refused (an update can fail several checks).
-        "rejected_by": {
-            "canary": sum(
-                (not r["accepted"]) and r["canary_worst"] > 0.0 for r in hist
-            ),
-            "loss_spike": sum((not r["accepted"]) and r["spike"] for r in hist),
-            "non_finite": sum((not r["accepted"]) and not r["applied"] for r in hist),
-        },
+        # Why updates were refused: the first failed check of each, so the
+        # counts add up to rejected_updates (see REJECTION_REASONS).
+        "rejected_by": dict(learner.rejected_by),
+        "rollback_events": list(learner.rollback_events),
         # Largest drop of any family's canary score among accepted updates.
         "max_accepted_canary_drop": max(
             [
@@ -1096,72 +1241,129 @@ def _report(config, spec, windows, learner, start, final, pre, timeline):
     }
 
 
-def _plot(path: str, timeline, history) -> None:
+def _plot(path: str, report: Mapping[str, Any], history) -> None:
+    """Scores, rejections and drift over simulated time, with the stream's events.
+
+    The distribution shift is a dashed line, each poisoned burst a red band, each
+    rollback a marker; the curves start at the warm-up checkpoint's score.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    timeline = report["timeline"]
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig.suptitle(
+        f"ol-jax soak: {report['hours']:g} simulated hours, {report['events']:,} "
+        f"events; task score {report['aggregate_start']:.3f} -> "
+        f"{report['aggregate_final']:.3f} "
+        f"({report['aggregate_improvement_pct']:+.1f}%)"
+    )
     h = [t["hours"] for t in timeline]
-    axes[0].plot(h, [t["task_score"] for t in timeline], label="task score")
-    axes[0].plot(h, [t["canary_score"] for t in timeline], label="canary score")
+    axes[0].plot(h, [t["task_score"] for t in timeline], marker=".", label="task score")
+    axes[0].plot(
+        h, [t["canary_score"] for t in timeline], marker=".", label="canary score"
+    )
+    axes[0].axhline(
+        report["aggregate_start"], color="grey", lw=0.8, ls=":", label="start score"
+    )
     axes[0].set_ylabel("score")
-    axes[0].legend()
-    axes[1].step(h, [t["rollbacks"] for t in timeline], label="rollbacks (cum.)")
-    axes[1].step(h, [t["rejected"] for t in timeline], label="rejected updates (cum.)")
-    axes[1].legend()
+    axes[1].step(h, [t["rejected"] for t in timeline], where="post", label="rejected")
+    axes[1].step(h, [t["accepted"] for t in timeline], where="post", label="accepted")
+    axes[1].set_ylabel("updates (cumulative)")
+    rollbacks = [e / 3600.0 for e in report.get("rollback_events", [])]
+    if rollbacks:
+        axes[1].plot(
+            rollbacks,
+            [0] * len(rollbacks),
+            "v",
+            color="black",
+            label=f"rollback ({len(rollbacks)})",
+        )
     hk = [r["events"] / 3600.0 for r in history if "kl" in r]
     axes[2].plot(hk, [r["kl"] for r in history if "kl" in r], lw=0.5)
     axes[2].set_ylabel("drift KL")
     axes[2].set_xlabel("simulated hours")
+    for ax in axes:
+        shift = report["shift_at_event"] / 3600.0
+        ax.axvline(shift, color="tab:purple", ls="--", lw=1, label="shift")
+        for i, (lo, hi) in enumerate(report["poison_windows"]):
+            ax.axvspan(
+                lo / 3600.0,
+                hi / 3600.0,
+                color="tab:red",
+                alpha=0.2,
+                label="poisoned burst" if i == 0 else None,
+            )
+        for e in rollbacks:
+            ax.axvline(e, color="black", lw=0.5, alpha=0.5)
+    axes[0].legend(loc="lower right", fontsize="small")
+    axes[1].legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def soak_main(argv: Sequence[str] | None = None) -> int:
-    """``ol-jax soak --config configs/controller.yaml --hours 24 [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="ol-jax soak")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--hours", type=float, default=None)
-    parser.add_argument("--out", default="soak")
-    parser.add_argument("--run-id", default="soak")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args(argv)
-    enable_compilation_cache()
-    report = run_soak(
-        args.config,
-        args.hours,
-        args.out,
-        run_id=args.run_id,
-        resume=args.resume,
-        plot=not args.no_plot,
-        progress=args.progress,
-    )
-    summary = {
-        k: report[k]
-        for k in (
-            "events",
-            "aggregate_improvement_pct",
-            "accepted_canary_regressions",
-            "all_bursts_handled",
-            "rollbacks",
-            "saved_versions_finite",
-            "loop_s",
+def soak_failures(report: Mapping[str, Any]) -> list[str]:
+    """Why a soak report fails its acceptance checks; empty when it passes.
+
+    The checks: aggregate task score up at least 1%, no accepted update that
+    regressed a canary family, no mostly-poisoned update kept, every saved
+    version finite.
+
+    Args:
+      report: the report of :func:`run_soak`.
+
+    Returns:
+      One sentence per failed check.
+    """
+    reasons = []
+    pct = report["aggregate_improvement_pct"]
+    if not pct >= 1.0:
+        why = ""
+        if report["accepted_updates"] == 0:
+            by = (
+                ", ".join(f"{k} {v}" for k, v in report["rejected_by"].items() if v)
+                or "none"
+            )
+            why = (
+                f": no update was accepted ({report['rejected_updates']} of "
+                f"{report['updates']} rejected; first failed check: {by})"
+            )
+        elif report["rollbacks"]:
+            why = (
+                f" ({report['rollbacks']} drift rollbacks returned to earlier saved "
+                "versions)"
+            )
+        reasons.append(
+            f"aggregate task score changed by {pct:+.1f}%, less than the +1% "
+            f"expected{why}"
         )
-    }
-    print(json.dumps(summary))
-    ok = (
-        report["aggregate_improvement_pct"] >= 1.0
-        and report["accepted_canary_regressions"] == 0
-        and report["all_bursts_handled"]
-        and report["saved_versions_finite"]
-    )
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(soak_main())
+    if report["accepted_canary_regressions"]:
+        reasons.append(
+            f"{report['accepted_canary_regressions']} accepted updates regressed a "
+            "canary family"
+        )
+    shift = report["shift_at_event"]
+    for b in report["bursts"]:
+        if b["majority_poisoned_kept"]:
+            after = b["start_event"] - shift
+            why = ""
+            if 0 <= after < shift:
+                # Seen in quarter-hour runs: the guard after the shift is a
+                # fraction of the stream, a few updates in a short one.
+                why = (
+                    f"; it began {after} events after the distribution shift at "
+                    f"event {shift}, while the loss on the new families is still "
+                    "high, so the loss-spike gate cannot tell inverted feedback "
+                    "from them (soak.poison_shift_guard is a fraction of the run: "
+                    "a longer run leaves more room after the shift)"
+                )
+            reasons.append(
+                f"poisoned burst at events {b['start_event']}-{b['end_event']}: "
+                f"{b['majority_poisoned_kept']} mostly-poisoned updates were kept" + why
+            )
+    if not report["saved_versions_finite"]:
+        reasons.append("a saved version holds non-finite weights")
+    return reasons

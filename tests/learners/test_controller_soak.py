@@ -16,8 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ol_jax.learners.controller import ControllerConfig, OnlineLearner, run_soak
+from ol_jax.cli._main import main
+from ol_jax.learners.controller import (
+    ControllerConfig,
+    OnlineLearner,
+    run_soak,
+    scaled_poison_bursts,
+    soak_failures,
+)
 from ol_jax.store import NetworkConfig, RunStore
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,6 +76,12 @@ def test_soak_acceptance(full_run):
     assert stream["accepted"] + sum(stream["rejected"].values()) == 3600
     assert stream["rejected"].get("non_finite", 0) > 0
     assert report["rejected_updates"] > 0
+    # One reason per rejected update.
+    assert sum(report["rejected_by"].values()) == report["rejected_updates"]
+    assert report["updates_in_report"] == report["updates"]
+    # The curves start at the warm-up checkpoint's score.
+    assert report["timeline"][0]["events"] == 0
+    assert report["timeline"][0]["task_score"] == report["aggregate_start"]
     assert os.path.getsize(out / "report.png") > 0
     with open(out / "report.json") as f:
         assert json.load(f)["events"] == 3600
@@ -101,7 +116,7 @@ def test_sigkill_resume_counts_each_event_once(full_run, tmp_path):
         [
             sys.executable,
             "-m",
-            "ol_jax.learners.controller",
+            "ol_jax.cli._soak",
             "--config",
             str(config_path),
             "--out",
@@ -139,9 +154,18 @@ def test_sigkill_resume_counts_each_event_once(full_run, tmp_path):
         "updates",
         "accepted_updates",
         "rejected_updates",
+        "rejected_by",
+        "accepted_canary_regressions",
         "rollbacks",
+        "rollback_events",
+        # From the update records kept on disk across the crash:
+        "bursts",
+        "all_bursts_handled",
+        "max_accepted_canary_drop",
     ):
         assert resumed[key] == reference[key], key
+    assert sum(resumed["rejected_by"].values()) == resumed["rejected_updates"]
+    assert resumed["updates_in_report"] == resumed["updates"]
     assert resumed["final_family_scores"] == reference["final_family_scores"]
 
 
@@ -204,3 +228,141 @@ def test_updates_wait_between_prompts_and_nan_batches_are_skipped(tmp_path):
         )
     assert jnp.all(jnp.isfinite(learner.controller["w"]))
     store.close()
+
+
+# A small, fast soak: 180 events (three minutes simulated).
+_TINY = {
+    "soak": {"hours": 0.05, "eval_per_family": 16, "poison_burst_length": 32},
+    "warmup": {"examples": 256, "steps": 30},
+    "safety": {"canary_per_family": 16, "probes": 16},
+    "store": {"max_to_keep": 2},
+}
+
+
+def test_existing_out_is_refused_without_resume(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(_TINY))
+    out = tmp_path / "out"
+    argv = ["soak", "--config", str(config), "--out", str(out), "--no-plot"]
+    assert main([*argv, "--json"]) in (0, 1)
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads((out / "report.json").read_text())
+    meta = out / "networks" / "controller-soak" / "runs" / "soak" / "run_metadata.json"
+    versions = json.loads(meta.read_text())["versions"]
+
+    # Again without --resume: refused, the old run and its report untouched.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a soak run" in err and "--resume" in err
+    assert "another --out" in err
+    assert json.loads(meta.read_text())["versions"] == versions
+    assert json.loads((out / "report.json").read_text()) == report
+    with pytest.raises(ValueError, match="--resume"):
+        run_soak(str(config), None, out, plot=False)
+
+    # With --resume the finished run is reported again, nothing re-processed.
+    assert main([*argv, "--resume", "--json"]) in (0, 1)
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("events", "accepted_updates", "rejected_updates", "rejected_by"):
+        assert again[key] == first[key], key
+
+
+def test_quarter_hour_soak_learns_and_explains_its_exit(tmp_path, capsys):
+    # The shipped config, a quarter of an hour. Its poisoned bursts, saves and
+    # evaluations scale with the run: before, six bursts covered 3/4 of the
+    # stream, every update was rejected, a rollback returned to the start, and
+    # the run exited 1 with "+0.0%" and no reason.
+    out = tmp_path / "q"
+    config = os.path.join(_REPO, "configs", "controller.yaml")
+    rc = main(["soak", "--config", config, "--hours", "0.25", "--out", str(out)])
+    captured = capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    assert report["events"] == 900 and report["poison_bursts"] == 1
+    assert report["accepted_updates"] > 0
+    assert report["aggregate_improvement_pct"] >= 1.0
+    assert sum(report["rejected_by"].values()) == report["rejected_updates"]
+    assert len(report["timeline"]) >= 10
+    assert os.path.getsize(out / "report.png") > 0
+    assert "task score (start -> final)" in captured.out
+    failures = soak_failures(report)
+    if rc == 0:
+        assert not failures and "all acceptance checks passed" in captured.out
+    else:
+        assert rc == 1 and failures and "failed:" in captured.out
+        flat = " ".join(captured.out.split())
+        for reason in failures:
+            assert " ".join(reason.split()) in flat
+
+
+@given(
+    bursts=st.integers(0, 50),
+    config_hours=st.floats(0.01, 100),
+    hours=st.one_of(st.none(), st.floats(0.001, 1000)),
+)
+def test_scaled_poison_bursts(bursts, config_hours, hours):
+    config = ControllerConfig.model_validate(
+        {"soak": {"poison_bursts": bursts, "hours": config_hours}}
+    )
+    n = scaled_poison_bursts(config, hours)
+    if hours is None or bursts == 0:
+        assert n == bursts
+    else:
+        assert n >= 1
+        # The density of bursts per hour is kept to within rounding.
+        assert abs(n - bursts * hours / config_hours) <= max(0.5, 1 - 1e-9)
+
+
+def _report(**changes):
+    report = {
+        "aggregate_improvement_pct": 5.0,
+        "accepted_updates": 3,
+        "rejected_updates": 1,
+        "updates": 4,
+        "rejected_by": {"loss_spike": 1},
+        "rollbacks": 0,
+        "accepted_canary_regressions": 0,
+        "bursts": [{"start_event": 0, "end_event": 9, "majority_poisoned_kept": 0}],
+        "saved_versions_finite": True,
+        "shift_at_event": 100,
+    }
+    report.update(changes)
+    return report
+
+
+@given(
+    pct=st.floats(-100, 100),
+    accepted=st.integers(0, 5),
+    regressions=st.integers(0, 3),
+    kept=st.integers(0, 3),
+    finite=st.booleans(),
+    rollbacks=st.integers(0, 2),
+)
+def test_soak_failures_names_every_failed_check(
+    pct, accepted, regressions, kept, finite, rollbacks
+):
+    report = _report(
+        aggregate_improvement_pct=pct,
+        accepted_updates=accepted,
+        accepted_canary_regressions=regressions,
+        bursts=[{"start_event": 5, "end_event": 9, "majority_poisoned_kept": kept}],
+        saved_versions_finite=finite,
+        rollbacks=rollbacks,
+    )
+    reasons = soak_failures(report)
+    expected = (pct < 1.0) + (regressions > 0) + (kept > 0) + (not finite)
+    assert len(reasons) == expected
+    text = " ".join(reasons)
+    if pct < 1.0 and accepted == 0:
+        assert "no update was accepted" in text and "loss_spike 1" in text
+    elif pct < 1.0 and rollbacks:
+        assert "rollbacks" in text
+    if kept:
+        assert "events 5-9" in text
+        assert "shift" not in text  # the burst came before the shift
+
+
+@given(start=st.integers(100, 199))
+def test_soak_failures_explains_a_burst_right_after_the_shift(start):
+    burst = {"start_event": start, "end_event": start + 9, "majority_poisoned_kept": 1}
+    (reason,) = soak_failures(_report(bursts=[burst]))
+    assert f"{start - 100} events after the distribution shift" in reason
