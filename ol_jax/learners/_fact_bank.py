@@ -139,13 +139,26 @@ class FactBank:
         return self._facts[index].params
 
     def state(self, index: int) -> OnlineState:
-        """Fact ``index``'s online state (fresh AdamW moments if they were dropped)."""
+        """A copy of fact ``index``'s online state (fresh AdamW moments if they
+        were dropped). A copy, because the update step donates its input: the
+        bank's own arrays are never deleted, so :meth:`snapshot` can hold them."""
         fact = self._facts[index]
         key = jax.random.fold_in(self._key, index)
+        params = jax.tree.map(jnp.copy, fact.params)
         if fact.opt_state is None:
-            state = init_state(fact.params, self._tx, key=key)
-            return state._replace(step=fact.step)
-        return OnlineState(fact.step, fact.params, fact.opt_state, key, {})
+            state = init_state(params, self._tx, key=key)
+            return state._replace(step=jnp.copy(fact.step))
+        opt_state = jax.tree.map(jnp.copy, fact.opt_state)
+        return OnlineState(jnp.copy(fact.step), params, opt_state, key, {})
+
+    def snapshot(self) -> Any:
+        """The bank as it is now, for :meth:`restore_snapshot` (no array copies:
+        the bank's arrays are never modified or donated)."""
+        return [dataclasses.replace(f) for f in self._facts]
+
+    def restore_snapshot(self, snapshot: Any) -> None:
+        """Puts back the bank of :meth:`snapshot`."""
+        self._facts = [dataclasses.replace(f) for f in snapshot]
 
     def update(self, index: int, state: OnlineState) -> None:
         """Stores fact ``index``'s new state; keeps the AdamW moments of only the

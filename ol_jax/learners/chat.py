@@ -251,13 +251,15 @@ class PreparedTurn(NamedTuple):
 
 
 class TurnUndo(NamedTuple):
-    """What :meth:`ChatLearner.undo_point` keeps: state copy, counters, memory."""
+    """What :meth:`ChatLearner.undo_point` keeps: state copy, counters, memory,
+    and the fact bank."""
 
     state: Any
     turn: int
     memory: dict[str, Any]
     tracker: dict[str, Any]
     since_save: int
+    bank: Any = None
 
 
 class ChatLearner:
@@ -1143,6 +1145,7 @@ class ChatLearner:
             memory=json.loads(json.dumps(self.memory.state_dict())),
             tracker=json.loads(json.dumps(self._tracker.state_dict())),
             since_save=self._since_save,
+            bank=None if self.bank is None else self.bank.snapshot(),
         )
 
     def undo_to(self, point: TurnUndo) -> None:
@@ -1158,6 +1161,8 @@ class ChatLearner:
             point.tracker, window=self.config.metrics.window_size
         )
         self._since_save = point.since_save
+        if self.bank is not None and point.bank is not None:
+            self.bank.restore_snapshot(point.bank)
         self._drop_rows_after(self.turn)
 
     def __enter__(self) -> ChatLearner:

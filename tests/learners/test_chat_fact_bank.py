@@ -174,3 +174,18 @@ def test_probe_questions_are_measured_every_probe_every_turns(tmp_path, model, t
     assert "probe_locality" not in rows[0] and "probe_locality" not in rows[2]
     assert 0.0 <= rows[1]["probe_locality"] <= 1.0 and rows[1]["probe_kl"] >= 0.0
     learner.close()
+
+
+def test_undo_puts_the_bank_back(tmp_path, model, tokenizer):
+    learner = make(tmp_path, model, tokenizer, bank_config())
+    learner.chat_and_update(FACT)
+    before = leaves(learner.bank.params(0))
+    point = learner.undo_point()
+    learner.chat_and_update(FACT)
+    learner.chat_and_update(OTHER)
+    assert len(learner.bank) == 2
+    learner.undo_to(point)
+    assert learner.bank.statements == [FACT]
+    for a, b in zip(before, leaves(learner.bank.params(0)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    learner.close()
