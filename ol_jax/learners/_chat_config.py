@@ -374,9 +374,10 @@ class FactBankSection(ConfigSection):
     statement and on question prompts answered with the statement in the second
     person, the answer tokens only. A message is routed to the fact whose
     statement embedding (``encoder``) is most similar, if the cosine similarity is
-    at least ``route_threshold``; any other message is answered, and other turns
-    trained, by the shared adapter. Facts therefore do not overwrite each other,
-    and unrelated questions keep the base model's answers.
+    at least ``route_threshold``; other turns train the shared adapter, which
+    answers the messages like them; any other message is answered by the base
+    model. Facts therefore do not overwrite each other, and unrelated questions
+    keep the base model's answers.
 
     Attributes:
       enabled: learn facts into the bank (false, the default: facts train the
@@ -393,6 +394,11 @@ class FactBankSection(ConfigSection):
         the second person) trained to answer with the statement.
       max_facts: most facts kept; a new fact past it replaces the least
         recently stated one.
+      conversation_keys: the last this many other turns (which train the shared
+        adapter) route messages like them, at ``route_threshold``, to the shared
+        adapter; a message like no fact and no such turn is answered by the
+        base model. 0: the shared adapter answers every message not about a
+        fact.
       optimizer_slots: facts whose AdamW moments are kept between their
         statements (the most recently stated); another fact restarts its
         moments when stated again.
@@ -405,6 +411,7 @@ class FactBankSection(ConfigSection):
     learning_rate: float = Field(default=6e-4, gt=0, le=1)
     question_prompts: tuple[str, ...] = _DEFAULT_FACT_PROMPTS
     max_facts: Capacity = Field(default=256, ge=1)
+    conversation_keys: Capacity = Field(default=256, ge=0)
     optimizer_slots: Capacity = Field(default=8, ge=1)
 
     @field_validator("question_prompts")

@@ -6,7 +6,10 @@ and key) that only its own statements train, so learning a new fact cannot
 overwrite an old one, and a unit key: the sentence embedding of its statement. A
 message is routed with :func:`ol_jax.memory.nearest_key` to the fact whose key
 is most similar, if the similarity reaches ``route_threshold``; otherwise to the
-shared adapter (index ``-1``), so unrelated questions are answered as before.
+shared adapter (``SHARED``) if it is as similar to one of the last
+``conversation_keys`` other turns (those the shared adapter learned from), and
+to the base model (``BASE``) otherwise, so unrelated questions are answered as
+before any learning.
 
 References:
     Wang et al., `WISE: Rethinking the Knowledge Memory for Lifelong Model Editing
@@ -33,7 +36,10 @@ from ol_jax.memory import nearest_key
 from ol_jax.models import LoadedEncoder
 
 SHARED = -1
-"""The route of a message about no stored fact: the shared adapter answers it."""
+"""The route of a message like a past conversation turn: the shared adapter."""
+
+BASE = -2
+"""The route of a message about nothing learned: the base model answers it."""
 
 
 @dataclasses.dataclass
@@ -73,6 +79,7 @@ class FactBank:
         self._key = key
         self._facts: list[_Fact] = []
         self._created = 0
+        self._turn_keys: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return len(self._facts)
@@ -99,11 +106,33 @@ class FactBank:
         return np.asarray(match.index, np.int64), np.asarray(match.score)
 
     def route(self, texts: Sequence[str]) -> list[int]:
-        """For each message, the fact whose adapter answers it, or ``SHARED``."""
-        if not self._facts or not texts:
-            return [SHARED] * len(texts)
-        index, _ = self._match(self.embed(texts), self.config.route_threshold)
-        return [int(i) for i in index]
+        """For each message, the fact whose adapter answers it, or ``SHARED`` /
+        ``BASE`` (see the module docstring)."""
+        if not texts:
+            return []
+        if not self._facts and not self._turn_keys:
+            return [BASE if self.config.conversation_keys else SHARED] * len(texts)
+        queries = self.embed(texts)
+        threshold = self.config.route_threshold
+        index, _ = self._match(queries, threshold)
+        if self.config.conversation_keys == 0:
+            return [int(i) for i in index]
+        like_turn = np.zeros((len(texts),), bool)
+        if self._turn_keys:
+            like_turn = np.max(queries @ np.stack(self._turn_keys).T, axis=1) >= threshold
+        return [
+            int(i) if i != SHARED else (SHARED if t else BASE)
+            for i, t in zip(index, like_turn, strict=True)
+        ]
+
+    def note_turn(self, text: str) -> None:
+        """Remembers a turn the shared adapter learned from: messages like it
+        are answered by the shared adapter (the last ``conversation_keys``)."""
+        n = self.config.conversation_keys
+        if n == 0:
+            return
+        self._turn_keys.append(self.embed([text])[0])
+        del self._turn_keys[: max(len(self._turn_keys) - n, 0)]
 
     def slot(self, statement: str, *, turn: int) -> tuple[int, bool]:
         """The index of the fact ``statement`` states, and whether it is new.
@@ -154,11 +183,13 @@ class FactBank:
     def snapshot(self) -> Any:
         """The bank as it is now, for :meth:`restore_snapshot` (no array copies:
         the bank's arrays are never modified or donated)."""
-        return [dataclasses.replace(f) for f in self._facts]
+        return [dataclasses.replace(f) for f in self._facts], list(self._turn_keys)
 
     def restore_snapshot(self, snapshot: Any) -> None:
         """Puts back the bank of :meth:`snapshot`."""
-        self._facts = [dataclasses.replace(f) for f in snapshot]
+        facts, turn_keys = snapshot
+        self._facts = [dataclasses.replace(f) for f in facts]
+        self._turn_keys = list(turn_keys)
 
     def update(self, index: int, state: OnlineState) -> None:
         """Stores fact ``index``'s new state; keeps the AdamW moments of only the
@@ -176,37 +207,47 @@ class FactBank:
 
     def tree(self) -> dict[str, Any]:
         """The bank's arrays for the run store: stacked adapters and keys."""
-        if not self._facts:
-            return {}
-        return {
-            "params": jax.tree.map(lambda *x: jnp.stack(x), *[f.params for f in self._facts]),
-            "keys": np.stack([f.key for f in self._facts]),
-            "steps": jnp.stack([f.step for f in self._facts]),
-        }
+        out: dict[str, Any] = {}
+        if self._facts:
+            out = {
+                "params": jax.tree.map(
+                    lambda *x: jnp.stack(x), *[f.params for f in self._facts]
+                ),
+                "keys": np.stack([f.key for f in self._facts]),
+                "steps": jnp.stack([f.step for f in self._facts]),
+            }
+        if self._turn_keys:
+            out["turn_keys"] = np.stack(self._turn_keys)
+        return out
 
     def entry(self) -> dict[str, Any]:
         """The bank's metadata for the run store (statements and turns)."""
         return {
             "statements": self.statements,
             "last_turns": [f.last_turn for f in self._facts],
+            "turn_keys": len(self._turn_keys),
         }
 
     def like(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A tree shaped as :meth:`tree` of a bank saved with ``entry``."""
         n = len(entry["statements"])
-        if n == 0:
-            return {}
         dim = self.encoder.config.hidden_size
-        return {
-            "params": jax.tree.map(
-                lambda x: jnp.zeros((n, *x.shape), x.dtype), self._initial
-            ),
-            "keys": np.zeros((n, dim), np.float32),
-            "steps": jnp.zeros((n,), jnp.int32),
-        }
+        out: dict[str, Any] = {}
+        if n:
+            out = {
+                "params": jax.tree.map(
+                    lambda x: jnp.zeros((n, *x.shape), x.dtype), self._initial
+                ),
+                "keys": np.zeros((n, dim), np.float32),
+                "steps": jnp.zeros((n,), jnp.int32),
+            }
+        if entry.get("turn_keys"):
+            out["turn_keys"] = np.zeros((entry["turn_keys"], dim), np.float32)
+        return out
 
     def restore(self, tree: dict[str, Any], entry: dict[str, Any]) -> None:
         """Replaces the bank by a saved one (AdamW moments restart)."""
+        self._turn_keys = [np.asarray(k, np.float32) for k in tree.get("turn_keys", ())]
         self._facts = []
         for i, (statement, turn) in enumerate(
             zip(entry["statements"], entry["last_turns"], strict=True)

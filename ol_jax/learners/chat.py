@@ -75,7 +75,7 @@ from ol_jax.learners._chat_step import (
     turn_batch,
     turn_batches,
 )
-from ol_jax.learners._fact_bank import SHARED, FactBank
+from ol_jax.learners._fact_bank import BASE, SHARED, FactBank
 from ol_jax.learners._facts import (
     FactDetector,
     FactInfo,
@@ -465,8 +465,9 @@ class ChatLearner:
         return self._generate([text], greedy=greedy)[0]
 
     def route(self, texts: Sequence[str]) -> list[int]:
-        """Which adapter answers each message: a fact's index in :attr:`bank`, or
-        ``-1`` for the shared adapter (always ``-1`` without a fact bank)."""
+        """Which adapter answers each message: a fact's index in :attr:`bank`,
+        ``-1`` for the shared adapter (always, without a fact bank) or ``-2`` for
+        the base model (see ``fact_bank.conversation_keys``)."""
         if self.bank is None:
             return [SHARED] * len(texts)
         return self.bank.route(texts)
@@ -495,7 +496,11 @@ class ChatLearner:
         }
 
     def _adapter(self, route: int) -> Any:
-        return self._state.params if route == SHARED else self.bank.params(route)
+        if route == SHARED:
+            return self._state.params
+        if route == BASE:
+            return self._initial_lora
+        return self.bank.params(route)
 
     def _generate(
         self,
@@ -798,6 +803,8 @@ class ChatLearner:
                 metrics = self._update(turn.batch, turn.lr_multiplier)
             else:
                 metrics = self._update_fact(fact_index, turn.batch, turn.lr_multiplier)
+        if fact_index is None and self.bank is not None:
+            self.bank.note_turn(turn.text)
         mem_on = self.config.fact_memory.enabled
         self.turn += 1
         replayed = 0

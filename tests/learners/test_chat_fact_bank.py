@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ol_jax.learners import load_fact_set, run_fact_stream
-from ol_jax.learners._fact_bank import SHARED
+from ol_jax.learners._fact_bank import BASE, SHARED
 
 from test_chat import FACT, QUESTION, byte_tokenizer, make, tiny_config  # noqa: F401
 from test_chat import model, tokenizer  # noqa: F401  (fixtures)
@@ -63,7 +63,11 @@ def test_routing_sends_a_message_to_the_most_similar_fact(tmp_path, model, token
     learner.chat_and_update(OTHER)
     # The statements themselves are at similarity 1 to their own keys.
     assert learner.route([FACT, OTHER]) == [0, 1]
-    assert learner.route(["zzzz qqqq"]) == [SHARED]
+    # A message about nothing learned goes to the base model; one like a turn
+    # the shared adapter learned from, to the shared adapter.
+    assert learner.route(["zzzz qqqq", "Hello there"]) == [BASE, BASE]
+    learner.chat_and_update("Hello there")
+    assert learner.route(["zzzz qqqq", "Hello there"]) == [BASE, SHARED]
     # Routed replies come from the fact's adapter: the same as generating with it.
     assert learner.respond(FACT, greedy=True) == learner.answers([FACT])[0]
     learner.close()
@@ -75,10 +79,14 @@ def test_the_bank_is_saved_and_resumed(tmp_path, model, tokenizer):
     learner.chat_and_update(OTHER)
     run_id = learner.run_id
     before = [leaves(learner.bank.params(i)) for i in range(2)]
+    learner.chat_and_update("Hello")
+    learner_routes = learner.route(["Hello"])
+    assert learner_routes == [SHARED]
     reply = learner.answers([FACT, OTHER, "Hello"])
     learner.close()
     again = make(tmp_path, model, tokenizer, bank_config(), run_id=run_id)
     assert again.bank.statements == [FACT, OTHER]
+    assert again.route(["Hello"]) == learner_routes
     for i in range(2):
         for a, b in zip(before[i], leaves(again.bank.params(i)), strict=True):
             np.testing.assert_array_equal(a, b)
