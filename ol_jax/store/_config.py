@@ -203,11 +203,19 @@ class StoreConfig(ConfigSection):
         after a host copy) instead of in the caller.
       queue_size: saves that may wait for the background writer before ``save``
         blocks (back-pressure; no version is ever dropped), >= 1.
+      durability: when a learner's feedback call returns: ``"sync"`` once the
+        item is in the run's feedback journal on disk (fsync, shared by
+        concurrent callers), ``"async"`` at once (a crash may lose the last few
+        items).
+      feedback_queue_size: feedback items that may wait for their journal
+        commit before the feedback call blocks (back-pressure), >= 1.
     """
 
     max_to_keep: int | None = Field(default=None, ge=1)
     async_writes: bool = True
     queue_size: int = Field(default=8, ge=1)
+    durability: Literal["sync", "async"] = "sync"
+    feedback_queue_size: int = Field(default=1024, ge=1)
 
 
 class BaseNetworkConfig(ConfigSection):
