@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -146,7 +147,12 @@ class GlyphLearner:
         self._consumed_to = 0
         template = self._snapshot(state, frozen)
         replay: list[dict[str, Any]] = []
-        if resumed or from_version is not None:
+        # A resumed run whose first version never reached the disk starts from
+        # the initial weights and replays its whole journal.
+        has_versions = (resumed or from_version is not None) and store.versions()
+        if not has_versions and resumed:
+            replay = store.journal.records()
+        if has_versions:
             version, saved = store.restore_newest_good(like=template)
             state, frozen = self._unsnapshot(saved)
             self._ratings_seen = int(saved["ratings_seen"])
@@ -161,6 +167,10 @@ class GlyphLearner:
         self._state = state
         self._state_lock = threading.Lock()
         self._gen_counter = itertools.count()
+        # Glyph ids must not repeat within a run: a resumed learner's carry a
+        # per-process tag (the journal records ids, and a rater may hold an id
+        # from before the restart).
+        self._id_suffix = f"-{secrets.token_hex(3)}" if resumed else ""
         self._glyphs: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._glyph_lock = threading.Lock()
         self._last_metrics: dict[str, Any] | None = None
@@ -244,7 +254,7 @@ class GlyphLearner:
         out = []
         with self._glyph_lock:
             for i in range(n):
-                gid = f"g{count:06d}-{i:03d}"
+                gid = f"g{count:06d}-{i:03d}{self._id_suffix}"
                 self._glyphs[gid] = (z[i], images[i])
                 out.append(Glyph(gid, z[i], images[i]))
             while len(self._glyphs) > MAX_PENDING_GLYPHS:
