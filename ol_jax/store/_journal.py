@@ -85,7 +85,7 @@ def encode_payload(record: Mapping[str, Any]) -> bytes:
             and hasattr(value, "shape")
             and (not isinstance(value, np.generic))
         ):
-            array = np.ascontiguousarray(np.asarray(value))
+            array = np.asarray(value)  # (ascontiguousarray would make 0-d 1-d)
             if array.dtype.kind not in "biuf" and str(array.dtype) != "bfloat16":
                 raise ValueError(f"{where} must be a numeric array, got {array.dtype}")
             data = array.tobytes()
