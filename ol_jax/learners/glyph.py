@@ -352,8 +352,15 @@ class GlyphLearner:
     def __enter__(self) -> GlyphLearner:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Do not hide the error that ended the block behind a close error.
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - logged; the first error wins
+            _LOG.error("closing GlyphLearner after an error failed", exc_info=exc)
 
     # ------------------------------------------------------------------ writer
 

@@ -426,6 +426,9 @@ class _Run:
         self.pending: list[WriteJob] = []
         self.error: BaseException | None = None
         self.failed_versions: list[int] = []
+        # Versions whose failed write may have left files behind (removed again
+        # before each later write, and by Orbax at the next open).
+        self.debris: set[int] = set()
         # Serialized entries, so a metadata write encodes only the new entry.
         self.entry_json: list[str] = []
 
@@ -1223,11 +1226,17 @@ class RunStore:
     @staticmethod
     def _discard_version(run: _Run, version: int) -> None:
         name = f"{WEIGHTS_PREFIX}{version}"
+        run.debris.add(version)
         with run.io_lock:
+            left = False
             for entry in os.listdir(run.run_dir):
                 if entry == name or entry.startswith(name + "."):
-                    with contextlib.suppress(OSError):
+                    try:
                         shutil.rmtree(os.path.join(run.run_dir, entry))
+                    except OSError:
+                        left = True
+            if not left:
+                run.debris.discard(version)
             with contextlib.suppress(Exception):
                 run.manager.reload()
 
@@ -1262,6 +1271,8 @@ class RunStore:
             run.failed_versions.append(version)
             return
         path = os.path.join(run.run_dir, f"{WEIGHTS_PREFIX}{version}")
+        for old in sorted(run.debris):
+            self._discard_version(run, old)
         try:
             custom = {_CHECKSUM_KEY: {"checksums": _checksums(tree), "entry": entry}}
             with run.io_lock:
