@@ -303,7 +303,8 @@ class GlyphLearner:
             self._writer.put(item | {"seq": seq})
 
     def wait(self) -> None:
-        """Blocks until every queued rating has been processed."""
+        """Blocks until every rating given so far has been processed."""
+        self._journal.flush()  # (async durability: committed, so delivered)
         self._writer.wait()
 
     def flush(self) -> None:
@@ -316,7 +317,6 @@ class GlyphLearner:
           CheckpointWriteError: the current state still cannot be written; the
             ratings it reflects are in the journal and a resumed run applies them.
         """
-        self._journal.flush()
         self.wait()
         try:
             self.store.flush()

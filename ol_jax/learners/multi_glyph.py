@@ -308,13 +308,13 @@ class MultiGlyphLearner:
             self._writer.put(item | {"seq": seq})
 
     def wait(self) -> None:
-        """Blocks until every queued rating has been processed."""
+        """Blocks until every rating given so far has been processed."""
+        for store in self.stores.values():
+            store.journal.flush()  # (async durability: committed, so delivered)
         self._writer.wait()
 
     def flush(self) -> None:
         """Processes queued ratings and waits until every version is on disk."""
-        for store in self.stores.values():
-            store.journal.flush()
         self.wait()
         for store in self.stores.values():
             store.flush()

@@ -136,6 +136,9 @@ def test_both_durability_modes_record_and_apply_every_rating(tmp_path, durabilit
         glyphs = learner.generate(6)
         for i, g in enumerate(glyphs):
             learner.feedback(g.id, 1 + i)
+        # wait() covers ratings still on their way through the journal.
+        learner.wait()
+        assert int(learner.state.step) == 6
         learner.flush()
         assert learner.store.journal.durability == durability
         records = learner.store.feedback_records()
