@@ -651,7 +651,7 @@ class BufferedLearner:
         """
         if self._vector is not None:
             example = self._encode_vectors(input, target, weight)
-            self._journal(example.input, example.target, weight)
+            self._journal(example.inputs, example.targets, weight)
             return self._add(example)
         if not isinstance(input, str) or not input:
             raise ValueError(f"input must be a non-empty string, got {input!r}")

@@ -196,13 +196,18 @@ def _atomic_write_text(path: str, data: str) -> None:
 
 
 def _remove_temp_files(run_dir: str) -> None:
-    """Deletes what an interrupted atomic write left (``<file>.tmp-<pid>-<tid>``);
-    Orbax removes its own temporary folders."""
+    """Deletes what an interrupted write left: ``<file>.tmp-<pid>-<tid>`` of an
+    atomic file write and Orbax's unfinished ``weights_v<N>.orbax-checkpoint-tmp*``
+    folders (Orbax's own cleanup may still be running when the run is used).
+    Called with the run locked, so no writer of this run is alive."""
     for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
         if ".tmp-" in name and name.split(".tmp-")[0] in (METADATA_FILE, COUNTER_FILE):
-            path = os.path.join(run_dir, name)
             _LOG.info("removing %s left by an interrupted write", path)
             os.remove(path)
+        elif name.startswith(WEIGHTS_PREFIX) and ".orbax-checkpoint-tmp" in name:
+            _LOG.info("removing %s left by an interrupted save", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_counter(path: str) -> int:
