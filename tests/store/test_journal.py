@@ -185,3 +185,20 @@ def test_bad_arguments_are_named(tmp_path):
             journal.append({"x": object()})
     with pytest.raises(RuntimeError, match=r"is closed"):
         journal.append({"a": 1})
+
+
+@settings(max_examples=20, deadline=None)
+@given(groups=st.lists(st.integers(0, 6), min_size=1, max_size=5))
+def test_append_many_commits_each_group_once_in_order(tmp_path_factory, groups):
+    path = str(tmp_path_factory.mktemp("j") / "feedback.journal")
+    delivered = []
+    with FeedbackJournal(path, max_pending=4) as journal:
+        journal.set_consumer(lambda batch: delivered.extend(s for s, _ in batch))
+        expected = 0
+        for n in groups:
+            seqs = journal.append_many([{"n": expected + i} for i in range(n)])
+            assert seqs == list(range(expected, expected + n))
+            expected += n
+        assert journal.syncs == sum(1 for n in groups if n)
+    assert [r["n"] for r in FeedbackJournal.read(path)] == list(range(expected))
+    assert delivered == list(range(expected))
