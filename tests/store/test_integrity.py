@@ -6,6 +6,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ol_jax.store import CorruptVersionError, MissingMetadataError, RunStore
 
@@ -151,3 +153,28 @@ def test_temp_files_are_removed_and_numbers_continue_at_open(net_root):
         assert not [n for n in os.listdir(run_dir) if "tmp" in n]
         # A clean close gave back the unused reserved numbers: no gap.
         assert store.save(_tree(2)) == 2
+
+
+@settings(max_examples=10, deadline=None)
+@given(steps=st.lists(st.integers(0, 5), min_size=1, max_size=6))
+def test_each_version_keeps_the_journal_position_it_was_saved_with(
+    tmp_path_factory, make_network, steps
+):
+    root = make_network(tmp_path_factory.mktemp("networks"))
+    positions, position = {}, 0
+    with RunStore(root, "net") as store:
+        store.start_run("r")
+        for step in steps:
+            position += step
+            positions[store.save(_tree(0), journal_position=position)] = position
+        # A rollback reflects everything seen so far, not its source's position.
+        first = min(positions)
+        positions[store.rollback(first)] = position
+        for version, expected in positions.items():
+            assert store.journal_position(version) == expected
+        assert store.journal_position() == position
+    with RunStore(root, "net") as store:
+        store.start_run("r")
+        assert {v: store.journal_position(v) for v in positions} == positions
+        with pytest.raises(ValueError, match="journal_position must be an int >= 0"):
+            store.save(_tree(0), journal_position=-1)
