@@ -44,7 +44,7 @@ def _tree_bytes(tree) -> int:
     return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
 
 
-def _learner(root: str) -> GlyphLearner:
+def _learner(root: str, durability: str = "sync") -> GlyphLearner:
     os.makedirs(os.path.join(root, "bench"), exist_ok=True)
     with open(os.path.join(root, "bench", "config.yaml"), "w") as f:
         # The demo network's update settings (networks/glyph-demo/config.yaml).
@@ -53,7 +53,14 @@ def _learner(root: str) -> GlyphLearner:
         )
         with open(demo) as g:
             online = yaml.safe_load(g)["online_learning"]
-        yaml.safe_dump({"network_id": "bench", "online_learning": online}, f)
+        yaml.safe_dump(
+            {
+                "network_id": "bench",
+                "online_learning": online,
+                "store": {"durability": durability},
+            },
+            f,
+        )
     return GlyphLearner(RunStore(root, "bench"))
 
 
@@ -94,10 +101,11 @@ def bench_learner(learner: GlyphLearner, repeats: int, rate: float):
     for g in glyphs[:10]:
         learner.feedback(g.id, 5)
     learner.flush()
-    times = []
+    times, acked = [], []
     for i, g in enumerate(glyphs[10 : 10 + repeats]):
         t0 = time.perf_counter()
         learner.feedback(g.id, 1 + i % 10)
+        acked.append(time.perf_counter() - t0)
         learner.wait()
         times.append(time.perf_counter() - t0)
         time.sleep(max(0.0, 1.0 / rate - (time.perf_counter() - t0)))
@@ -111,7 +119,7 @@ def bench_learner(learner: GlyphLearner, repeats: int, rate: float):
     written = len(learner.store.versions()) - before
     if written != repeats:
         raise RuntimeError(f"expected {repeats} new versions, found {written}")
-    return times, written / elapsed, written
+    return times, written / elapsed, written, acked
 
 
 def bench_torch(learner: GlyphLearner, repeats: int, threads: int):
@@ -210,14 +218,20 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=float, default=10.0, help="ratings/s for the blocked-time run"
     )
+    parser.add_argument(
+        "--durability",
+        choices=("sync", "async"),
+        default="sync",
+        help="store.durability: feedback() returns after the journal fsync or at once",
+    )
     args = parser.parse_args()
     enable_compilation_cache()
     root = tempfile.mkdtemp(prefix="ol_jax_glyph_bench_")
     try:
-        learner = _learner(root)
+        learner = _learner(root, args.durability)
         jax_times, state = bench_jax(learner, args.repeats)
         state_bytes = _tree_bytes((state.params, state.opt_state, state.extras))
-        ckpt_times, versions_per_s, versions = bench_learner(
+        ckpt_times, versions_per_s, versions, acked = bench_learner(
             learner, args.repeats, args.rate
         )
         # PyTorch at its best intra-op thread count: on a busy 2-core machine its
@@ -238,6 +252,9 @@ def main() -> None:
         "cycle_p50_ms": p50,
         "cycle_p90_ms": p90,
         "cycle_ckpt_p50_ms": c50,
+        "durability": args.durability,
+        "feedback_p50_ms": float(np.percentile(acked, 50) * 1e3),
+        "feedback_p99_ms": float(np.percentile(acked, 99) * 1e3),
         "cycle_ckpt_p90_ms": c90,
         "ckpt_versions_per_s": versions_per_s,
         "versions_written": versions,
@@ -252,7 +269,7 @@ def main() -> None:
         print(
             f"{name:<22}{value:>14.3f}"
             if isinstance(value, float)
-            else f"{name:<22}{value:>14d}"
+            else f"{name:<22}{value!s:>14}"
         )
     if args.json:
         print(json.dumps(figures))

@@ -20,6 +20,9 @@ from ol_jax.store import NetworkConfig, OnlineLearningConfig
 
 # Generated glyphs remembered for rating; older ones are forgotten first.
 MAX_PENDING_GLYPHS = 10_000
+# Ratings that may wait for the writer thread before the journal's commit (and so
+# the feedback call) blocks: back-pressure instead of an unbounded queue.
+MAX_QUEUED_RATINGS = 4096
 
 
 def glyph_model_config(config: NetworkConfig) -> GlyphConfig:
@@ -156,6 +159,33 @@ def rating_item(
     }
 
 
+def rating_record(item: dict[str, Any]) -> dict[str, Any]:
+    """The feedback-journal record of a rating item: everything an update needs,
+    so a resumed learner can apply it without the glyph table it came from."""
+    return {
+        "kind": "rating",
+        "id": item["glyph_id"],
+        "rating": item["rating"],
+        "time": item["timestamp"],
+        "z": np.asarray(item["z"], np.float32),
+        "image": np.asarray(item["image"], np.float32),
+    }
+
+
+def item_from_record(seq: int, record: dict[str, Any], scale: str) -> dict[str, Any]:
+    """The rating item of journal record ``seq`` (as :func:`rating_record` wrote)."""
+    rating = record["rating"]
+    return {
+        "glyph_id": record["id"],
+        "rating": rating,
+        "reward": validated_reward(rating, scale),
+        "z": record["z"],
+        "image": record["image"],
+        "timestamp": record["time"],
+        "seq": seq,
+    }
+
+
 # The marker ``RatingWriter.close`` queues for the final partial batch.
 _FINAL = object()
 
@@ -163,7 +193,8 @@ _FINAL = object()
 class RatingWriter:
     """The feedback path of a glyph learner: a queue and one writer thread.
 
-    ``put`` is called from any thread; the writer drains what is waiting and
+    ``put`` is called from any thread (it blocks while ``max_queued`` items
+    wait); the writer drains what is waiting and
     hands it, in arrival order, to ``consume(items, final=False)``, which alone
     changes the learner (so updates never race and the learner swaps its state in
     one assignment). After a failure the writer consumes nothing more and the
@@ -172,10 +203,17 @@ class RatingWriter:
     partial batch are recorded, and stops the thread.
     """
 
-    def __init__(self, consume: Callable[..., None], *, owner: str):
+    def __init__(
+        self,
+        consume: Callable[..., None],
+        *,
+        owner: str,
+        max_queued: int = MAX_QUEUED_RATINGS,
+    ):
         self._consume = consume
         self._owner = owner
-        self._queue: queue.Queue = queue.Queue()
+        # Bounded: a producer faster than the updates blocks in `put`.
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)
         self._error: BaseException | None = None
         self.closed = False
         self._thread = threading.Thread(target=self._run, name=owner, daemon=True)

@@ -35,6 +35,7 @@ import math
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, NamedTuple
 
@@ -648,12 +649,18 @@ class BufferedLearner:
         Returns:
           The number of examples added so far, this one included.
 
+        With a ``store``, the example is first appended to the run's feedback
+        journal (``store.durability: sync``: this returns once it is on disk;
+        listed by ``store.feedback_records()``).
+
         Raises:
           ValueError: empty input, a bad weight, a missing target with the
             contrastive loss, or a closed learner.
+          JournalWriteError: the example could not be journaled; it is not added.
         """
         if self._vector is not None:
             example = self._encode_vectors(input, target, weight)
+            self._journal(example.inputs, example.targets, weight)
             return self._add(example)
         if not isinstance(input, str) or not input:
             raise ValueError(f"input must be a non-empty string, got {input!r}")
@@ -662,7 +669,20 @@ class BufferedLearner:
         _check_weight(weight)
         if self._config.loss == "contrastive" and not target:
             raise ValueError("the contrastive loss needs a non-empty target")
-        return self._add(self._encode(input, target)._replace(weight=float(weight)))
+        example = self._encode(input, target)._replace(weight=float(weight))
+        self._journal(input, target, weight)
+        return self._add(example)
+
+    def _journal(self, input: Any, target: Any, weight: float) -> None:
+        """Records a validated example durably before it is acknowledged."""
+        if self._store is None:
+            return
+        with self._lock:
+            self._check_open()
+            if self._store.run_id is None:  # the checkpoints' run, opened once
+                self._store.start_run()
+        record = {"kind": "example", "id": uuid.uuid4().hex, "input": input}
+        self._store.journal.append(record | {"target": target, "weight": float(weight)})
 
     def example_length(self, input: str, target: str | None = None) -> int:
         """Tokens of the text example ``(input, target)`` before truncation.

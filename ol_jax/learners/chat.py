@@ -791,6 +791,9 @@ class ChatLearner:
           ``update_ms``, stability / plasticity / forgetting figures, and for
           facts ``fact_confidence`` and ``fact_repetition``.
         """
+        # The turn is durable before it is learned from (store.durability).
+        record = {"kind": "turn", "id": f"turn-{self.turn + 1}", "user": text}
+        self.store.journal.append(record | {"reply": reply})
         t0 = time.perf_counter()
         turn = self.prepare_turn(text, reply)
         info = turn.info

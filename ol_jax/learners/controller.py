@@ -580,15 +580,23 @@ class OnlineLearner:
         self.policy.end_prompt()
 
     def observe(self, events: Sequence[Any]) -> int:
-        """Validates events and queues their examples; returns how many passed."""
-        passed = 0
+        """Validates events and queues their examples; returns how many passed.
+
+        With a store, the valid events are first appended to the run's feedback
+        journal as one commit (``store.durability: sync``: on disk when this
+        returns; listed by ``store.feedback_records()``).
+        """
+        signals = []
         for event in events:
             self.events_processed += 1
             signal = self.stream.process(event)
             if signal is not None:
-                self.policy.submit(self.feedback.to_example(signal))
-                passed += 1
-        return passed
+                signals.append(signal)
+        if self.store is not None and signals:
+            self.store.journal.append_many([_signal_record(s) for s in signals])
+        for signal in signals:
+            self.policy.submit(self.feedback.to_example(signal))
+        return len(signals)
 
     def maybe_update(self) -> list[dict[str, Any]]:
         """Runs gated updates on full batches of queued examples (between prompts)."""
@@ -916,6 +924,21 @@ def load_controller(path: str | os.PathLike[str], env: TaskEnv) -> Any:
 
 
 # ----------------------------------------------------------------- the soak
+
+
+def _signal_record(signal: Any) -> dict[str, Any]:
+    """A validated feedback event as its journal record."""
+    record = {
+        "kind": signal.kind,
+        "id": signal.event_id,
+        "time": signal.timestamp,
+        "reward": signal.reward,
+        "expert": int(signal.expert),
+        "features": np.asarray(signal.features, np.float32),
+    }
+    if signal.kind == "rating":  # reward = (rating - 1) / 9
+        record["rating"] = int(round(signal.reward * 9 + 1))
+    return record
 
 
 def _open_store(config: ControllerConfig, out_dir: str, run_id: str) -> RunStore:

@@ -1,14 +1,21 @@
 """``GlyphLearner``: one glyph network that learns from 1-10 ratings (seed 000).
 
-A thin stateful shell around the pure step: ratings go into a queue, one writer
-thread turns them into padded batches, runs the jit-compiled REINFORCE step of
-:mod:`ol_jax.learners._glyph_loss`, swaps the new state in atomically and hands
-the new weight version to the :class:`~ol_jax.store.RunStore` writer.
+A thin stateful shell around the pure step: a rating is first appended to the
+run's feedback journal (:class:`~ol_jax.store.FeedbackJournal`; with the default
+``store.durability: sync`` ``feedback()`` returns once it is on disk), then goes
+into a bounded queue; one writer thread turns queued ratings into padded batches,
+runs the jit-compiled REINFORCE step of :mod:`ol_jax.learners._glyph_loss`, swaps
+the new state in atomically and hands the new weight version, with the journal
+position it reflects, to the :class:`~ol_jax.store.RunStore` writer. Resuming a
+run restores its newest intact version and applies the journaled ratings that
+version does not reflect, each once.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,7 +34,9 @@ from ol_jax.learners._glyph_common import (
     glyph_loss_config,
     glyph_model_config,
     glyph_optimizer,
+    item_from_record,
     rating_item,
+    rating_record,
     sample_glyphs,
     validated_reward,
     version_tree,
@@ -39,9 +48,11 @@ from ol_jax.learners._glyph_loss import (
 )
 from ol_jax.models import decode_glyph, init_glyph
 from ol_jax.objectives import normalize_rating
-from ol_jax.store import RunStore
+from ol_jax.store import CheckpointWriteError, RunStore
 
 __all__ = ["Glyph", "GlyphLearner", "glyph_model_config"]
+
+_LOG = logging.getLogger(__name__)
 
 
 def _with_stats(step):
@@ -131,12 +142,23 @@ class GlyphLearner:
 
         resumed = run_id is not None and run_id in store.runs()
         self.run_id = store.start_run(run_id, from_version=from_version)
+        self._pending: list[dict[str, Any]] = []
+        # The journal position the state reflects once `_pending` is applied.
+        self._consumed_to = 0
         template = self._snapshot(state, frozen)
-        if resumed or from_version is not None:
-            saved = store.restore(like=template)
+        replay: list[dict[str, Any]] = []
+        # A resumed run whose first version never reached the disk starts from
+        # the initial weights and replays its whole journal.
+        has_versions = (resumed or from_version is not None) and store.versions()
+        if not has_versions and resumed:
+            replay = store.journal.records()
+        if has_versions:
+            version, saved = store.restore_newest_good(like=template)
             state, frozen = self._unsnapshot(saved)
             self._ratings_seen = int(saved["ratings_seen"])
             self._updates = int(saved["step"])
+            self._consumed_to = store.journal_position(version)
+            replay = store.journal.records(start=self._consumed_to)
         else:
             self._ratings_seen = 0
             self._updates = 0
@@ -145,12 +167,25 @@ class GlyphLearner:
         self._state = state
         self._state_lock = threading.Lock()
         self._gen_counter = itertools.count()
+        # Glyph ids must not repeat within a run: a resumed learner's carry a
+        # per-process tag (the journal records ids, and a rater may hold an id
+        # from before the restart).
+        self._id_suffix = f"-{secrets.token_hex(3)}" if resumed else ""
         self._glyphs: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._glyph_lock = threading.Lock()
-        self._pending: list[dict[str, Any]] = []
         self._last_metrics: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
+        # Held by the writer's updates and by flush's retried save.
+        self._update_lock = threading.Lock()
+        self._unsaved: CheckpointWriteError | None = None
         self._writer = RatingWriter(self._consume, owner="GlyphLearner")
+        scale = self._ol.feedback_scale
+        # Journaled ratings the restored version does not reflect go first, in
+        # journal order; then every newly committed rating, in commit order.
+        for record in replay:
+            self._writer.put(item_from_record(record["seq"], record, scale))
+        self._journal = store.journal
+        self._journal.set_consumer(self._deliver)
 
     # ------------------------------------------------------------------ state
 
@@ -171,6 +206,9 @@ class GlyphLearner:
         return self._ratings_seen
 
     def _snapshot(self, state: OnlineState, frozen) -> dict[str, Any]:
+        # Ratings still pending are not in the weights: a resumed run replays
+        # them from the journal and counts them then.
+        seen = getattr(self, "_ratings_seen", 0) - len(self._pending)
         return version_tree(
             state.step,
             state.params,
@@ -178,7 +216,7 @@ class GlyphLearner:
             state.extras,
             jax.random.key_data(state.key),
             frozen,
-            getattr(self, "_ratings_seen", 0),
+            seen,
         )
 
     def _unsnapshot(self, saved: dict[str, Any]):
@@ -216,7 +254,7 @@ class GlyphLearner:
         out = []
         with self._glyph_lock:
             for i in range(n):
-                gid = f"g{count:06d}-{i:03d}"
+                gid = f"g{count:06d}-{i:03d}{self._id_suffix}"
                 self._glyphs[gid] = (z[i], images[i])
                 out.append(Glyph(gid, z[i], images[i]))
             while len(self._glyphs) > MAX_PENDING_GLYPHS:
@@ -237,10 +275,18 @@ class GlyphLearner:
     # ------------------------------------------------------------------ feedback
 
     def feedback(self, glyph_id: str, rating: Any) -> None:
-        """Queues a 1-10 rating of a generated glyph. Thread-safe.
+        """Records a 1-10 rating of a generated glyph and queues it. Thread-safe.
 
         The rating is validated here, before anything changes: a bad rating or an
-        unknown id raises ``ValueError`` and leaves the learner untouched.
+        unknown id raises ``ValueError`` and leaves the learner untouched. It is
+        then appended to the run's feedback journal; with ``store.durability:
+        sync`` (the default) this returns only once the rating is on disk, so an
+        acknowledged rating survives a crash (a resumed run applies it).
+
+        Raises:
+          ValueError: a bad rating or an unknown glyph id.
+          JournalWriteError: the rating could not be written (e.g. a full disk):
+            it is not recorded and will not be applied; a later call may succeed.
         """
         self._writer.check()
         reward = validated_reward(rating, self._ol.feedback_scale)
@@ -248,31 +294,73 @@ class GlyphLearner:
             if glyph_id not in self._glyphs:
                 raise ValueError(f"unknown glyph id {glyph_id!r}")
             z, image = self._glyphs[glyph_id]
-        self._writer.put(rating_item(glyph_id, rating, reward, z, image))
+        item = rating_item(glyph_id, rating, reward, z, image)
+        self._journal.append(rating_record(item), item=item)
+
+    def _deliver(self, committed: list[tuple[int, dict[str, Any]]]) -> None:
+        """The journal's consumer: committed ratings into the writer's queue."""
+        for seq, item in committed:
+            self._writer.put(item | {"seq": seq})
 
     def wait(self) -> None:
-        """Blocks until every queued rating has been processed."""
+        """Blocks until every rating given so far has been processed."""
+        self._journal.flush()  # (async durability: committed, so delivered)
         self._writer.wait()
 
     def flush(self) -> None:
-        """Processes queued ratings and waits until every version is on disk."""
+        """Processes queued ratings and waits until every version is on disk.
+
+        If an earlier version could not be written (a full disk), the current
+        state is saved again now, so once space is free nothing is left unsaved.
+
+        Raises:
+          CheckpointWriteError: the current state still cannot be written; the
+            ratings it reflects are in the journal and a resumed run applies them.
+        """
         self.wait()
-        self.store.flush()
+        try:
+            self.store.flush()
+        except CheckpointWriteError as exc:
+            self._unsaved = exc
+        if self._unsaved is not None:
+            with self._update_lock:
+                self._save_version(self.state, {"kind": "resave"})
+            try:
+                self.store.flush()
+            except CheckpointWriteError as exc:
+                self._unsaved = exc
+            if self._unsaved is not None:
+                raise self._unsaved
+
+    @property
+    def write_error(self) -> CheckpointWriteError | None:
+        """Why the current state is not on disk yet (a failed write), or ``None``."""
+        return self._unsaved
 
     def close(self) -> None:
         """Processes what is queued, records leftover ratings, closes the store."""
         if self._writer.closed:
             return
         try:
-            self._writer.close()
+            self._journal.flush()
         finally:
-            self.store.close()
+            try:
+                self._writer.close()
+            finally:
+                self.store.close()
 
     def __enter__(self) -> GlyphLearner:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Do not hide the error that ended the block behind a close error.
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - logged; the first error wins
+            _LOG.error("closing GlyphLearner after an error failed", exc_info=exc)
 
     # ------------------------------------------------------------------ writer
 
@@ -286,13 +374,15 @@ class GlyphLearner:
 
     def _consume(self, items: list[dict[str, Any]], *, final: bool) -> None:
         """The writer's work: each rating in turn, an update whenever one is due."""
-        for item in items:
-            self._pending.append(item)
-            self._ratings_seen += 1
-            if self._ready():
+        with self._update_lock:
+            for item in items:
+                self._pending.append(item)
+                self._ratings_seen += 1
+                self._consumed_to = item["seq"] + 1
+                if self._ready():
+                    self._drain()
+            if final:
                 self._drain()
-        if final:
-            self._drain()
 
     def _drain(self) -> None:
         warm = self._ratings_seen >= self._ol.min_ratings_before_update
@@ -338,7 +428,25 @@ class GlyphLearner:
         entry |= {k: float(v) for k, v in metrics.items() if k != "applied"}
         self._last_metrics = entry
         self.history.append(entry)
-        self.store.save(self._snapshot(state, self._frozen), metadata_entry=entry)
+        self._save_version(state, entry)
+
+    def _save_version(self, state: OnlineState, entry: dict[str, Any]) -> None:
+        """Saves ``state`` with the journal position it reflects; a failed write
+        (e.g. a full disk) is logged and kept in :attr:`write_error`, and the
+        learner goes on: the next version carries everything this one had."""
+        position = self._pending[0]["seq"] if self._pending else self._consumed_to
+        tree = self._snapshot(state, self._frozen)
+        for _ in range(2):
+            try:
+                self.store.save(tree, metadata_entry=entry, journal_position=position)
+            except CheckpointWriteError as exc:
+                # The first error may be an earlier version's (raised by the next
+                # call); the retry then submits this one.
+                self._unsaved = exc
+                _LOG.warning("%s", exc)
+                continue
+            self._unsaved = None
+            return
 
     # ------------------------------------------------------------------ evaluation
 

@@ -12,6 +12,7 @@ one :class:`~ol_jax.store.CheckpointWriter`, so the disk sees one write stream.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -39,6 +40,7 @@ from ol_jax.learners._glyph_common import (
     glyph_model_config,
     glyph_optimizer,
     rating_item,
+    rating_record,
     sample_glyphs,
     validated_reward,
     version_tree,
@@ -171,6 +173,9 @@ class MultiGlyphLearner:
         self._ratings_seen = [0] * n
         self._updates = [0] * n
         self._pending: list[list[dict[str, Any]]] = [[] for _ in ids]
+        # Per network: the journal position its state reflects once its pending
+        # ratings are applied.
+        self._consumed_to = [0] * n
         self.run_ids: dict[str, str] = {}
         host = jax.device_get(self._state)
         for i, nid in enumerate(ids):
@@ -186,6 +191,10 @@ class MultiGlyphLearner:
         self.history: dict[str, list[dict[str, Any]]] = {nid: [] for nid in ids}
         self.multi_steps = 0
         self._writer = RatingWriter(self._consume, owner="MultiGlyphLearner")
+        # Each network's ratings are journaled in its own run folder first; the
+        # committed ones reach the one writer queue in commit order.
+        for i, nid in enumerate(ids):
+            self.stores[nid].journal.set_consumer(functools.partial(self._deliver, i))
 
     # ------------------------------------------------------------------ state
 
@@ -223,7 +232,8 @@ class MultiGlyphLearner:
             own.extras,
             np.asarray(jax.random.key_data(host.key))[i],
             self._frozen,
-            self._ratings_seen[i],
+            # Pending ratings are not in the weights (a resume would replay them).
+            self._ratings_seen[i] - len(self._pending[i]),
         )
 
     # ------------------------------------------------------------------ generation
@@ -270,10 +280,15 @@ class MultiGlyphLearner:
     # ------------------------------------------------------------------ feedback
 
     def feedback(self, network_id: str, glyph_id: str, rating: Any) -> None:
-        """Queues a 1-10 rating of one of ``network_id``'s glyphs. Thread-safe.
+        """Records a 1-10 rating of one of ``network_id``'s glyphs. Thread-safe.
 
         Validated before anything changes: an unknown network or glyph id or a bad
-        rating raises ``ValueError`` and leaves every network untouched.
+        rating raises ``ValueError`` and leaves every network untouched. The
+        rating is appended to that network's run journal first (with
+        ``store.durability: sync`` this returns once it is on disk).
+
+        Raises:
+          JournalWriteError: the rating could not be written; it is not kept.
         """
         self._writer.check()
         i = self.index(network_id)
@@ -284,11 +299,18 @@ class MultiGlyphLearner:
                     f"unknown glyph id {glyph_id!r} for network {network_id!r}"
                 )
             z, image = self._glyphs[i][glyph_id]
-        item = rating_item(glyph_id, rating, reward, z, image)
-        self._writer.put(item | {"network": i})
+        item = rating_item(glyph_id, rating, reward, z, image) | {"network": i}
+        self.stores[network_id].journal.append(rating_record(item), item=item)
+
+    def _deliver(self, i: int, committed: list[tuple[int, dict[str, Any]]]) -> None:
+        """Network ``i``'s journal consumer: committed ratings into the queue."""
+        for seq, item in committed:
+            self._writer.put(item | {"seq": seq})
 
     def wait(self) -> None:
-        """Blocks until every queued rating has been processed."""
+        """Blocks until every rating given so far has been processed."""
+        for store in self.stores.values():
+            store.journal.flush()  # (async durability: committed, so delivered)
         self._writer.wait()
 
     def flush(self) -> None:
@@ -302,9 +324,13 @@ class MultiGlyphLearner:
         if self._writer.closed:
             return
         try:
-            self._writer.close()
+            for store in self.stores.values():
+                store.journal.flush()
         finally:
-            self._close_stores()
+            try:
+                self._writer.close()
+            finally:
+                self._close_stores()
 
     def _close_stores(self) -> None:
         try:
@@ -333,6 +359,7 @@ class MultiGlyphLearner:
         for it in items:
             self._pending[it["network"]].append(it)
             self._ratings_seen[it["network"]] += 1
+            self._consumed_to[it["network"]] = it["seq"] + 1
         due = [
             i
             for i, pending in enumerate(self._pending)
@@ -391,4 +418,9 @@ class MultiGlyphLearner:
                 entry |= {k: float(v[i]) for k, v in metrics.items() if k != "applied"}
             nid = self.network_ids[i]
             self.history[nid].append(entry)
-            self.stores[nid].save(self._snapshot(host, i), metadata_entry=entry)
+            pending = self._pending[i]
+            self.stores[nid].save(
+                self._snapshot(host, i),
+                metadata_entry=entry,
+                journal_position=pending[0]["seq"] if pending else self._consumed_to[i],
+            )

@@ -810,6 +810,16 @@ class TeacherProxyLearner:
         """
         if decision.teacher_answer is None:
             return {}
+        if self._store is not None:  # durable before it is learned from
+            self._store.journal.append(
+                {
+                    "kind": "teacher_answer",
+                    "id": f"query-{decision.index}",
+                    "query": decision.query,
+                    "answer": decision.teacher_answer,
+                    "local_answer": decision.local_answer,
+                }
+            )
         p = self.config.policy
         query, teacher_answer = decision.query, decision.teacher_answer
         out: dict[str, Any] = {}

@@ -1,4 +1,5 @@
-"""Run persistence: network configs, versioned Orbax checkpoints, run metadata.
+"""Run persistence: network configs, versioned Orbax checkpoints, run metadata,
+and the feedback journal.
 
 All Orbax usage in ol_jax lives in this package.
 """
@@ -27,7 +28,11 @@ from ol_jax.store._config import check_values as check_values
 from ol_jax.store._config import load_config as load_config
 from ol_jax.store._config import load_network_config as load_network_config
 from ol_jax.store._config import validate_config as validate_config
+from ol_jax.store._journal import FeedbackJournal as FeedbackJournal
+from ol_jax.store._journal import JournalWriteError as JournalWriteError
 from ol_jax.store._run_store import CheckpointWriteError as CheckpointWriteError
+from ol_jax.store._run_store import CorruptVersionError as CorruptVersionError
+from ol_jax.store._run_store import MissingMetadataError as MissingMetadataError
 from ol_jax.store._run_store import RunStore as RunStore
 from ol_jax.store._run_store import new_run_id as new_run_id
 from ol_jax.store._tree_file import is_pytree_checkpoint as is_pytree_checkpoint
@@ -51,6 +56,10 @@ __all__ = [
     "CheckpointWriter",
     "ConfigError",
     "ConfigSection",
+    "CorruptVersionError",
+    "FeedbackJournal",
+    "JournalWriteError",
+    "MissingMetadataError",
     "Count",
     "Dim",
     "ModelConfig",

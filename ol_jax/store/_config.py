@@ -263,12 +263,23 @@ class StoreConfig(ConfigSection):
         after a host copy) instead of in the caller.
       queue_size: saves that may wait for the background writer before ``save``
         blocks (back-pressure; no version is ever dropped), >= 1.
+      durability: when a learner's feedback call returns: ``"sync"`` once the
+        item is in the run's feedback journal on disk (fsync, shared by
+        concurrent callers), ``"async"`` at once (a crash may lose the last few
+        items).
+      feedback_queue_size: feedback items that may wait for their journal
+        commit before the feedback call blocks (back-pressure), >= 1.
     """
 
     max_to_keep: Count | None = Field(default=None, ge=1)
     async_writes: bool = True
     # Every waiting save holds a host copy of the weights.
     queue_size: Annotated[Count, Field(le=1024)] = Field(default=8, ge=1)
+    durability: Literal["sync", "async"] = "sync"
+    # Acknowledged feedback waiting for its update; bounded for back-pressure.
+    feedback_queue_size: Annotated[Capacity, Field(le=1_000_000)] = Field(
+        default=1024, ge=1
+    )
 
 
 class BaseNetworkConfig(ConfigSection):

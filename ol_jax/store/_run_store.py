@@ -23,10 +23,20 @@ Guarantees:
   waiting, ``save`` blocks; no version is ever dropped. A failed write is raised by
   the next call on the store.
 * One process at a time writes a run: the run folder is locked with ``flock``.
+* Version numbers are never reused: they are handed out from a block reserved in
+  ``version_counter.json`` (written durably before the first number of the block
+  is returned), so a version queued and lost in a crash keeps its number.
+* Each version records a CRC-32 of every array's bytes in its Orbax checkpoint
+  metadata; :meth:`RunStore.restore` recomputes them and raises
+  :class:`CorruptVersionError` naming the version and the array on a mismatch.
+* Each version records the feedback-journal position it reflects
+  (``journal_position``): the journal records with a lower sequence number are
+  in its weights, later ones are not (see :class:`FeedbackJournal`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -38,7 +48,9 @@ import math
 import os
 import re
 import secrets
+import shutil
 import threading
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,20 +65,52 @@ from ol_jax.store._config import (
     NetworkConfig,
     load_config,
 )
+from ol_jax.store._journal import FeedbackJournal
 from ol_jax.store._writer import CheckpointWriter, WriteJob
 
-__all__ = ["CheckpointWriteError", "RunStore", "new_run_id"]
+__all__ = [
+    "CheckpointWriteError",
+    "CorruptVersionError",
+    "MissingMetadataError",
+    "RunStore",
+    "new_run_id",
+]
 
 METADATA_FILE = "run_metadata.json"
+JOURNAL_FILE = "feedback.journal"
+COUNTER_FILE = "version_counter.json"
 WEIGHTS_PREFIX = "weights_v"
 _FORMAT_VERSION = 1
 _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_RESERVED_ENTRY_KEYS = ("version", "parent_version", "event")
+_RESERVED_ENTRY_KEYS = ("version", "parent_version", "event", "journal_position")
+# Version numbers reserved per durable counter write: one fsync'd file write per
+# this many saves, and at most this many numbers skipped after a crash.
+_RESERVE_BLOCK = 32
+_CHECKSUM_KEY = "ol_jax"
 _LOG = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(RuntimeError):
     """A background checkpoint write failed; raised by the next call on the store."""
+
+
+class CorruptVersionError(RuntimeError):
+    """A saved version's bytes are not what was written (or cannot be read).
+
+    Attributes:
+      version: the version number.
+      array: the array's path in the tree (``params/decoder/3/kernel``), or
+        ``None`` when Orbax could not read the checkpoint at all.
+    """
+
+    def __init__(self, message: str, *, version: int, array: str | None):
+        super().__init__(message)
+        self.version = version
+        self.array = array
+
+
+class MissingMetadataError(RuntimeError):
+    """A run folder holds weight versions or feedback but no run metadata."""
 
 
 def new_run_id() -> str:
@@ -151,6 +195,43 @@ def _atomic_write_text(path: str, data: str) -> None:
         os.close(fd)
 
 
+def _remove_temp_files(run_dir: str) -> None:
+    """Deletes what an interrupted write left: ``<file>.tmp-<pid>-<tid>`` of an
+    atomic file write and Orbax's unfinished ``weights_v<N>.orbax-checkpoint-tmp*``
+    folders (Orbax's own cleanup may still be running when the run is used).
+    Called with the run locked, so no writer of this run is alive."""
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if ".tmp-" in name and name.split(".tmp-")[0] in (METADATA_FILE, COUNTER_FILE):
+            _LOG.info("removing %s left by an interrupted write", path)
+            os.remove(path)
+        elif name.startswith(WEIGHTS_PREFIX) and ".orbax-checkpoint-tmp" in name:
+            _LOG.info("removing %s left by an interrupted save", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_counter(path: str) -> int:
+    """The first version number not yet reserved (0 without a counter file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return int(json.load(f)["next_version"])
+    except FileNotFoundError:
+        return 0
+
+
+def _write_counter(path: str, next_version: int) -> None:
+    try:
+        _atomic_write_text(path, _dumps({"next_version": next_version}))
+    except OSError as exc:
+        for name in os.listdir(os.path.dirname(path)):
+            if name.startswith(COUNTER_FILE + ".tmp-"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(os.path.dirname(path), name))
+        raise CheckpointWriteError(
+            f"reserving version numbers in {path} failed: {exc}"
+        ) from exc
+
+
 def _jsonable(value: Any, path: str = "metadata_entry") -> Any:
     """Converts arrays and numpy scalars to JSON values; non-finite floats to text."""
     if isinstance(value, Mapping):
@@ -220,6 +301,63 @@ def _host_snapshot(tree: Any) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
+def _leaf_name(path: tuple[Any, ...]) -> str:
+    """A tree path as ``a/b/0``, the same for a dict, a namedtuple or a list (Orbax
+    may restore one as another)."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _crc(array: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order), without copying them."""
+    if not array.size:
+        return 0
+    return zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def _checksums(tree: Any) -> dict[str, list[Any]]:
+    """``{array path: [crc32 of its bytes, dtype, shape]}`` of a host tree."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.asarray(leaf)
+        out[_leaf_name(path)] = [
+            _crc(array),
+            str(array.dtype),
+            list(array.shape),
+        ]
+    return out
+
+
+def _verify(tree: Any, expected: Mapping[str, Any], run_id: str, version: int) -> None:
+    """Raises :class:`CorruptVersionError` if a restored array differs from the
+    bytes that were saved."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = _leaf_name(path)
+        if name not in expected:
+            continue
+        crc, dtype, shape = expected[name]
+        array = np.asarray(jax.device_get(leaf))
+        if str(array.dtype) != dtype or list(array.shape) != shape:
+            # Restored as another dtype or shape on request (``like``): the bytes
+            # differ by design; the caller verified nothing here.
+            continue
+        actual = _crc(array)
+        if actual != crc:
+            raise CorruptVersionError(
+                f"version {version} of run {run_id!r} is corrupt: array {name!r} "
+                f"has checksum {actual:08x}, {crc:08x} was saved",
+                version=version,
+                array=name,
+            )
+
+
 def _user_entry(metadata_entry: Mapping[str, Any] | None) -> dict[str, Any]:
     entry = dict(metadata_entry or {})
     for key in _RESERVED_ENTRY_KEYS:
@@ -282,10 +420,20 @@ class _Run:
         self.io_lock = threading.Lock()
         self.meta_lock = threading.Lock()
         self.next_version = 0
+        # Numbers below this are durably reserved (may be handed out without a
+        # write); see RunStore._allocate.
+        self.reserved_end = 0
+        self.counter_path = os.path.join(run_dir, COUNTER_FILE)
+        self.journal: FeedbackJournal | None = None
+        # The highest journal position a saved version reflects.
+        self.position_high = 0
         self.head: int | None = None
         self.pending: list[WriteJob] = []
         self.error: BaseException | None = None
         self.failed_versions: list[int] = []
+        # Versions whose failed write may have left files behind (removed again
+        # before each later write, and by Orbax at the next open).
+        self.debris: set[int] = set()
         # Serialized entries, so a metadata write encodes only the new entry.
         self.entry_json: list[str] = []
 
@@ -471,6 +619,9 @@ class RunStore:
         os.makedirs(run_dir, exist_ok=True)
         run = _Run(run_id, run_dir, self._lock_run(run_dir))
         try:
+            if not exists:
+                self._refuse_orphans(run_dir)
+            _remove_temp_files(run_dir)
             run.manager = _manager(run_dir)
             if exists:
                 with open(run.metadata_path, encoding="utf-8") as f:
@@ -495,9 +646,18 @@ class RunStore:
                     }
                 )
             self._reconcile(run)
+            reserved = _read_counter(run.counter_path)
+            run.next_version = max(run.next_version, reserved)
+            run.reserved_end = run.next_version
             if source is not None:
                 run.meta["started_from"] = source["started_from"]
             run.write_metadata()
+            store_cfg = self._config.store
+            run.journal = FeedbackJournal(
+                os.path.join(run_dir, JOURNAL_FILE),
+                durability=store_cfg.durability,
+                max_pending=store_cfg.feedback_queue_size,
+            )
         except BaseException:
             self._release(run)
             raise
@@ -563,6 +723,7 @@ class RunStore:
         *,
         version: int | None = None,
         metadata_entry: Mapping[str, Any] | None = None,
+        journal_position: int | None = None,
     ) -> int:
         """Saves a new weight version (asynchronously) with its metadata entry.
 
@@ -579,20 +740,39 @@ class RunStore:
             ``ratings``, ``loss``, ``grad_norm``, ``style_z``...). Arrays are
             converted to lists. Keys ``version``, ``parent_version`` and ``event``
             are reserved; ``timestamp`` defaults to now.
+          journal_position: the feedback-journal position these weights reflect:
+            every journal record with a lower sequence number is applied, none
+            after it. ``None`` keeps the highest position saved so far.
 
         Returns:
-          The version number.
+          The version number (never one handed out before in this run, even by a
+          process that crashed before writing it).
 
         Raises:
-          CheckpointWriteError: an earlier background write failed.
+          CheckpointWriteError: an earlier background write failed, or the
+            version number could not be reserved on disk.
           ValueError: bad version, tree or metadata.
         """
         run = self._require_run()
         self._raise_write_error(run)
+        if journal_position is not None and (
+            isinstance(journal_position, bool)
+            or not isinstance(journal_position, int)
+            or journal_position < 0
+        ):
+            raise ValueError(
+                f"journal_position must be an int >= 0, got {journal_position!r}"
+            )
         entry = _user_entry(metadata_entry)
         entry["event"] = "save"
         tree = _host_snapshot(params)
-        return self._enqueue(tree, version=version, entry=entry, parent="head")
+        return self._enqueue(
+            tree,
+            version=version,
+            entry=entry,
+            parent="head",
+            journal_position=journal_position,
+        )
 
     def restore(
         self, version: int | None = None, *, like: Any = None, run_id: str | None = None
@@ -622,6 +802,60 @@ class RunStore:
         self.flush()
         with run.io_lock:
             return self._restore_with(run.manager, run.run_id, version, like)
+
+    def restore_newest_good(self, *, like: Any = None) -> tuple[int, Any]:
+        """The newest version of the open run that restores intact: for resuming.
+
+        A newer version that fails its checksums (or cannot be read) is skipped
+        with a warning logged and written into the run's metadata
+        (``warnings``); the run then continues from the good version (later saves
+        descend from it).
+
+        Args:
+          like: as for :meth:`restore`.
+
+        Returns:
+          ``(version, tree)``.
+
+        Raises:
+          ValueError: the run has no versions.
+          CorruptVersionError: no version restores intact (the newest one's
+            error).
+        """
+        run = self._require_run()
+        candidates = self.versions()[::-1]
+        if not candidates:
+            raise ValueError(f"run {run.run_id!r} has no saved versions")
+        failures: list[CorruptVersionError] = []
+        for version in candidates:
+            try:
+                tree = self.restore(version, like=like)
+            except CorruptVersionError as exc:
+                failures.append(exc)
+                continue
+            if failures:
+                self._warn(
+                    run,
+                    f"resumed from version {version}: newer version(s) "
+                    f"{[e.version for e in failures]} are corrupt ("
+                    + "; ".join(str(e) for e in failures)
+                    + ")",
+                    head=version,
+                )
+            return version, tree
+        raise failures[0]
+
+    def _warn(self, run: _Run, message: str, *, head: int | None = None) -> None:
+        _LOG.warning("%s", message)
+        with run.alloc_lock, run.meta_lock:
+            run.meta.setdefault("warnings", []).append(
+                {"timestamp": _now(), "message": message}
+            )
+            if head is not None:
+                run.meta["current_version"] = head
+                run.head = head
+            run.meta["updated_at"] = _now()
+            run.write_metadata()
 
     def versions(self) -> list[int]:
         """Versions of the open run present on disk, ascending (after a flush)."""
@@ -667,6 +901,52 @@ class RunStore:
         with run.io_lock:
             tree = self._restore_with(run.manager, run.run_id, version, None)
         return self._enqueue(tree, version=None, entry=entry, parent=version)
+
+    # ------------------------------------------------------------------ feedback
+
+    @property
+    def journal(self) -> FeedbackJournal:
+        """The open run's feedback journal (``feedback.journal`` in the run
+        folder), with the network's ``store.durability``."""
+        return self._require_run().journal
+
+    def journal_position(self, version: int | None = None) -> int:
+        """The journal position ``version`` (``None``: the current one) reflects:
+        records with a lower sequence number are in its weights, none after.
+
+        Raises:
+          ValueError: no such version in the open run's metadata.
+        """
+        run = self._require_run()
+        self.flush()
+        with run.meta_lock:
+            if version is None:
+                version = run.meta["current_version"]
+                if version is None:
+                    return 0
+            for entry in reversed(run.meta["entries"]):
+                if entry.get("version") == version:
+                    return int(entry.get("journal_position") or 0)
+        raise ValueError(f"version {version} has no metadata entry in this run")
+
+    def feedback_records(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Every feedback item recorded in a run's journal, in order.
+
+        Each is the dict the learner journaled (the glyph learner's carry ``id``,
+        the glyph id, and ``rating``) plus ``seq``, its sequence number. Only
+        records that are durable are listed: an acknowledged synchronous
+        ``feedback()`` call is always among them.
+
+        Args:
+          run_id: a run of this network; ``None`` is the open run.
+        """
+        if run_id is None or (self._run is not None and run_id == self._run.run_id):
+            return self._require_run().journal.records()
+        self._check_open()
+        run_dir = os.path.join(self.runs_dir, _check_run_id(run_id))
+        if not os.path.isdir(run_dir):
+            raise ValueError(f"network {self.network_id!r} has no run {run_id!r}")
+        return FeedbackJournal.read(os.path.join(run_dir, JOURNAL_FILE))
 
     # ------------------------------------------------------------------ metadata
 
@@ -727,8 +1007,12 @@ class RunStore:
 
     def _release(self, run: _Run) -> None:
         try:
-            if run.manager is not None:
-                run.manager.close()
+            try:
+                if run.journal is not None:
+                    run.journal.close()
+            finally:
+                if run.manager is not None:
+                    run.manager.close()
         finally:
             fcntl.flock(run.lock_fd, fcntl.LOCK_UN)
             os.close(run.lock_fd)
@@ -737,11 +1021,32 @@ class RunStore:
         run = self._run
         try:
             self.flush()
+            # A clean close gives back the unused reserved numbers, so the next
+            # process continues the numbering without a gap.
+            if run.reserved_end > run.next_version:
+                _write_counter(run.counter_path, run.next_version)
         finally:
             for job in list(run.pending):
                 job.wait()
             self._run = None
             self._release(run)
+
+    def _refuse_orphans(self, run_dir: str) -> None:
+        """A run folder with versions or feedback but no metadata is damage to
+        report, never a place to start fresh weights."""
+        names = sorted(os.listdir(run_dir))
+        weights = [n for n in names if n.startswith(WEIGHTS_PREFIX)]
+        journal = os.path.join(run_dir, JOURNAL_FILE)
+        has_feedback = os.path.isfile(journal) and os.path.getsize(journal) > 0
+        if weights or has_feedback:
+            found = ", ".join(weights[:5]) + ("..." if len(weights) > 5 else "")
+            if has_feedback:
+                found = (found + ", " if found else "") + JOURNAL_FILE
+            raise MissingMetadataError(
+                f"run folder {run_dir} holds {found} but no {METADATA_FILE}; "
+                f"refusing to start a fresh run over it (restore the metadata file "
+                f"or move the folder away)"
+            )
 
     def _reconcile(self, run: _Run) -> None:
         """Brings metadata and disk into agreement after an interrupted process.
@@ -753,6 +1058,10 @@ class RunStore:
         """
         meta = run.meta
         on_disk = sorted(run.manager.all_steps())
+        run.position_high = max(
+            [int(e.get("journal_position") or 0) for e in meta["entries"]],
+            default=0,
+        )
         listed = set(meta["versions"])
         known = [e["version"] for e in meta["entries"] if "version" in e]
         newest_known = max(known + list(listed), default=-1)
@@ -761,15 +1070,29 @@ class RunStore:
                 continue
             if v > newest_known:
                 parent = meta["current_version"]
-                run.add_entry(
-                    {
-                        "version": v,
-                        "parent_version": parent,
-                        "event": "recovered",
-                        "timestamp": _now(),
-                        "note": "checkpoint was finalized but its metadata entry "
-                        "was lost (process stopped before the metadata write)",
-                    }
+                entry = {
+                    "version": v,
+                    "parent_version": parent,
+                    "event": "recovered",
+                    "timestamp": _now(),
+                    "note": "checkpoint was finalized but its metadata entry "
+                    "was lost (process stopped before the metadata write)",
+                }
+                # The checkpoint carries its own entry (journal position
+                # included): recover it when it is this version's.
+                with contextlib.suppress(Exception):
+                    custom = run.manager.metadata(v).custom_metadata or {}
+                    saved = custom.get(_CHECKSUM_KEY, {}).get("entry") or {}
+                    if saved.get("version") == v:
+                        entry = {
+                            **saved,
+                            "event": "recovered",
+                            "note": entry["note"],
+                            "saved_event": saved.get("event"),
+                        }
+                run.add_entry(entry)
+                run.position_high = max(
+                    run.position_high, int(entry.get("journal_position") or 0)
                 )
                 meta["current_version"] = v
                 listed.add(v)
@@ -830,7 +1153,29 @@ class RunStore:
                 f"run {run_id!r} has no version {version}; available: {available}"
             )
         args = ocp.args.StandardRestore(like) if like is not None else None
-        return manager.restore(version, args=args or ocp.args.StandardRestore())
+        try:
+            custom = manager.metadata(version).custom_metadata or {}
+            tree = manager.restore(version, args=args or ocp.args.StandardRestore())
+        except Exception as exc:
+            if like is not None:
+                # A `like` that does not fit the saved tree is the caller's
+                # error, not damage: tell them apart by reading without it.
+                try:
+                    manager.restore(version, args=ocp.args.StandardRestore())
+                except Exception:  # noqa: BLE001 - unreadable: reported below
+                    pass
+                else:
+                    raise
+            raise CorruptVersionError(
+                f"version {version} of run {run_id!r} cannot be read "
+                f"({type(exc).__name__}: {exc})",
+                version=version,
+                array=None,
+            ) from exc
+        checksums = custom.get(_CHECKSUM_KEY, {}).get("checksums")
+        if checksums is not None:
+            _verify(tree, checksums, run_id, version)
+        return tree
 
     def _enqueue(
         self,
@@ -839,10 +1184,13 @@ class RunStore:
         version: int | None,
         entry: dict[str, Any],
         parent: int | str | None,
+        journal_position: int | None = None,
     ) -> int:
         run = self._require_run()
         entry.setdefault("timestamp", _now())
         with run.alloc_lock:
+            if journal_position is None:
+                journal_position = run.position_high
             if version is None:
                 version = run.next_version
             elif isinstance(version, bool) or not isinstance(version, int):
@@ -852,13 +1200,20 @@ class RunStore:
                     f"version must be >= {run.next_version} (numbers only grow "
                     f"within a run), got {version}"
                 )
+            if version >= run.reserved_end:
+                # Durable before the number is handed out: a crash after this
+                # never lets a later process reuse it for other weights.
+                _write_counter(run.counter_path, version + _RESERVE_BLOCK)
+                run.reserved_end = version + _RESERVE_BLOCK
             head = {
                 "version": version,
                 "parent_version": run.head if parent == "head" else parent,
                 "event": entry.pop("event"),
                 "timestamp": entry.pop("timestamp"),
+                "journal_position": journal_position,
             }
             document = _jsonable({**head, **entry})
+            run.position_high = max(run.position_high, journal_position)
             run.next_version = version + 1
             run.head = version
             work = functools.partial(self._write_version, run, version, tree, document)
@@ -872,6 +1227,23 @@ class RunStore:
         if self._writer is None:
             self._raise_write_error(run)
         return version
+
+    @staticmethod
+    def _discard_version(run: _Run, version: int) -> None:
+        name = f"{WEIGHTS_PREFIX}{version}"
+        run.debris.add(version)
+        with run.io_lock:
+            left = False
+            for entry in os.listdir(run.run_dir):
+                if entry == name or entry.startswith(name + "."):
+                    try:
+                        shutil.rmtree(os.path.join(run.run_dir, entry))
+                    except OSError:
+                        left = True
+            if not left:
+                run.debris.discard(version)
+            with contextlib.suppress(Exception):
+                run.manager.reload()
 
     def _raise_write_error(self, run: _Run) -> None:
         if run.error is None:
@@ -887,10 +1259,13 @@ class RunStore:
             run.pending = []
             with run.meta_lock:
                 run.head = run.meta["current_version"]
+        paths = ", ".join(
+            os.path.join(run.run_dir, f"{WEIGHTS_PREFIX}{v}") for v in failed
+        )
         raise CheckpointWriteError(
             f"writing checkpoint(s) {failed} of run {run.run_id!r} "
-            f"(network {self.network_id!r}) failed: {error!r}; the run continues "
-            f"from version {run.head}"
+            f"(network {self.network_id!r}) to {paths} failed: {error!r}; the "
+            f"run continues from version {run.head} (later saves still work)"
         ) from error
 
     def _write_version(
@@ -900,10 +1275,17 @@ class RunStore:
         if run.error is not None:
             run.failed_versions.append(version)
             return
+        path = os.path.join(run.run_dir, f"{WEIGHTS_PREFIX}{version}")
+        for old in sorted(run.debris):
+            self._discard_version(run, old)
         try:
+            custom = {_CHECKSUM_KEY: {"checksums": _checksums(tree), "entry": entry}}
             with run.io_lock:
                 saved = run.manager.save(
-                    version, args=ocp.args.StandardSave(tree), force=True
+                    version,
+                    args=ocp.args.StandardSave(tree),
+                    force=True,
+                    custom_metadata=custom,
                 )
                 run.manager.wait_until_finished()
                 if not saved:
@@ -912,16 +1294,35 @@ class RunStore:
             keep = self._config.store.max_to_keep
             kept = on_disk if keep is None else on_disk[-keep:]
             with run.meta_lock:
+                previous = (
+                    run.meta["current_version"],
+                    run.meta["versions"],
+                    run.meta["updated_at"],
+                )
                 run.add_entry(entry)
                 run.meta["current_version"] = version
                 run.meta["versions"] = kept
                 run.meta["updated_at"] = _now()
-                run.write_metadata()
+                try:
+                    run.write_metadata()
+                except BaseException:
+                    run.meta["entries"].pop()
+                    run.entry_json.pop()
+                    (
+                        run.meta["current_version"],
+                        run.meta["versions"],
+                        run.meta["updated_at"],
+                    ) = previous
+                    raise
             with run.io_lock:
                 for old in on_disk:
                     if old not in kept:
                         run.manager.delete(old)
         except BaseException as exc:
+            # Leave nothing of the failed version behind: the space goes back to
+            # the disk at once, and the metadata and the folders keep agreeing.
+            self._discard_version(run, version)
+            exc.add_note(f"while writing {path}")
             run.error = exc
             run.failed_versions.append(version)
             # Also logged, in case the process ends before the caller calls again.

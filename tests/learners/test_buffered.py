@@ -333,6 +333,10 @@ def test_checkpoints_every_n_updates(tmp_path):
     assert store.versions() == [0, 1]
     restored = store.restore(1)
     np.testing.assert_array_equal(restored["a"], [4.0])
+    # Every acknowledged example is in the run's feedback journal, in order.
+    records = store.feedback_records()
+    assert [r["input"] for r in records] == ["x"] * 5
+    assert len({r["id"] for r in records}) == 5
     store.close()
 
 

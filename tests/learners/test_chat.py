@@ -238,6 +238,12 @@ def test_turn_metrics_and_metrics_file(tmp_path, model, tokenizer):
     assert [r["turn"] for r in rows] == [1, 2]
     for key in ("recent_loss", "improvement", "adaptation_speed", "anchor_regression"):
         assert key in rows[-1]
+    # Both turns were journaled before they were learned from.
+    records = learner.store.feedback_records()
+    assert [(r["id"], r["user"]) for r in records] == [
+        ("turn-1", FACT),
+        ("turn-2", QUESTION),
+    ]
     learner.close()
 
 

@@ -85,6 +85,12 @@ def test_soak_acceptance(full_run):
     assert os.path.getsize(out / "report.png") > 0
     with open(out / "report.json") as f:
         assert json.load(f)["events"] == 3600
+    # Every valid event was journaled once before it was learned from.
+    net = NetworkConfig(network_id="controller-soak")
+    with RunStore(out / "networks", "controller-soak", config=net) as store:
+        records = store.feedback_records("soak")
+    assert len(records) == stream["accepted"]
+    assert len({r["id"] for r in records}) == len(records)
 
 
 def test_ewc_halves_forgetting(tmp_path):

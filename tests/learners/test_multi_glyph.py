@@ -61,12 +61,18 @@ def test_ratings_land_in_their_network_exactly_once(tmp_path):
             t.join()
         learner.flush()
         metas = {nid: learner.stores[nid].metadata() for nid in ids}
+        records = {nid: learner.stores[nid].feedback_records() for nid in ids}
         steps = host(learner.state.step)
         multi_steps = learner.multi_steps
     assert not errors
     for i, nid in enumerate(ids):
         got = Counter(g for e in metas[nid]["entries"] for g in e.get("glyph_ids", []))
         assert set(got) == {g.id for g in sent[nid]} and set(got.values()) == {1}
+        # Each network's journal holds exactly its ratings, and every version
+        # says how far into it its weights reach (16 ratings, batches of 4).
+        assert sorted(r["id"] for r in records[nid]) == sorted(g.id for g in sent[nid])
+        positions = [e["journal_position"] for e in metas[nid]["entries"]]
+        assert positions == sorted(positions) and positions[-1] == 16
         updates = [e for e in metas[nid]["entries"] if e.get("update_applied")]
         assert len(updates) == int(steps[i]) >= 16 // 4
         assert metas[nid]["network_id"] == nid

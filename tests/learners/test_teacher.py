@@ -13,7 +13,7 @@ import pytest
 
 from ol_jax.feedback import SimulatedTeacher, TeacherError, faq_domain, zipf_stream
 from ol_jax.learners import ProxyDecision, TeacherProxyConfig, TeacherProxyLearner
-from ol_jax.store import ConfigError, load_config
+from ol_jax.store import ConfigError, FeedbackJournal, load_config
 
 CONFIG_FILE = os.path.join(
     os.path.dirname(__file__), "..", "..", "configs", "teacher_proxy.yaml"
@@ -150,6 +150,10 @@ def test_run_folder_logs_decisions_and_plot(run):
     with open(os.path.join(learner.run_dir, "decisions.jsonl")) as f:
         logged = [json.loads(line) for line in f]
     assert [e["reason"] for e in logged] == [d.reason for d in decisions]
+    # Each teacher answer learned from was journaled first, in order.
+    records = FeedbackJournal.read(os.path.join(learner.run_dir, "feedback.journal"))
+    taught = [d for d in decisions if d.teacher_answer is not None]
+    assert [r["answer"] for r in records] == [d.teacher_answer for d in taught]
     path = learner.plot()
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -5,8 +5,10 @@ Usage: python crash_child.py ROOT NETWORK_ID RUN_ID [STOP_AFTER]
 With STOP_AFTER, the child queues that many versions and exits without closing
 the store (the queued writes must still land).
 
-Version v holds ``expected_tree(v)``, so the parent can recompute every version.
-Prints ``saved <v>`` after each ``save()`` returns (queued, not yet on disk).
+The k-th tree this run saves holds ``expected_tree(k)`` and its metadata entry
+says ``content: k``, so the parent can recompute every version. Prints
+``saved <version> <k>`` after each ``save()`` returns (queued, not yet on disk):
+the parent checks that no version number is ever handed out twice.
 """
 
 import sys
@@ -39,16 +41,15 @@ def main() -> None:
     stop_after = int(sys.argv[4]) if len(sys.argv) > 4 else None
     store = RunStore(root, network_id)
     store.start_run(run_id)
-    version = store.latest_version()
-    version = 0 if version is None else version + 1
-    while stop_after is None or version < stop_after:
-        store.save(
-            expected_tree(version),
-            version=version,
-            metadata_entry={"rating": version % 10 + 1, "loss": 1.0 / (version + 1)},
+    entries = store.metadata()["entries"]
+    k = max((e.get("content", -1) for e in entries), default=-1) + 1
+    while stop_after is None or k < stop_after:
+        version = store.save(
+            expected_tree(k),
+            metadata_entry={"rating": k % 10 + 1, "loss": 1.0 / (k + 1), "content": k},
         )
-        print(f"saved {version}", flush=True)
-        version += 1
+        print(f"saved {version} {k}", flush=True)
+        k += 1
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def _run_child_and_kill(
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "crash_child.py"), str(root), NETWORK, RUN],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
@@ -60,7 +60,10 @@ def _run_child_and_kill(
         proc.kill()  # SIGKILL
         proc.wait()
         proc.stderr.close()
+        handed_out = [tuple(map(int, line.split()[1:])) for line in proc.stdout]
+        proc.stdout.close()
     assert proc.returncode == -9
+    return handed_out
 
 
 def _assert_tree_equal(actual, expected):
@@ -76,8 +79,13 @@ def test_sigkill_during_saves_keeps_store_consistent(tmp_path, make_network):
     run_dir = root / NETWORK / "runs" / RUN
     meta_path = run_dir / "run_metadata.json"
     last = -1
+    handed_out: dict[int, int] = {}  # version -> content, over every process
     for mid_save in (True, False):
-        _run_child_and_kill(root, meta_path, extra=3, mid_save=mid_save)
+        for version, content in _run_child_and_kill(
+            root, meta_path, extra=3, mid_save=mid_save
+        ):
+            assert version not in handed_out, f"version {version} handed out twice"
+            handed_out[version] = content
         # What the killed process left: valid JSON listing restorable versions.
         with open(meta_path) as f:
             meta = json.load(f)
@@ -87,11 +95,15 @@ def test_sigkill_during_saves_keeps_store_consistent(tmp_path, make_network):
         entry_versions = [e["version"] for e in meta["entries"]]
         assert set(listed) <= set(entry_versions)
         assert entry_versions == sorted(entry_versions)
+        content = {e["version"]: e.get("content") for e in meta["entries"]}
         with RunStore(root, NETWORK) as reader:
             # Read-only access (no reconciliation): every listed version restores
             # bit-exactly to what the child saved under that number.
             for v in listed:
-                _assert_tree_equal(reader.restore(v, run_id=RUN), expected_tree(v))
+                assert handed_out.get(v, content[v]) == content[v]
+                _assert_tree_equal(
+                    reader.restore(v, run_id=RUN), expected_tree(content[v])
+                )
 
         # Reopening the run cleans up and continues the numbering.
         with RunStore(root, NETWORK) as store:
@@ -100,7 +112,10 @@ def test_sigkill_during_saves_keeps_store_consistent(tmp_path, make_network):
             assert set(listed) <= set(versions)
             latest = store.latest_version()
             assert latest >= listed[-1]
-            _assert_tree_equal(store.restore(), expected_tree(latest))
+            content = {
+                e["version"]: e.get("content") for e in store.metadata()["entries"]
+            }
+            _assert_tree_equal(store.restore(), expected_tree(content[latest]))
             assert not [n for n in os.listdir(run_dir) if _TMP in n]
             last = latest
 
