@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
@@ -83,6 +84,40 @@ class MessagesClient:
     def base_url(self) -> str:
         """The base URL requests go to."""
         return str(self._client.base_url)
+
+    def stream_text(self, **request: Any) -> Iterator[str]:
+        """``messages.stream(**request)``: the answer's text pieces as they arrive.
+
+        Every failure (before or during the stream) is raised as ``self.error``;
+        so is a stream that ends in a refusal.
+
+        Yields:
+          The text of each ``text_delta`` event.
+        """
+        sdk = self._anthropic
+        try:
+            with self._client.messages.stream(**request) as stream:
+                for event in stream:
+                    if getattr(event, "type", None) != "content_block_delta":
+                        continue
+                    delta = event.delta
+                    if getattr(delta, "type", None) == "text_delta":
+                        yield delta.text
+                stop_reason = stream.get_final_message().stop_reason
+        except sdk.APITimeoutError as exc:
+            raise self.error(
+                f"Anthropic API request timed out after {self.timeout:g} s"
+            ) from exc
+        except sdk.APIStatusError as exc:
+            raise self.error(
+                f"Anthropic API request failed with HTTP {exc.status_code}: {exc}"
+            ) from exc
+        except sdk.APIError as exc:
+            raise self.error(f"Anthropic API request failed: {exc}") from exc
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise self.error(f"malformed Anthropic API stream: {exc!r}") from exc
+        if stop_reason == "refusal":
+            raise self.error("the model refused to answer the query")
 
     def create(self, **request: Any) -> Any:
         """``messages.create(**request)``; every failure raised as ``self.error``.

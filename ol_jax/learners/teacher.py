@@ -504,6 +504,11 @@ class TeacherProxyLearner:
         return None if self._store is None else self._store.run_dir
 
     @property
+    def encoder(self) -> Any:
+        """The frozen sentence encoder (a :class:`~ol_jax.models.LoadedEncoder`)."""
+        return self._encoder
+
+    @property
     def params(self) -> dict[str, Any]:
         """The trainable parameters of the three models (LoRA for the generator)."""
         return {name: self._states[name].params for name in _MODELS}
@@ -560,15 +565,31 @@ class TeacherProxyLearner:
         """Tokens of ``text`` (as an answer) in the generator's vocabulary."""
         return len(self._codec.encode(" " + text.strip()))
 
-    def generate_local(self, query: str) -> str:
-        """The generator's greedy answer to ``query`` (no routing, no learning).
+    def token_ends(self, text: str) -> list[int]:
+        """The end character offset in ``text`` of each of its generator tokens."""
+        return self._codec.token_ends(text)
 
-        Greedy decoding is a function of the query and the adapters, so answers
-        are cached until the next generator update.
+    def generate_local(
+        self,
+        query: str,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        key: jax.Array | None = None,
+    ) -> str:
+        """The generator's answer to ``query`` (no routing, no learning).
+
+        Greedy by default: a function of the query and the adapters, so answers
+        are cached until the next generator update. With ``temperature > 0`` the
+        answer is sampled (``top_p``, ``top_k`` truncate the distribution) with
+        ``key``, and not cached.
         """
-        cached = self._answers.get(query)
-        if cached is not None:
-            return cached
+        sampled = temperature is not None and temperature > 0
+        if not sampled:
+            cached = self._answers.get(query)
+            if cached is not None:
+                return cached
         g = self.config.generator
         model = nnx.merge(self._graphdef, self._base, self._states["generator"].params)
         (ids,) = generate(
@@ -576,10 +597,21 @@ class TeacherProxyLearner:
             [self._prompt_ids(query)],
             max_new_tokens=g.max_new_tokens,
             eos_token_id=self._codec.eos,
+            **(
+                dict(
+                    temperature=float(temperature),
+                    top_p=1.0 if top_p is None else float(top_p),
+                    top_k=0 if top_k is None else int(top_k),
+                    key=jax.random.key(0) if key is None else key,
+                )
+                if sampled
+                else {}
+            ),
         )
         self._counters["generated"] += 1
         answer = self._codec.decode(ids).strip()
-        self._answers[query] = answer
+        if not sampled:
+            self._answers[query] = answer
         return answer
 
     # ------------------------------------------------------------ policy
@@ -594,7 +626,15 @@ class TeacherProxyLearner:
     def _uniform(self, n: int) -> float:
         return float(jax.random.uniform(jax.random.fold_in(self._policy_key, n)))
 
-    def answer(self, query: str, teacher: Teacher) -> ProxyDecision:
+    def answer(
+        self,
+        query: str,
+        teacher: Teacher,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+    ) -> ProxyDecision:
         """Routes ``query`` and returns the decision with the answer to serve.
 
         Nothing is learned here (see :meth:`learn`).
@@ -602,6 +642,10 @@ class TeacherProxyLearner:
         Args:
           query: a non-empty query.
           teacher: called when the query is forwarded.
+          temperature: a local answer is sampled at this temperature when > 0
+            (then validated like a greedy one); ``None`` or 0: greedy.
+          top_p: nucleus mass of a sampled local answer.
+          top_k: most probable tokens kept when sampling a local answer.
 
         Returns:
           A :class:`ProxyDecision`.
@@ -631,8 +675,17 @@ class TeacherProxyLearner:
             )
             if router_prob < threshold:
                 reason = "router"
-            else:
+            elif temperature is None or temperature <= 0:
                 local = self.generate_local(query)
+            else:
+                local = self.generate_local(
+                    query,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    # A key of its own per query, apart from the sampling draw's.
+                    key=jax.random.fold_in(jax.random.fold_in(self._policy_key, n), 1),
+                )
             if local == "":
                 # An empty answer is never served; the validator learns it is bad.
                 reason = "validator"
