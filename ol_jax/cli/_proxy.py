@@ -285,7 +285,9 @@ def build_proxy(args: argparse.Namespace) -> ProxyServer:
     """The server ``ol-jax proxy`` runs: config, teacher, learner (resumed or new).
 
     The learner of run ``--run-id`` is loaded from ``<run_dir>/learner`` when one
-    was saved there; otherwise a new learner is built from the config.
+    was saved there; otherwise a new learner is built from the config. Its
+    programs are compiled (:meth:`~ol_jax.learners.TeacherProxyLearner.warmup`)
+    before the socket is bound.
 
     Args:
       args: parsed ``ol-jax proxy`` arguments.
@@ -309,7 +311,20 @@ def build_proxy(args: argparse.Namespace) -> ProxyServer:
     else:
         learner = TeacherProxyLearner(learner_config, root=args.root, run_id=run_id)
     try:
-        return _serve(args, proxy, learner)
+        teacher = _teacher(proxy, learner)
+        # Every shape answers and updates use is compiled before the port opens.
+        learner.warmup()
+        return ProxyServer(
+            learner,
+            teacher,
+            models=proxy.models,
+            run_dir=learner.run_dir,
+            save_every=proxy.save_every,
+            host=args.host,
+            port=args.port,
+            limits=proxy.limits(),
+            api_keys=proxy.client_keys(),
+        )
     except BaseException:
         learner.close()
         raise
@@ -342,20 +357,6 @@ def _teacher(proxy: ProxySection, learner: Any) -> Any:
         timeout=proxy.upstream_timeout_s,
         max_retries=proxy.upstream_max_retries,
         max_tokens=proxy.teacher_max_tokens,
-    )
-
-
-def _serve(args: argparse.Namespace, proxy: ProxySection, learner: Any) -> ProxyServer:
-    return ProxyServer(
-        learner,
-        _teacher(proxy, learner),
-        models=proxy.models,
-        run_dir=learner.run_dir,
-        save_every=proxy.save_every,
-        host=args.host,
-        port=args.port,
-        limits=proxy.limits(),
-        api_keys=proxy.client_keys(),
     )
 
 

@@ -59,6 +59,8 @@ LEARNER_DIR = "learner"
 # intermediaries (and the client's read timeout) from dropping the stream.
 _PING_INTERVAL_S = 5.0
 _ERROR_TYPE = re.compile(r"^[a-z_]{1,40}$")
+# Bodies up to this many times the size limit are read and dropped before a 413.
+_DRAIN_FACTOR = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,13 +281,19 @@ class ProxyServer:
         self.limits = limits or ProxyLimits()
         self._keys = tuple(k.encode() for k in api_keys)
         os.makedirs(self.run_dir, exist_ok=True)
-        # The one thread that touches the learner.
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ol-jax-learner"
+        # One thread answers (routing, generation, the teacher call) with the
+        # published weights; one learns from each decision, in arrival order,
+        # and publishes the result; replies never wait for learning.
+        self._answerer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ol-jax-answer"
+        )
+        self._trainer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ol-jax-learn"
         )
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._since_save = 0
+        self._save_queued = False
         self.counters = {
             "requests": 0,
             "answered": 0,
@@ -362,9 +370,10 @@ class ProxyServer:
         self._closed = True
         self._socket.close()
         try:
-            self._worker.submit(self._save).result()
+            self._answerer.submit(self._quiet, self._save).result()  # a last save
         finally:
-            self._worker.shutdown(wait=True)
+            self._answerer.shutdown(wait=True)
+            self._trainer.shutdown(wait=True)
 
     # ------------------------------------------------------------------ learner
 
@@ -372,9 +381,24 @@ class ProxyServer:
         with self._lock:
             self.counters[name] += 1
 
+    def _quiet(self, fn: Callable[[], Any] = lambda: None) -> Any:
+        """``fn()`` once every queued update is done and a due save is made.
+
+        Runs on the answer thread, so no answer or update runs meanwhile: the
+        learner is saved, and its stats read, in a consistent state.
+        """
+        self._trainer.submit(lambda: None).result()
+        if self._since_save >= self.save_every:
+            try:
+                self._save()
+            except Exception as e:  # the next save tries again
+                self._failed("save_errors", f"{type(e).__name__}: {e}")
+        self._save_queued = False
+        return fn()
+
     def stats(self) -> dict[str, Any]:
-        """The learner's stats (read on the learner thread) and the server counters."""
-        learner_stats = self._worker.submit(self.learner.stats).result()
+        """The learner's stats once queued updates are done, and the counters."""
+        learner_stats = self._answerer.submit(self._quiet, self.learner.stats).result()
         with self._lock:
             server = dict(self.counters)
             server["last_error"] = self.last_error
@@ -388,18 +412,19 @@ class ProxyServer:
         request: MessagesRequest,
         on_piece: Callable[[str], None] | None = None,
     ) -> concurrent.futures.Future:
-        """Queues a request on the learner thread; the future holds its decision.
+        """Queues a request on the answer thread; the future holds its decision.
 
-        The future is resolved as soon as the answer is known; the learning step
-        for it runs afterwards on the same thread, before the next request.
+        The future is resolved as soon as the answer is known; its update is
+        queued on the learning thread and runs while later requests are
+        answered with the weights published before it.
 
         Args:
           request: the validated request.
-          on_piece: called (on the learner thread) with each piece of a
+          on_piece: called (on the answer thread) with each piece of a
             forwarded answer as the teacher's stream delivers it.
         """
         reply: concurrent.futures.Future = concurrent.futures.Future()
-        self._worker.submit(self._serve, request, reply, on_piece)
+        self._answerer.submit(self._serve, request, reply, on_piece)
         return reply
 
     def _teacher_for(self, on_piece: Callable[[str], None] | None) -> Callable:
@@ -440,6 +465,9 @@ class ProxyServer:
         with self._lock:
             self.counters["answered"] += 1
             self.counters["local" if decision.route == "local" else "forwarded"] += 1
+        self._trainer.submit(self._learn, decision)
+
+    def _learn(self, decision: Any) -> None:
         try:
             self.learner.learn(decision)
         except Exception as e:
@@ -447,11 +475,11 @@ class ProxyServer:
         else:
             self.count("learned")
         self._since_save += 1
-        if self._since_save >= self.save_every:
-            try:
-                self._save()
-            except Exception as e:  # the next save tries again
-                self._failed("save_errors", f"{type(e).__name__}: {e}")
+        if self._since_save >= self.save_every and not self._save_queued:
+            # Saved on the answer thread once learning is idle: a consistent
+            # learner, with no answer half made.
+            self._save_queued = True
+            self._answerer.submit(self._quiet)
 
     def _failed(self, counter: str, message: str) -> None:
         with self._lock:
@@ -537,41 +565,49 @@ class ProxyServer:
         )
 
     async def _body(self, request) -> bytes:
-        """The request body, within the size limit and the body deadline."""
+        """The request body, within the size limit and the body deadline.
+
+        A body over the limit is still read, up to ``_DRAIN_FACTOR`` times the
+        limit and within the deadline, and dropped: a client still sending
+        then sees the 413 instead of a reset connection.
+        """
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise BadRequest(
-                    "content-length must be a non-negative integer, got "
-                    f"{declared!r:.40}"
-                )
-            if int(declared) > limit:
-                raise BadRequest(
-                    f"the request body is {declared} bytes; the limit is {limit} bytes",
-                    status=413,
-                    error_type="request_too_large",
-                )
+        if declared is not None and not declared.isdigit():
+            raise BadRequest(
+                f"content-length must be a non-negative integer, got {declared!r:.40}"
+            )
+        too_large = None
+        if declared is not None and int(declared) > limit:
+            too_large = (
+                f"the request body is {declared} bytes; the limit is {limit} bytes"
+            )
         chunks, size = [], 0
         try:
             async with asyncio.timeout(self.limits.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise BadRequest(
-                            f"the request body is over the limit of {limit} bytes",
-                            status=413,
-                            error_type="request_too_large",
-                        )
-                    chunks.append(chunk)
+                if too_large is None or int(declared) <= _DRAIN_FACTOR * limit:
+                    async for chunk in request.stream():
+                        size += len(chunk)
+                        if size > limit:
+                            too_large = too_large or (
+                                f"the request body is over the limit of {limit} bytes"
+                            )
+                            chunks = []
+                            if size > _DRAIN_FACTOR * limit:
+                                break
+                        else:
+                            chunks.append(chunk)
         except TimeoutError:
-            self.count("timeouts")
-            raise BadRequest(
-                "the request body did not arrive within "
-                f"{self.limits.body_timeout_s:g} s",
-                status=408,
-                error_type="timeout_error",
-            ) from None
+            if too_large is None:
+                self.count("timeouts")
+                raise BadRequest(
+                    "the request body did not arrive within "
+                    f"{self.limits.body_timeout_s:g} s",
+                    status=408,
+                    error_type="timeout_error",
+                ) from None
+        if too_large is not None:
+            raise BadRequest(too_large, status=413, error_type="request_too_large")
         return b"".join(chunks)
 
     async def _parse(self, request, *, count_only: bool = False):
