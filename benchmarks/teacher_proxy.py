@@ -196,6 +196,8 @@ def serve_clients(args: argparse.Namespace) -> dict:
         "warmup_s": warmup_s,
         "wall_s": wall_s,
         "learned": stats["server"]["learned"],
+        # Median update time of each model: not in any reply's latency above.
+        "update_ms": stats["learner"]["update_ms"],
     }
     for route in ("local", "forward"):
         out[f"{route}_answers"] = len(latencies[route])

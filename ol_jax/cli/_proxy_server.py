@@ -280,6 +280,9 @@ class ProxyServer:
         self.save_every = int(save_every)
         self.limits = limits or ProxyLimits()
         self._keys = tuple(k.encode() for k in api_keys)
+        # A real upstream answers what the proxy cannot (tools, images, ...).
+        self._forwards = callable(getattr(teacher, "forward", None))
+        self._forwards_streams = callable(getattr(teacher, "forward_stream", None))
         os.makedirs(self.run_dir, exist_ok=True)
         # One thread answers (routing, generation, the teacher call) with the
         # published weights; one learns from each decision, in arrival order,
@@ -304,6 +307,7 @@ class ProxyServer:
             "unauthorized": 0,
             "timeouts": 0,
             "refused_connections": 0,
+            "passed_through": 0,
             "upstream_errors": 0,
             "internal_errors": 0,
             "learned": 0,
@@ -624,12 +628,15 @@ class ProxyServer:
                 max_depth=self.limits.max_json_depth,
                 count_only=count_only,
             )
-            if parsed.unsupported:
+            forwardable = not count_only and (
+                self._forwards_streams if parsed.stream else self._forwards
+            )
+            if parsed.unsupported and not forwardable:
                 raise BadRequest(
                     f"{parsed.unsupported[0]}: not supported by this proxy, which "
                     "answers text questions only"
                 )
-            input_tokens = self._input_tokens(parsed)
+            input_tokens = 0 if parsed.unsupported else self._input_tokens(parsed)
         except BadRequest as e:
             self.count("bad_requests")
             return None, self._error(
@@ -655,6 +662,8 @@ class ProxyServer:
         if refused is not None:
             return refused
         parsed, input_tokens = parsed
+        if parsed.unsupported:
+            return await self._forward(parsed)
         message_id = "msg_" + secrets.token_hex(12)
         if parsed.stream:
             return self._stream(parsed, input_tokens, message_id)
@@ -678,6 +687,49 @@ class ProxyServer:
                 },
             },
             self._decision_headers(message_id, decision),
+        )
+
+    async def _forward(self, request: MessagesRequest):
+        """A request the proxy cannot answer itself, sent unchanged upstream.
+
+        Nothing is learned from it; the reply is the upstream's, and a failure
+        is reported by status and error type only.
+        """
+        from starlette.responses import Response, StreamingResponse
+
+        self.count("passed_through")
+        headers = {"x-ol-jax-route": "passthrough"}
+        if request.stream:
+            chunks = self.teacher.forward_stream(request.body)
+            try:
+                # The first chunk: a failure before the stream starts is an
+                # error status, not a broken event stream.
+                first = await asyncio.to_thread(next, chunks, b"")
+            except TeacherError as e:
+                self.count("upstream_errors")
+                return self._error(*upstream_failure(e))
+
+            def rest():
+                yield first
+                try:
+                    yield from chunks
+                except TeacherError as e:
+                    _, kind, message = upstream_failure(e)
+                    yield sse_event(
+                        "error",
+                        {"type": "error", "error": {"type": kind, "message": message}},
+                    )
+
+            return StreamingResponse(
+                rest(), media_type="text/event-stream", headers=headers
+            )
+        try:
+            status, body = await asyncio.to_thread(self.teacher.forward, request.body)
+        except TeacherError as e:
+            self.count("upstream_errors")
+            return self._error(*upstream_failure(e))
+        return Response(
+            body, status_code=status, media_type="application/json", headers=headers
         )
 
     def _cut(self, request: MessagesRequest, text: str):

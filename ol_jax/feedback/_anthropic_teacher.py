@@ -107,6 +107,19 @@ class AnthropicTeacher:
         """
         yield from self._client.stream_text(**self._request(query))
 
+    def forward(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        """Sends a whole Messages API request (tools, images, ...) as it is, with
+        this teacher's model; returns (status, reply body).
+
+        Raises:
+          TeacherError: the request failed, timed out or had an error status.
+        """
+        return self._client.forward({**body, "model": self.model})
+
+    def forward_stream(self, body: dict[str, Any]) -> Iterator[bytes]:
+        """:meth:`forward` of a ``stream: true`` request: the event stream's bytes."""
+        yield from self._client.forward_stream({**body, "model": self.model})
+
     def __call__(self, query: str) -> str:
         """The teacher's answer to ``query``.
 

@@ -253,6 +253,15 @@ def test_each_error_type_reaches_the_sdk(proxy, client):
         )
     assert info.value.body["error"]["type"] == "invalid_request_error"
     assert "tools: not supported by this proxy" in info.value.body["error"]["message"]
+    image = {"type": "image", "source": {"type": "base64", "data": "AA=="}}
+    with pytest.raises(anthropic.BadRequestError, match=r"content\[1\].type \('image'"):
+        client.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "q"}, image]}
+            ],
+        )
     with pytest.raises(anthropic.NotFoundError) as info:
         client.post("/v1/nothing", cast_to=object, body={})
     assert info.value.body["error"]["type"] == "not_found_error"
