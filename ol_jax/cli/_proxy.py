@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import textwrap
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -98,22 +99,27 @@ def _domain_help() -> str:
         paraphrases=defaults.simulated_paraphrases,
         seed=defaults.simulated_seed,
     )
-    return (
+    intro = (
         "The offline simulated teacher (no --upstream) answers a help desk FAQ; "
         "a question is matched by meaning (all-MiniLM-L6-v2, cosine >= "
         f"{defaults.simulated_threshold:g}), anything else gets its fallback "
         "answer. With the default proxy.simulated_* settings its question families "
-        f"are ({len(domain)}, one example question each):\n" + describe_domain(domain)
+        f"are ({len(domain)}, one example question each):"
     )
+    return textwrap.fill(intro, width=79) + "\n" + describe_domain(domain)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ol-jax proxy",
-        description="A local Anthropic Messages API endpoint (POST /v1/messages, "
-        "streaming included; POST /v1/messages/count_tokens; GET /v1/models) "
-        "that answers locally or forwards to a teacher, and learns from every "
-        "teacher answer. GET /stats returns the learner's statistics.",
+        description=textwrap.fill(
+            "A local Anthropic Messages API endpoint (POST /v1/messages, streaming "
+            "included; POST /v1/messages/count_tokens; GET /v1/models) that answers "
+            "locally or forwards to a teacher, and learns from every teacher answer. "
+            "GET /stats returns the learner's statistics. Client keys, when set "
+            f"(proxy.api_keys or ${API_KEYS_ENV}), are checked against x-api-key.",
+            width=79,
+        ),
         epilog=_domain_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
