@@ -42,7 +42,8 @@ class Proxy:
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.output = []
-        deadline = time.monotonic() + 240
+        # Generous: the real-model warm-up compiles for minutes on a loaded CPU.
+        deadline = time.monotonic() + 900
         while True:
             line = self.lines.get(timeout=max(1.0, deadline - time.monotonic()))
             if line is None:
