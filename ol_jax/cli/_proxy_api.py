@@ -478,15 +478,19 @@ class AnswerStream:
             stop_sequences=self._stops,
             token_ends=self._ends,
         )
-        if cut.stop_reason != "end_turn":
-            # The cut is final: no later text can undo a stop or a full budget.
+        # Any stop sequence starting before `limit` lies wholly in the text so
+        # far, so a cut that ends by then cannot move with later text.
+        limit = len(self._text) - self._hold
+        if cut.stop_reason != "end_turn" and len(cut.text) <= limit:
             self.done = True
             return self._emit(len(cut.text))
-        # Keep back the last token (a later piece may extend it) and any tail
-        # that could be the start of a stop sequence.
-        ends = self._ends(cut.text)
-        safe = _end_before(ends, ends[-1]) if ends else 0
-        return self._emit(min(safe, len(cut.text) - self._hold))
+        if cut.stop_reason == "end_turn":
+            # The last token may still grow with the next piece.
+            ends = self._ends(cut.text)
+            safe = _end_before(ends, ends[-1]) if ends else 0
+        else:
+            safe = len(cut.text)
+        return self._emit(min(safe, limit))
 
     def finish(self) -> tuple[str, AnswerCut]:
         """The rest of the served text and the final cut of the whole answer."""

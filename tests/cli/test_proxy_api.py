@@ -89,6 +89,19 @@ def test_cut_answer_is_a_prefix_within_budget_without_stops(text, stops, max_tok
             assert cut.text == text
 
 
+def test_answer_stream_waits_for_a_stop_that_may_start_earlier():
+    stream = AnswerStream(max_tokens=1, stop_sequences=[">>>"], token_ends=byte_ends)
+    assert stream.feed(">>") == ""  # the budget cut at ">" may yet be a stop
+    assert stream.feed(">") == ""
+    assert stream.finish()[1].stop_reason == "stop_sequence"
+    stream = AnswerStream(
+        max_tokens=50, stop_sequences=["abcd", "c"], token_ends=byte_ends
+    )
+    assert stream.feed("abc") == ""  # "c" found, but "abcd" may start earlier
+    assert stream.feed("d") == ""
+    assert stream.finish()[1].text == ""
+
+
 def test_cut_answer_examples():
     cut = cut_answer(
         "Go to Settings > Security.",
@@ -109,7 +122,7 @@ def test_cut_answer_examples():
     )
 
 
-@settings(max_examples=300)
+@settings(max_examples=1000)
 @given(
     text=_text,
     stops=_stops,
