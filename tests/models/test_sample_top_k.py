@@ -35,7 +35,5 @@ def test_top_k_zero_keeps_every_token_and_jit_matches():
     eager = sample_logits(logits, key=key, top_k=0)
     jitted = jax.jit(sample_logits)(logits, key=key, top_k=jnp.int32(0))
     np.testing.assert_array_equal(eager, jitted)
-    draws = jax.vmap(lambda k: sample_logits(logits, key=k))(
-        jax.random.split(key, 200)
-    )
+    draws = jax.vmap(lambda k: sample_logits(logits, key=k))(jax.random.split(key, 200))
     assert set(np.asarray(draws).ravel().tolist()) == set(range(5))
