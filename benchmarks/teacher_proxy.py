@@ -23,6 +23,17 @@ model (1000 / median update ms). Targets: ``forward_rate_last_window <= 0.3``,
 
 The run folder (``<root>/teacher-proxy/runs/<id>/``) gets
 ``decisions.jsonl`` and ``teacher_proxy.png`` (forward rate and local accuracy).
+
+With ``--clients N`` the learner is served by ``ol-jax proxy``'s server on
+127.0.0.1 instead, after its warm-up, and N threads with their own ``anthropic``
+client send ``--requests`` queries each (from the same Zipf stream); the
+simulated teacher waits ``--teacher-ms`` per answer to stand in for a real API.
+It prints the client-side p50/p99 latency by route, the decision latency the
+log records, and the issue's targets: local p50 <= 2x the logged decision p50,
+forwarded p50 <= teacher latency + 20 ms.
+
+    PYTHONPATH=. python benchmarks/teacher_proxy.py --clients 8 --requests 20
+        [--teacher-ms 200] [--tiny]
 """
 
 from __future__ import annotations
@@ -40,16 +51,7 @@ from ol_jax.store import load_config
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = load_config(args.config, TeacherProxyConfig)
-    if args.tiny:
-        config = config.model_copy(
-            update={
-                "encoder": config.encoder.model_copy(update={"name": "tiny"}),
-                "generator": config.generator.model_copy(
-                    update={"name": "tiny", "max_new_tokens": 64, "max_length": 160}
-                ),
-            }
-        )
+    config = _config(args)
     domain = faq_domain(args.families, paraphrases=args.paraphrases, seed=args.seed)
     teacher = SimulatedTeacher(domain)
     stream = zipf_stream(domain, args.queries, seed=args.seed, exponent=args.exponent)
@@ -116,6 +118,115 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def serve_clients(args: argparse.Namespace) -> dict:
+    """Client-side latency by route with ``args.clients`` concurrent SDK clients."""
+    import os
+    import threading
+
+    import anthropic
+
+    from ol_jax.cli._proxy_server import ProxyServer
+
+    config = _config(args)
+    domain = faq_domain(args.families, paraphrases=args.paraphrases, seed=args.seed)
+    simulated = SimulatedTeacher(domain)
+
+    def teacher(query: str) -> str:
+        time.sleep(args.teacher_ms / 1e3)
+        return simulated(query)
+
+    learner = TeacherProxyLearner(config, root=args.root)
+    warmup_s = learner.warmup()
+    server = ProxyServer(
+        learner, teacher, models=("ol-jax",), run_dir=learner.run_dir, port=0
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    total = args.clients * args.requests
+    stream = zipf_stream(domain, total, seed=args.seed, exponent=args.exponent)
+    latencies: dict[str, list[float]] = {"local": [], "forward": []}
+    lock = threading.Lock()
+
+    def client_loop(c: int) -> None:
+        client = anthropic.Anthropic(
+            base_url=server.url, api_key="unused", max_retries=0, timeout=600
+        )
+        for i in range(args.requests):
+            query = stream[c * args.requests + i]
+            t0 = time.perf_counter()
+            raw = client.messages.with_raw_response.create(
+                model="ol-jax",
+                max_tokens=64,
+                messages=[{"role": "user", "content": query}],
+            )
+            ms = (time.perf_counter() - t0) * 1e3
+            with lock:
+                latencies[raw.headers["x-ol-jax-route"]].append(ms)
+
+    start = time.perf_counter()
+    # Deadline-bounded client threads: a stuck server ends the run, not hangs it.
+    workers = [
+        threading.Thread(target=client_loop, args=(c,), daemon=True)
+        for c in range(args.clients)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=3600)
+    wall_s = time.perf_counter() - start
+    stats = server.stats()
+    server.shutdown()
+    thread.join(timeout=60)
+    server.close()
+    with open(os.path.join(learner.run_dir, "decisions.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    learner.close()
+    decision = {
+        route: [d["latency_ms"] for d in logged if d["route"] == route]
+        for route in ("local", "forward")
+    }
+
+    def pct(xs, q):
+        return float(np.percentile(xs, q)) if xs else None
+
+    out = {
+        "clients": args.clients,
+        "requests": total,
+        "teacher_ms": args.teacher_ms,
+        "warmup_s": warmup_s,
+        "wall_s": wall_s,
+        "learned": stats["server"]["learned"],
+        # Median update time of each model: not in any reply's latency above.
+        "update_ms": stats["learner"]["update_ms"],
+    }
+    for route in ("local", "forward"):
+        out[f"{route}_answers"] = len(latencies[route])
+        out[f"{route}_p50_ms"] = pct(latencies[route], 50)
+        out[f"{route}_p99_ms"] = pct(latencies[route], 99)
+        out[f"{route}_decision_p50_ms"] = pct(decision[route], 50)
+    if out["local_p50_ms"] and out["local_decision_p50_ms"]:
+        out["local_p50_over_decision_p50"] = (
+            out["local_p50_ms"] / out["local_decision_p50_ms"]
+        )
+    if out["forward_p50_ms"] is not None:
+        out["forward_p50_minus_teacher_ms"] = out["forward_p50_ms"] - args.teacher_ms
+    return out
+
+
+def _config(args: argparse.Namespace) -> TeacherProxyConfig:
+    config = load_config(args.config, TeacherProxyConfig)
+    if args.tiny:
+        config = config.model_copy(
+            update={
+                "encoder": config.encoder.model_copy(update={"name": "tiny"}),
+                "generator": config.generator.model_copy(
+                    update={"name": "tiny", "max_new_tokens": 64, "max_length": 160}
+                ),
+            }
+        )
+    return config
+
+
 def _row(r) -> str:
     lo, hi, rate, n_local, acc, elapsed = r
     acc_s = "   -  " if acc is None else f"{acc:6.3f}"
@@ -136,12 +247,34 @@ def main() -> None:
         "--tiny", action="store_true", help="tiny random models (plumbing only)"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="serve over HTTP to this many concurrent SDK clients (0: in-process)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=20, help="requests per client (--clients)"
+    )
+    parser.add_argument(
+        "--teacher-ms",
+        type=float,
+        default=200.0,
+        help="simulated teacher latency per answer (--clients)",
+    )
     args = parser.parse_args()
     if args.queries < 1 or args.window < 1:
         parser.error(
             f"--queries and --window must be >= 1, got {args.queries}, {args.window}"
         )
     enable_compilation_cache()
+    if args.clients:
+        figures = serve_clients(args)
+        for key, value in figures.items():
+            print(f"{key:32s} {value}")
+        if args.json:
+            print(json.dumps(figures))
+        return
     header = ("queries", "forward", "local", "acc", "time s")
     print("{:13s} {:>8s} {:>7s} {:>6s} {:>9s}".format(*header))
     figures = run(args)

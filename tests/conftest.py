@@ -81,6 +81,9 @@ class FakeMessagesAPI:
                     content = body["messages"][-1]["content"]
                     status, reply, delay = 200, api.message(api.respond(content)), []
                 time.sleep(sum(delay))
+                if body.get("stream") and status == 200 and isinstance(reply, dict):
+                    self._stream(reply)
+                    return
                 data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
                 try:
                     self.send_response(status)
@@ -90,6 +93,50 @@ class FakeMessagesAPI:
                     self.wfile.write(data)
                 except OSError:  # the client gave up (a timeout test)
                     pass
+
+            def _stream(self, reply):
+                """A message reply as server-sent events, one word per delta."""
+                start = {**reply, "content": [], "stop_reason": None}
+                events = [("message_start", {"message": start})]
+                for i, block in enumerate(reply.get("content") or []):
+                    text = block.get("text", "") if isinstance(block, dict) else ""
+                    events.append(
+                        (
+                            "content_block_start",
+                            {"index": i, "content_block": {**block, "text": ""}},
+                        )
+                    )
+                    words = text.split(" ") if isinstance(text, str) else []
+                    pieces = [w + " " for w in words[:-1]] + words[-1:]
+                    for piece in pieces:
+                        events.append(
+                            (
+                                "content_block_delta",
+                                {
+                                    "index": i,
+                                    "delta": {"type": "text_delta", "text": piece},
+                                },
+                            )
+                        )
+                    events.append(("content_block_stop", {"index": i}))
+                events.append(
+                    (
+                        "message_delta",
+                        {
+                            "delta": {"stop_reason": reply.get("stop_reason")},
+                            "usage": {"output_tokens": 1},
+                        },
+                    )
+                )
+                events.append(("message_stop", {}))
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("connection", "close")
+                self.end_headers()
+                for name, data in events:
+                    line = json.dumps({"type": name, **data})
+                    self.wfile.write(f"event: {name}\ndata: {line}\n\n".encode())
+                self.wfile.flush()
 
             def log_message(self, *args):
                 del args

@@ -1,24 +1,31 @@
 """``ol-jax proxy``: a local Anthropic Messages API endpoint that learns.
 
 ``POST /v1/messages`` accepts the Anthropic Messages API request (``model``,
-``max_tokens``, ``messages``, optional ``system``), so any Anthropic client works
+``max_tokens``, ``messages``, optional ``system``, ``stop_sequences``,
+``temperature``, ``top_p``, ``top_k``, ``stream``), so any Anthropic client works
 with ``base_url`` pointed here. The query is the text of the last user message. A
 :class:`~ol_jax.learners.TeacherProxyLearner` answers it locally or forwards it to
 the teacher (an :class:`~ol_jax.feedback.AnthropicTeacher` on the configured
 upstream, or the offline :class:`~ol_jax.feedback.SimulatedTeacher` by default),
-the reply goes out in the Messages API shape, and only then does the learner learn
-from the decision. Usage is counted in whitespace-separated words (the proxy shares
-no tokenizer with its clients); an answer longer than ``max_tokens`` words is cut
-there with ``stop_reason: "max_tokens"`` (the learner still learns from all of it).
+the reply goes out in the Messages API shape (or as its server-sent events), and
+the learner learns from the decision. Usage is counted in the generator's
+tokens; an answer is cut at the first stop sequence and after ``max_tokens``
+tokens (the learner still learns from all of it). ``POST
+/v1/messages/count_tokens`` counts a request's input tokens and ``GET
+/v1/models`` lists the accepted model names.
 
-One learner thread owns the models: requests are served in arrival order, each
-one's answer is computed and sent, then its update runs before the next request is
-answered ("reply first, learn between requests"). A failed teacher answer is sent
-to the client as an Anthropic error (``502 api_error``, or ``504 timeout_error``)
-and nothing is learned. Bad input (invalid JSON, a body over the size limit,
-missing or mistyped fields, an empty query, a model name the config does not
-accept) is answered ``400 invalid_request_error`` with a message naming the
-problem, before the learner sees it.
+A failed teacher answer is sent to the client as an Anthropic error (``502
+api_error`` naming the upstream's status and error type, never its body, or
+``504 timeout_error``) and nothing is learned. Bad input (invalid or too deeply
+nested JSON, a body over the size limit, missing or mistyped fields, text that
+is not valid Unicode, an empty query, a model name the config does not accept,
+``max_tokens`` over the config's limit, fields the proxy cannot honour such as
+``tools``) is answered ``400 invalid_request_error`` (``413`` for a body too
+large) with a message naming the field, before the learner sees it. With client
+keys configured (``proxy.api_keys`` or ``$OL_JAX_PROXY_API_KEYS``), a request
+without one of them is ``401 authentication_error``. The server itself
+(:mod:`ol_jax.cli._proxy_server`) has header, body and idle timeouts and a
+connection limit.
 
 The learner's run folder ``<root>/<network_id>/runs/<run_id>/`` (a
 :class:`~ol_jax.store.RunStore` run) holds its ``decisions.jsonl`` (one JSON line
@@ -27,7 +34,8 @@ per answered query: route, reason, similarity, latencies, cost saved) and
 shutdown (written beside the previous save, then swapped in); starting again with
 the same ``--run-id`` resumes from it. ``GET /stats`` returns the learner's
 statistics and the server's counters (requests, answers by route, bad requests,
-upstream and internal errors, updates, saves, the last error).
+refused keys, timeouts, upstream and internal errors, updates, saves, the last
+error).
 
 References:
   Anthropic, `Messages API <https://docs.anthropic.com/en/api/messages>`_ and
@@ -37,22 +45,18 @@ References:
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import dataclasses
-import json
-import math
+import ipaddress
 import os
-import secrets
-import shutil
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import textwrap
+import urllib.parse
+from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from ol_jax.feedback import DEFAULT_ANTHROPIC_MODEL, TeacherError
+from ol_jax.cli._proxy_api import MAX_BODY_BYTES, MAX_JSON_DEPTH
+from ol_jax.cli._proxy_server import LEARNER_DIR, ProxyLimits, ProxyServer
+from ol_jax.feedback import DEFAULT_ANTHROPIC_MODEL
 from ol_jax.learners import TeacherProxyConfig
 from ol_jax.store import (
     Capacity,
@@ -65,371 +69,15 @@ from ol_jax.store import (
 )
 
 __all__ = [
-    "MAX_BODY_BYTES",
-    "BadRequest",
-    "MessagesRequest",
+    "API_KEYS_ENV",
     "ProxyNetworkConfig",
     "ProxySection",
-    "ProxyServer",
-    "parse_messages_request",
+    "build_proxy",
     "proxy_main",
 ]
 
-#: The largest request body accepted, in bytes (1 MB).
-MAX_BODY_BYTES = 1_000_000
-LEARNER_DIR = "learner"
-# Bodies up to this size are read and discarded before a 400, so the client sees
-# the error instead of a reset connection; larger ones just close the connection.
-_DRAIN_LIMIT = 16 * MAX_BODY_BYTES
-
-
-class BadRequest(ValueError):
-    """A request the proxy refuses; ``status`` and ``error_type`` as in the API."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        error_type: str = "invalid_request_error",
-    ):
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-
-
-@dataclasses.dataclass(frozen=True)
-class MessagesRequest:
-    """The parts of a Messages API request the proxy uses.
-
-    Attributes:
-      model: the requested model name (one the config accepts).
-      max_tokens: the client's answer length limit.
-      query: the text of the last user message, stripped.
-      input_words: whitespace-separated words in the system prompt and messages.
-    """
-
-    model: str
-    max_tokens: int
-    query: str
-    input_words: int
-
-
-def _text_of(content: Any, where: str) -> str:
-    """The text of a ``content`` value: a string or a list of text blocks."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise BadRequest(
-            f"{where}: expected a string or a list of content blocks, got "
-            f"{type(content).__name__}"
-        )
-    parts = []
-    for i, block in enumerate(content):
-        if not isinstance(block, dict):
-            raise BadRequest(
-                f"{where}[{i}]: expected a content block object, got "
-                f"{type(block).__name__}"
-            )
-        kind = block.get("type")
-        if kind != "text":
-            raise BadRequest(
-                f"{where}[{i}].type: only 'text' content blocks are supported, "
-                f"got {kind!r}"
-            )
-        text = block.get("text")
-        if not isinstance(text, str):
-            raise BadRequest(
-                f"{where}[{i}].text: expected a string, got {type(text).__name__}"
-            )
-        parts.append(text)
-    return "\n".join(parts)
-
-
-def parse_messages_request(body: bytes, *, models: Sequence[str]) -> MessagesRequest:
-    """Validates a ``POST /v1/messages`` body; the query is the last user message.
-
-    Args:
-      body: the raw request body (UTF-8 JSON).
-      models: the model names the proxy accepts.
-
-    Returns:
-      The validated request.
-
-    Raises:
-      BadRequest: (status 400) the body is not a JSON object, a required field
-        (``model``, ``max_tokens``, ``messages``) is missing or mistyped, the model
-        is not accepted, streaming is requested, a message is malformed, the last
-        message is not the user's, or the query is empty.
-    """
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest(f"the request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise BadRequest(
-            f"the request body must be a JSON object, got {type(data).__name__}"
-        )
-    for name in ("model", "max_tokens", "messages"):
-        if name not in data:
-            raise BadRequest(f"{name}: field required")
-    model = data["model"]
-    if not isinstance(model, str):
-        raise BadRequest(f"model: expected a string, got {type(model).__name__}")
-    if model not in models:
-        raise BadRequest(
-            f"model: unknown model {model!r}; this proxy serves {sorted(models)}"
-        )
-    max_tokens = data["max_tokens"]
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise BadRequest(f"max_tokens: expected an integer, got {max_tokens!r}")
-    if max_tokens < 1:
-        raise BadRequest(f"max_tokens: must be >= 1, got {max_tokens}")
-    if data.get("stream"):
-        raise BadRequest("stream: streaming is not supported by this proxy")
-    words = 0
-    if "system" in data:
-        words += len(_text_of(data["system"], "system").split())
-    messages = data["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages: expected a non-empty list of messages")
-    query = ""
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(
-                f"messages[{i}]: expected an object, got {type(message).__name__}"
-            )
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise BadRequest(
-                f"messages[{i}].role: must be 'user' or 'assistant', got {role!r}"
-            )
-        if "content" not in message:
-            raise BadRequest(f"messages[{i}].content: field required")
-        query = _text_of(message["content"], f"messages[{i}].content")
-        words += len(query.split())
-    if role != "user":
-        raise BadRequest(
-            f"messages[{len(messages) - 1}].role: the last message must be the "
-            f"user's query, got {role!r}"
-        )
-    query = query.strip()
-    if not query:
-        raise BadRequest(
-            f"messages[{len(messages) - 1}].content: the query is empty; send a "
-            "non-empty user message"
-        )
-    return MessagesRequest(
-        model=model, max_tokens=max_tokens, query=query, input_words=words
-    )
-
-
-def _error_body(error_type: str, message: str, request_id: str) -> dict[str, Any]:
-    return {
-        "type": "error",
-        "error": {"type": error_type, "message": message},
-        "request_id": request_id,
-    }
-
-
-def _upstream_failure(exc: BaseException) -> tuple[int, str]:
-    """(status, error type) for a failed teacher answer: 504 for a timeout."""
-    import anthropic  # the SDK's timeout type, to tell a timeout from other errors
-
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, TimeoutError | anthropic.APITimeoutError):
-            return 504, "timeout_error"
-        cause = cause.__cause__
-    return 502, "api_error"
-
-
-def _jsonable(value: Any) -> Any:
-    """Metrics as JSON: arrays and numpy scalars to numbers, NaN/Inf to None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bool | int | str) or value is None:
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return number if math.isfinite(number) else None
-
-
-class ProxyServer:
-    """The proxy's HTTP server around one learner, a teacher and a run folder.
-
-    Args:
-      learner: a :class:`~ol_jax.learners.TeacherProxyLearner` (anything with
-        ``answer(query, teacher)``, ``learn(decision)``, ``stats()``,
-        ``save(path)``); it logs its own decisions.
-      teacher: the :class:`~ol_jax.feedback.Teacher` forwarded queries go to.
-      models: the model names clients may request.
-      run_dir: the run folder the learner is saved in (``<run_dir>/learner``).
-      save_every: answered requests between saves of the learner, >= 1.
-      host: the interface to listen on.
-      port: the port (0 picks a free one).
-      max_body_bytes: the largest request body accepted.
-
-    Call :meth:`serve_forever`, and :meth:`close` once it has returned.
-    """
-
-    def __init__(
-        self,
-        learner: Any,
-        teacher: Callable[[str], str],
-        *,
-        models: Sequence[str],
-        run_dir: str | os.PathLike[str],
-        save_every: int = 100,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        max_body_bytes: int = MAX_BODY_BYTES,
-    ):
-        if not models or not all(isinstance(m, str) and m for m in models):
-            raise ValueError(f"models must be non-empty model names, got {models!r}")
-        if save_every < 1:
-            raise ValueError(f"save_every must be >= 1, got {save_every}")
-        if max_body_bytes < 1:
-            raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-        self.learner = learner
-        self.teacher = teacher
-        self.models = tuple(models)
-        self.run_dir = os.path.abspath(os.fspath(run_dir))
-        self.save_every = int(save_every)
-        self.max_body_bytes = int(max_body_bytes)
-        os.makedirs(self.run_dir, exist_ok=True)
-        # The one thread that touches the learner.
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ol-jax-learner"
-        )
-        self._lock = threading.Lock()
-        self._started = time.monotonic()
-        self._since_save = 0
-        self.counters = {
-            "requests": 0,
-            "answered": 0,
-            "local": 0,
-            "forwarded": 0,
-            "bad_requests": 0,
-            "upstream_errors": 0,
-            "internal_errors": 0,
-            "learned": 0,
-            "saves": 0,
-            "save_errors": 0,
-        }
-        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self._httpd.daemon_threads = True
-        self._closed = False
-        self.last_error: str | None = None
-
-    # ------------------------------------------------------------------ running
-
-    @property
-    def url(self) -> str:
-        """The base URL clients use (``base_url`` of an Anthropic client)."""
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def learner_path(self) -> str:
-        """Where the learner is saved in the run folder."""
-        return os.path.join(self.run_dir, LEARNER_DIR)
-
-    def serve_forever(self) -> None:
-        """Serves in the calling thread until interrupted (SIGINT, SIGTERM)."""
-        self._httpd.serve_forever()
-
-    def close(self) -> None:
-        """Closes the socket, finishes queued work and saves the learner."""
-        if self._closed:
-            return
-        self._closed = True
-        self._httpd.server_close()
-        try:
-            self._worker.submit(self._save).result()
-        finally:
-            self._worker.shutdown(wait=True)
-
-    # ------------------------------------------------------------------ requests
-
-    def count(self, name: str) -> None:
-        with self._lock:
-            self.counters[name] += 1
-
-    def stats(self) -> dict[str, Any]:
-        """The learner's stats (read on the learner thread) and the server counters."""
-        learner_stats = self._worker.submit(self.learner.stats).result()
-        with self._lock:
-            server = dict(self.counters)
-            server["last_error"] = self.last_error
-        server["uptime_s"] = round(time.monotonic() - self._started, 3)
-        server["models"] = list(self.models)
-        server["run_dir"] = self.run_dir
-        return {"learner": _jsonable(learner_stats), "server": server}
-
-    def submit(self, request: MessagesRequest) -> concurrent.futures.Future:
-        """Queues a request on the learner thread; the future holds its decision.
-
-        The future is resolved as soon as the answer is known; the learning step
-        for it runs afterwards on the same thread, before the next request.
-        """
-        reply: concurrent.futures.Future = concurrent.futures.Future()
-        self._worker.submit(self._serve, request, reply)
-        return reply
-
-    def _serve(self, request: MessagesRequest, reply: concurrent.futures.Future):
-        try:
-            decision = self.learner.answer(request.query, self.teacher)
-        except Exception as e:
-            # A failed teacher answer (or a bug) is the client's error reply;
-            # nothing is learned, and the learner thread lives on.
-            self._failed(
-                "upstream_errors" if isinstance(e, TeacherError) else "internal_errors",
-                e,
-            )
-            reply.set_exception(e)
-            return
-        reply.set_result(decision)
-        with self._lock:
-            self.counters["answered"] += 1
-            self.counters["local" if decision.route == "local" else "forwarded"] += 1
-        try:
-            self.learner.learn(decision)
-        except Exception as e:
-            self._failed("internal_errors", e)
-        else:
-            self.count("learned")
-        self._since_save += 1
-        if self._since_save >= self.save_every:
-            try:
-                self._save()
-            except Exception as e:  # the next save tries again
-                self._failed("save_errors", e)
-
-    def _failed(self, counter: str, error: BaseException) -> None:
-        with self._lock:
-            self.counters[counter] += 1
-            self.last_error = f"{type(error).__name__}: {error}"
-
-    def _save(self) -> None:
-        """Saves the learner next to the previous save, then swaps it in."""
-        if self._since_save == 0 and os.path.exists(self.learner_path):
-            return
-        tmp = self.learner_path + ".tmp"
-        old = self.learner_path + ".old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.learner.save(tmp)
-        if os.path.exists(self.learner_path):
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.learner_path, old)
-        os.replace(tmp, self.learner_path)
-        shutil.rmtree(old, ignore_errors=True)
-        self._since_save = 0
-        self.count("saves")
+#: Client keys (comma-separated) accepted besides ``proxy.api_keys``.
+API_KEYS_ENV = "OL_JAX_PROXY_API_KEYS"
 
 
 def saved_learner_path(run_dir: str | os.PathLike[str]) -> str | None:
@@ -441,129 +89,32 @@ def saved_learner_path(run_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _handler(proxy: ProxyServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "ol-jax-proxy"
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-        def log_message(self, format: str, *args: Any) -> None:
-            del format, args  # decisions go to decisions.jsonl instead
 
-        def _send(
-            self, status: int, body: dict[str, Any], headers: Mapping[str, str] = {}
-        ) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            if self.close_connection:
-                self.send_header("connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+def _domain_help() -> str:
+    from ol_jax.feedback import describe_domain, faq_domain
 
-        def _error(self, status: int, error_type: str, message: str) -> None:
-            request_id = "req_" + secrets.token_hex(12)
-            self._send(
-                status,
-                _error_body(error_type, message, request_id),
-                {"request-id": request_id},
-            )
-
-        def _body(self) -> bytes:
-            length_header = self.headers.get("content-length")
-            if self.headers.get("transfer-encoding"):
-                self.close_connection = True
-                raise BadRequest("chunked request bodies are not supported")
-            if length_header is None:
-                self.close_connection = True
-                raise BadRequest("the content-length header is required")
-            try:
-                length = int(length_header)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self.close_connection = True
-                raise BadRequest(
-                    f"content-length must be a non-negative integer, got "
-                    f"{length_header!r}"
-                ) from None
-            if length > proxy.max_body_bytes:
-                self.close_connection = True
-                if length <= _DRAIN_LIMIT:
-                    remaining = length
-                    while remaining > 0:
-                        chunk = self.rfile.read(min(remaining, 1 << 16))
-                        if not chunk:
-                            break
-                        remaining -= len(chunk)
-                raise BadRequest(
-                    f"the request body is {length} bytes; the limit is "
-                    f"{proxy.max_body_bytes} bytes"
-                )
-            return self.rfile.read(length)
-
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] == "/stats":
-                self._send(200, proxy.stats())
-            else:
-                self._error(404, "not_found_error", f"no such path: GET {self.path}")
-
-        def do_POST(self) -> None:
-            proxy.count("requests")
-            try:
-                body = self._body()
-                if self.path.split("?")[0] != "/v1/messages":
-                    raise BadRequest(
-                        f"no such path: POST {self.path}",
-                        status=404,
-                        error_type="not_found_error",
-                    )
-                request = parse_messages_request(body, models=proxy.models)
-            except BadRequest as e:
-                proxy.count("bad_requests")
-                self._error(e.status, e.error_type, str(e))
-                return
-            try:
-                decision = proxy.submit(request).result()
-            except Exception as e:
-                if isinstance(e, TeacherError):
-                    status, kind = _upstream_failure(e)
-                    self._error(status, kind, f"the upstream teacher failed: {e}")
-                else:
-                    self._error(500, "api_error", f"{type(e).__name__}: {e}")
-                return
-            answer, stop_reason = decision.answer, "end_turn"
-            words = answer.split()
-            if len(words) > request.max_tokens:
-                answer = " ".join(words[: request.max_tokens])
-                stop_reason = "max_tokens"
-            message_id = "msg_" + secrets.token_hex(12)
-            self._send(
-                200,
-                {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "content": [{"type": "text", "text": answer}],
-                    "model": request.model,
-                    "stop_reason": stop_reason,
-                    "stop_sequence": None,
-                    # Word counts: the proxy has no tokenizer shared with clients.
-                    "usage": {
-                        "input_tokens": request.input_words,
-                        "output_tokens": min(len(words), request.max_tokens),
-                    },
-                },
-                {
-                    "request-id": "req_" + message_id[4:],
-                    "x-ol-jax-route": decision.route,
-                    "x-ol-jax-reason": str(decision.reason),
-                },
-            )
-
-    return Handler
+    defaults = ProxySection()
+    domain = faq_domain(
+        defaults.simulated_families,
+        paraphrases=defaults.simulated_paraphrases,
+        seed=defaults.simulated_seed,
+    )
+    intro = (
+        "The offline simulated teacher (no --upstream) answers a help desk FAQ; "
+        "a question is matched by meaning (all-MiniLM-L6-v2, cosine >= "
+        f"{defaults.simulated_threshold:g}), anything else gets its fallback "
+        "answer. With the default proxy.simulated_* settings its question families "
+        f"are ({len(domain)}, one example question each):"
+    )
+    return textwrap.fill(intro, width=79) + "\n" + describe_domain(domain)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -571,10 +122,18 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="ol-jax proxy",
-        description="A local Anthropic Messages API endpoint (POST /v1/messages) "
-        "that answers locally or forwards to a teacher, and learns from every "
-        "teacher answer. GET /stats returns the learner's statistics.",
-        formatter_class=HelpFormatter,
+        description=textwrap.fill(
+            "A local Anthropic Messages API endpoint (POST /v1/messages, streaming "
+            "included; POST /v1/messages/count_tokens; GET /v1/models) that answers "
+            "locally or forwards to a teacher, and learns from every teacher answer. "
+            "GET /stats returns the learner's statistics. Client keys, when set "
+            f"(proxy.api_keys or ${API_KEYS_ENV}), are checked against x-api-key.",
+            width=79,
+        ),
+        epilog=_domain_help(),
+        formatter_class=type(
+            "ProxyHelp", (HelpFormatter, argparse.RawDescriptionHelpFormatter), {}
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument(
@@ -618,14 +177,27 @@ class ProxySection(ConfigSection):
     Attributes:
       models: the model names clients may request; any other is a 400.
       upstream: base URL of the Anthropic API the teacher is asked through (key
-        from ``ANTHROPIC_API_KEY``); ``None`` for the offline simulated FAQ
-        teacher.
+        from ``ANTHROPIC_API_KEY``): ``https://``, or ``http://`` to a loopback
+        host only (the key would cross the network in the clear); ``None`` for
+        the offline simulated FAQ teacher.
       teacher_model: the Claude model the upstream teacher is asked with.
       teacher_max_tokens: answer length limit of the upstream teacher.
       upstream_timeout_s: seconds before an upstream request is a 504.
       upstream_max_retries: the SDK's retries on connection errors, 429 and 5xx.
       save_every: answered requests between saves of the learner.
+      api_keys: client keys; when any (here or in ``$OL_JAX_PROXY_API_KEYS``),
+        every request must send one in ``x-api-key``.
       max_body_bytes: the largest request body accepted.
+      max_json_depth: the deepest JSON nesting of a request body.
+      max_tokens_limit: the largest ``max_tokens`` a request may ask for.
+      header_timeout_s: seconds a request's headers may take to arrive.
+      body_timeout_s: seconds a request's body may take to arrive.
+      idle_timeout_s: seconds a kept-alive connection may wait for a request.
+      max_connections: open connections at most.
+      simulated_encoder: the sentence encoder (``ol_jax.models.load_encoder``
+        alias or folder) the simulated teacher matches questions by meaning
+        with; ``None`` for normalized text only.
+      simulated_threshold: the least cosine similarity of a match by meaning.
       simulated_families: question families of the simulated FAQ teacher.
       simulated_paraphrases: paraphrases per family.
       simulated_seed: seed of the generated FAQ domain.
@@ -639,14 +211,65 @@ class ProxySection(ConfigSection):
     # The upstream's answer limit, not a local shape (answers are cut to the
     # generator's max_new_tokens for training).
     teacher_max_tokens: Annotated[Count, Field(le=1 << 20)] = Field(default=512, ge=1)
-    upstream_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     # Each retry waits longer (the SDK backs off exponentially).
     upstream_max_retries: Annotated[Count, Field(le=10)] = Field(default=2, ge=0)
     save_every: Count = Field(default=100, ge=1)
-    max_body_bytes: Chars = Field(default=MAX_BODY_BYTES, ge=1)
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: Annotated[Chars, Field(le=1 << 30)] = Field(
+        default=MAX_BODY_BYTES, ge=1
+    )
+    max_json_depth: Annotated[Count, Field(le=500)] = Field(default=MAX_JSON_DEPTH, ge=4)
+    max_tokens_limit: Annotated[Count, Field(le=1 << 20)] = Field(default=65536, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    idle_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    # Each open connection holds a socket and a little memory.
+    max_connections: Annotated[Capacity, Field(le=100_000)] = Field(default=1000, ge=1)
+    simulated_encoder: str | None = "all-minilm-l6-v2"
+    simulated_threshold: float = Field(default=0.6, ge=-1, le=1)
     simulated_families: Capacity = Field(default=60, ge=1)
     simulated_paraphrases: Capacity = Field(default=4, ge=1)
     simulated_seed: Seed = 0
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL with a host, got {url!r}")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError(
+                f"must be https:// unless the host is loopback (the API key would "
+                f"travel unencrypted), got {url!r}"
+            )
+        return url
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not key.strip() for key in keys):
+            raise ValueError("every key must be a non-empty string")
+        return keys
+
+    def limits(self) -> ProxyLimits:
+        """The server's :class:`~ol_jax.cli._proxy_server.ProxyLimits`."""
+        return ProxyLimits(
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            idle_timeout_s=self.idle_timeout_s,
+            max_connections=self.max_connections,
+            max_body_bytes=self.max_body_bytes,
+            max_json_depth=self.max_json_depth,
+            max_tokens=self.max_tokens_limit,
+        )
+
+    def client_keys(self) -> tuple[str, ...]:
+        """``api_keys`` and the keys in ``$OL_JAX_PROXY_API_KEYS``."""
+        extra = os.environ.get(API_KEYS_ENV, "")
+        return self.api_keys + tuple(k.strip() for k in extra.split(",") if k.strip())
 
 
 class ProxyNetworkConfig(TeacherProxyConfig):
@@ -686,7 +309,9 @@ def build_proxy(args: argparse.Namespace) -> ProxyServer:
     """The server ``ol-jax proxy`` runs: config, teacher, learner (resumed or new).
 
     The learner of run ``--run-id`` is loaded from ``<run_dir>/learner`` when one
-    was saved there; otherwise a new learner is built from the config.
+    was saved there; otherwise a new learner is built from the config. Its
+    programs are compiled (:meth:`~ol_jax.learners.TeacherProxyLearner.warmup`)
+    before the socket is bound.
 
     Args:
       args: parsed ``ol-jax proxy`` arguments.
@@ -695,29 +320,12 @@ def build_proxy(args: argparse.Namespace) -> ProxyServer:
       The :class:`ProxyServer` (not yet serving); its ``learner`` must be closed
       after the server.
     """
-    from ol_jax.feedback import AnthropicTeacher, SimulatedTeacher, faq_domain
     from ol_jax.learners import TeacherProxyLearner
     from ol_jax.store import RunStore, new_run_id
 
     config = _load_proxy_config(args)
     proxy = config.proxy
     learner_config = config.learner_config()
-    if proxy.upstream is None:
-        teacher = SimulatedTeacher(
-            faq_domain(
-                proxy.simulated_families,
-                paraphrases=proxy.simulated_paraphrases,
-                seed=proxy.simulated_seed,
-            )
-        )
-    else:
-        teacher = AnthropicTeacher(
-            proxy.teacher_model,
-            base_url=proxy.upstream,
-            timeout=proxy.upstream_timeout_s,
-            max_retries=proxy.upstream_max_retries,
-            max_tokens=proxy.teacher_max_tokens,
-        )
     run_id = args.run_id or new_run_id()
     with RunStore(args.root, config=learner_config) as store:
         runs_dir = store.runs_dir
@@ -727,6 +335,9 @@ def build_proxy(args: argparse.Namespace) -> ProxyServer:
     else:
         learner = TeacherProxyLearner(learner_config, root=args.root, run_id=run_id)
     try:
+        teacher = _teacher(proxy, learner)
+        # Every shape answers and updates use is compiled before the port opens.
+        learner.warmup()
         return ProxyServer(
             learner,
             teacher,
@@ -735,11 +346,42 @@ def build_proxy(args: argparse.Namespace) -> ProxyServer:
             save_every=proxy.save_every,
             host=args.host,
             port=args.port,
-            max_body_bytes=proxy.max_body_bytes,
+            limits=proxy.limits(),
+            api_keys=proxy.client_keys(),
         )
     except BaseException:
         learner.close()
         raise
+
+
+def _teacher(proxy: ProxySection, learner: Any) -> Any:
+    """The configured teacher: the upstream API, or the simulated FAQ one."""
+    from ol_jax.feedback import AnthropicTeacher, SimulatedTeacher, faq_domain
+
+    if proxy.upstream is None:
+        encoder = None
+        if proxy.simulated_encoder == learner.config.encoder.name:
+            encoder = learner.encoder  # the same frozen model: load it once
+        elif proxy.simulated_encoder is not None:
+            from ol_jax.models import load_encoder
+
+            encoder = load_encoder(proxy.simulated_encoder)
+        return SimulatedTeacher(
+            faq_domain(
+                proxy.simulated_families,
+                paraphrases=proxy.simulated_paraphrases,
+                seed=proxy.simulated_seed,
+            ),
+            encoder=encoder,
+            threshold=proxy.simulated_threshold,
+        )
+    return AnthropicTeacher(
+        proxy.teacher_model,
+        base_url=proxy.upstream,
+        timeout=proxy.upstream_timeout_s,
+        max_retries=proxy.upstream_max_retries,
+        max_tokens=proxy.teacher_max_tokens,
+    )
 
 
 def proxy_main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from ol_jax.feedback._faq import FALLBACK_ANSWER as FALLBACK_ANSWER
 from ol_jax.feedback._faq import FaqDomain as FaqDomain
 from ol_jax.feedback._faq import FaqFamily as FaqFamily
 from ol_jax.feedback._faq import SimulatedTeacher as SimulatedTeacher
+from ol_jax.feedback._faq import describe_domain as describe_domain
 from ol_jax.feedback._faq import faq_domain as faq_domain
 from ol_jax.feedback._faq import normalize_query as normalize_query
 from ol_jax.feedback._faq import zipf_stream as zipf_stream
@@ -50,6 +51,7 @@ __all__ = [
     "SimulatedTeacher",
     "Teacher",
     "TeacherError",
+    "describe_domain",
     "faq_domain",
     "glyph_features",
     "glyph_png",

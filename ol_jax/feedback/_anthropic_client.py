@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"
@@ -83,6 +84,87 @@ class MessagesClient:
     def base_url(self) -> str:
         """The base URL requests go to."""
         return str(self._client.base_url)
+
+    def stream_text(self, **request: Any) -> Iterator[str]:
+        """``messages.stream(**request)``: the answer's text pieces as they arrive.
+
+        Every failure (before or during the stream) is raised as ``self.error``;
+        so is a stream that ends in a refusal.
+
+        Yields:
+          The text of each ``text_delta`` event.
+        """
+        sdk = self._anthropic
+        try:
+            with self._client.messages.stream(**request) as stream:
+                for event in stream:
+                    if getattr(event, "type", None) != "content_block_delta":
+                        continue
+                    delta = event.delta
+                    if getattr(delta, "type", None) == "text_delta":
+                        yield delta.text
+                stop_reason = stream.get_final_message().stop_reason
+        except sdk.APITimeoutError as exc:
+            raise self.error(
+                f"Anthropic API request timed out after {self.timeout:g} s"
+            ) from exc
+        except sdk.APIStatusError as exc:
+            raise self.error(
+                f"Anthropic API request failed with HTTP {exc.status_code}: {exc}"
+            ) from exc
+        except sdk.APIError as exc:
+            raise self.error(f"Anthropic API request failed: {exc}") from exc
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise self.error(f"malformed Anthropic API stream: {exc!r}") from exc
+        if stop_reason == "refusal":
+            raise self.error("the model refused to answer the query")
+
+    def forward(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        """Sends a Messages API request body as it is; (status, reply body).
+
+        Fields this SDK does not name go through ``extra_body`` unchanged. A
+        ``stream: true`` body is read to its end (the reply is the event
+        stream's bytes); use :meth:`forward_stream` to pass it on as it comes.
+
+        Raises:
+          ``self.error``: the request failed, timed out or had an error status.
+        """
+        with self._forwarded(body) as response:
+            return response.status_code, response.read()
+
+    def forward_stream(self, body: dict[str, Any]) -> Iterator[bytes]:
+        """:meth:`forward` of a ``stream: true`` body: its bytes as they arrive."""
+        with self._forwarded(body) as response:
+            yield from response.iter_bytes()
+
+    def _forwarded(self, body: dict[str, Any]):
+        import contextlib
+
+        sdk = self._anthropic
+        known = ("model", "max_tokens", "messages")
+        extra = {k: v for k, v in body.items() if k not in known and k != "stream"}
+
+        @contextlib.contextmanager
+        def opened():
+            try:
+                with self._client.messages.with_streaming_response.create(
+                    **{k: body[k] for k in known if k in body},
+                    stream=bool(body.get("stream", False)),
+                    extra_body=extra,
+                ) as response:
+                    yield response
+            except sdk.APITimeoutError as exc:
+                raise self.error(
+                    f"Anthropic API request timed out after {self.timeout:g} s"
+                ) from exc
+            except sdk.APIStatusError as exc:
+                raise self.error(
+                    f"Anthropic API request failed with HTTP {exc.status_code}"
+                ) from exc
+            except sdk.APIError as exc:
+                raise self.error(f"Anthropic API request failed: {exc}") from exc
+
+        return opened()
 
     def create(self, **request: Any) -> Any:
         """``messages.create(**request)``; every failure raised as ``self.error``.

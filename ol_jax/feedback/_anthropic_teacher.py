@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from ol_jax.feedback._anthropic_client import (
@@ -84,14 +85,7 @@ class AnthropicTeacher:
         """The base URL requests go to."""
         return self._client.base_url
 
-    def __call__(self, query: str) -> str:
-        """The teacher's answer to ``query``.
-
-        Raises:
-          ValueError: ``query`` is not a non-empty string (nothing is sent).
-          TeacherError: the request failed or timed out, or the reply is
-            malformed, a refusal, or has no text.
-        """
+    def _request(self, query: str) -> dict[str, Any]:
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
         request: dict[str, Any] = {
@@ -101,7 +95,40 @@ class AnthropicTeacher:
         }
         if self.system:
             request["system"] = self.system
-        response = self._client.create(**request)
+        return request
+
+    def stream(self, query: str) -> Iterator[str]:
+        """The teacher's answer to ``query`` in pieces, as the API streams it.
+
+        Raises:
+          ValueError: ``query`` is not a non-empty string (nothing is sent).
+          TeacherError: the request failed or timed out, the stream broke, or
+            the answer is a refusal.
+        """
+        yield from self._client.stream_text(**self._request(query))
+
+    def forward(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        """Sends a whole Messages API request (tools, images, ...) as it is, with
+        this teacher's model; returns (status, reply body).
+
+        Raises:
+          TeacherError: the request failed, timed out or had an error status.
+        """
+        return self._client.forward({**body, "model": self.model})
+
+    def forward_stream(self, body: dict[str, Any]) -> Iterator[bytes]:
+        """:meth:`forward` of a ``stream: true`` request: the event stream's bytes."""
+        yield from self._client.forward_stream({**body, "model": self.model})
+
+    def __call__(self, query: str) -> str:
+        """The teacher's answer to ``query``.
+
+        Raises:
+          ValueError: ``query`` is not a non-empty string (nothing is sent).
+          TeacherError: the request failed or timed out, or the reply is
+            malformed, a refusal, or has no text.
+        """
+        response = self._client.create(**self._request(query))
         stop_reason = getattr(response, "stop_reason", None)
         if stop_reason == "refusal":
             raise TeacherError(f"{self.model} refused to answer the query")

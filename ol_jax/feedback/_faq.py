@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ __all__ = [
     "FaqDomain",
     "FaqFamily",
     "SimulatedTeacher",
+    "describe_domain",
     "faq_domain",
     "normalize_query",
     "zipf_stream",
@@ -278,8 +280,13 @@ def zipf_stream(
 class SimulatedTeacher:
     """A deterministic :class:`~ol_jax.feedback.Teacher` over an FAQ domain.
 
-    ``teacher(query)`` returns the canonical answer of the query's family (the
-    query is matched after :func:`normalize_query`). A query outside the domain
+    ``teacher(query)`` returns the canonical answer of the query's family. The
+    family is the one whose paraphrase equals the query after
+    :func:`normalize_query`; failing that, with an ``encoder``, the family of the
+    paraphrase nearest in meaning: the largest cosine similarity
+    ``cos(e(query), e(paraphrase))`` of sentence embeddings, if it is at least
+    ``threshold`` (so "How do I reset my password?" finds "How can I change my
+    password?", and "Tell me a joke" finds nothing). A query outside the domain
     gets :data:`FALLBACK_ANSWER` (``unknown="fallback"``, the default) or raises
     :class:`~ol_jax.feedback.TeacherError` (``unknown="error"``). An empty or
     non-string query always raises :class:`~ol_jax.feedback.TeacherError`.
@@ -287,6 +294,10 @@ class SimulatedTeacher:
     Args:
       domain: the FAQ domain.
       unknown: ``"fallback"`` or ``"error"``.
+      encoder: anything with ``embed(texts) -> [N, D]`` (an
+        :class:`~ol_jax.models.LoadedEncoder` such as all-MiniLM-L6-v2); ``None``
+        matches normalized text only.
+      threshold: the least cosine similarity of a match by meaning, in [-1, 1].
 
     Attributes:
       calls: answers given so far (failed calls not counted).
@@ -296,24 +307,82 @@ class SimulatedTeacher:
       >>> teacher(teacher.domain.families[0].paraphrases[0]) == (
       ...     teacher.domain.families[0].answer)
       True
+
+    References:
+      Reimers and Gurevych, `Sentence-BERT: Sentence Embeddings using Siamese
+      BERT-Networks <https://arxiv.org/abs/1908.10084>`_, 2019.
     """
 
     def __init__(
-        self, domain: FaqDomain, *, unknown: Literal["fallback", "error"] = "fallback"
+        self,
+        domain: FaqDomain,
+        *,
+        unknown: Literal["fallback", "error"] = "fallback",
+        encoder: Any = None,
+        threshold: float = 0.6,
     ):
         if unknown not in ("fallback", "error"):
             raise ValueError(f"unknown must be 'fallback' or 'error', got {unknown!r}")
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [-1, 1], got {threshold!r}")
         self.domain = domain
         self.unknown = unknown
+        self.encoder = encoder
+        self.threshold = float(threshold)
         self.calls = 0
+        self._paraphrase_family = [
+            i for i, f in enumerate(domain.families) for _ in f.paraphrases
+        ]
+        self._paraphrases = None
+        if encoder is not None:
+            self._paraphrases = _unit_rows(encoder.embed(domain.queries))
+
+    def match(self, query: str) -> tuple[int | None, float | None]:
+        """(family index or ``None``, cosine similarity of a match by meaning).
+
+        The similarity is ``None`` for an exact (normalized) match or when no
+        encoder is set.
+        """
+        family = self.domain.family_of(query)
+        if family is not None or self._paraphrases is None:
+            return family, None
+        (e,) = _unit_rows(self.encoder.embed([query]))
+        sims = self._paraphrases @ e
+        best = int(np.argmax(sims))
+        similarity = float(sims[best])
+        if similarity < self.threshold:
+            return None, similarity
+        return self._paraphrase_family[best], similarity
 
     def __call__(self, query: str) -> str:
         if not isinstance(query, str) or not query.strip():
             raise TeacherError(f"query must be a non-empty string, got {query!r}")
-        answer = self.domain.answer(query)
-        if answer is None:
+        family, _ = self.match(query)
+        if family is None:
             if self.unknown == "error":
                 raise TeacherError(f"query is outside the FAQ domain: {query!r}")
             answer = FALLBACK_ANSWER
+        else:
+            answer = self.domain.families[family].answer
         self.calls += 1
         return answer
+
+    def stream(self, query: str) -> Iterator[str]:
+        """The answer in pieces (a word and the space after it), like an API stream.
+
+        Raises:
+          TeacherError: as :meth:`__call__`.
+        """
+        answer = self(query)
+        yield from re.findall(r"\S+\s*|\s+", answer)
+
+
+def _unit_rows(x: Any) -> np.ndarray:
+    rows = np.array(x, np.float32).reshape(-1, np.shape(x)[-1])
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+def describe_domain(domain: FaqDomain) -> str:
+    """One line per family: its name and one of its questions (for ``--help``)."""
+    return "\n".join(f"  {f.name}: {f.paraphrases[0]}" for f in domain.families)

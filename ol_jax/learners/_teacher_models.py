@@ -71,6 +71,20 @@ class TextCodec:
             return self.tokenizer.encode(text)
         return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False)]
 
+    def token_ends(self, text: str) -> list[int]:
+        """The end character offset of each token of ``encode(text)``, in order."""
+        if isinstance(self.tokenizer, ByteTokenizer):
+            # One token per UTF-8 byte: a character's bytes all end after it.
+            return [i + 1 for i, ch in enumerate(text) for _ in ch.encode("utf-8")]
+        offsets = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True
+        )["offset_mapping"]
+        ends, last = [], 0
+        for _, end in offsets:
+            last = max(last, int(end))  # byte-level BPE can repeat an offset
+            ends.append(last)
+        return ends
+
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids if int(i) != self.eos]
         if isinstance(self.tokenizer, ByteTokenizer):

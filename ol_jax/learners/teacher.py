@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -66,7 +67,13 @@ from ol_jax.learners._teacher_models import (
     pair_features,
 )
 from ol_jax.memory import prioritized_replay
-from ol_jax.models import LLAMA_PROJECTIONS, LoRAConfig, generate, split_lora
+from ol_jax.models import (
+    LLAMA_PROJECTIONS,
+    LoRAConfig,
+    generate,
+    prompt_bucket,
+    split_lora,
+)
 from ol_jax.store import (
     BaseNetworkConfig,
     BatchSize,
@@ -364,6 +371,12 @@ class TeacherProxyLearner:
     :class:`~ol_jax.feedback.TeacherError` from the teacher propagates out of
     ``answer`` and nothing is counted or learned.
 
+    ``answer`` and ``learn`` may run on two threads (one each): an answer is
+    made with the states published by the last finished ``learn``, while the
+    next ``learn`` trains on its own copy and publishes it when done. ``save``
+    and ``stats`` need both threads quiet. :meth:`warmup` compiles every shape
+    answers and updates use, without changing the learner.
+
     Args:
       config: a :class:`TeacherProxyConfig`, or a path to its YAML.
       root: a store root; with it the learner opens a run of
@@ -428,13 +441,16 @@ class TeacherProxyLearner:
             ),
             "generator": init_state(lora_params, self._tx["generator"], key=keys[6]),
         }
+        # Not donated: answers may read the published states on another
+        # thread while an update runs (the states are small: heads and LoRA).
         self._steps = {
-            "router": make_step(head_loss, self._tx["router"]),
-            "validator": make_step(head_loss, self._tx["validator"]),
+            "router": make_step(head_loss, self._tx["router"], donate=False),
+            "validator": make_step(head_loss, self._tx["validator"], donate=False),
             "generator": make_step(
                 make_generator_loss(self._graphdef, kl_weight=g.kl_weight),
                 self._tx["generator"],
                 has_aux=True,
+                donate=False,
             ),
         }
         self._replay = {
@@ -480,7 +496,13 @@ class TeacherProxyLearner:
             "count": np.zeros((), np.int32),
         }
         self._embeddings: dict[str, np.ndarray] = {}
-        self._answers: dict[str, str] = {}  # local answers under the current LoRA
+        # Greedy local answers under the published adapters (a new dict per
+        # publication, so an answer made with older adapters is never cached).
+        self._answers: dict[str, str] = {}
+        # Guards the embedding cache and the answer memory, which answers and
+        # updates share when they run on different threads.
+        self._shared = threading.Lock()
+        self._publish()
         self._counters = {
             "queries": 0,
             "forwarded": 0,
@@ -516,6 +538,16 @@ class TeacherProxyLearner:
         return None if self._store is None else self._store.run_dir
 
     @property
+    def encoder(self) -> Any:
+        """The frozen sentence encoder (a :class:`~ol_jax.models.LoadedEncoder`)."""
+        return self._encoder
+
+    def _publish(self) -> None:
+        """Makes the trained states the ones answers are made with."""
+        self._published = dict(self._states)
+        self._answers = {}
+
+    @property
     def params(self) -> dict[str, Any]:
         """The trainable parameters of the three models (LoRA for the generator)."""
         return {name: self._states[name].params for name in _MODELS}
@@ -523,12 +555,14 @@ class TeacherProxyLearner:
     # ------------------------------------------------------------ encoding
 
     def _embed(self, text: str) -> np.ndarray:
-        cached = self._embeddings.get(text)
+        with self._shared:
+            cached = self._embeddings.get(text)
         if cached is None:
             cached = np.asarray(self._encoder.embed(text), np.float32)
-            if len(self._embeddings) >= 4096:
-                self._embeddings.pop(next(iter(self._embeddings)))
-            self._embeddings[text] = cached
+            with self._shared:
+                if len(self._embeddings) >= 4096:
+                    self._embeddings.pop(next(iter(self._embeddings)))
+                self._embeddings[text] = cached
         return cached
 
     def similarity(self, a: str, b: str) -> float:
@@ -543,10 +577,11 @@ class TeacherProxyLearner:
         cap = m["query"].shape[0]
         if cap == 0:
             return
-        slot = int(m["count"]) % cap
-        m["query"][slot] = _unit(e_query)
-        m["answer"][slot] = _unit(e_answer)
-        m["count"] = m["count"] + 1
+        with self._shared:
+            slot = int(m["count"]) % cap
+            m["query"][slot] = _unit(e_query)
+            m["answer"][slot] = _unit(e_answer)
+            m["count"] = m["count"] + 1
 
     def memory_agreement(self, query: str, answer: str) -> float | None:
         """Cosine of ``answer`` to the teacher's answer of the nearest remembered query.
@@ -555,12 +590,14 @@ class TeacherProxyLearner:
         cosine similarity to ``query``'s (the first on ties). ``None`` when
         nothing is remembered (or ``policy.answer_memory`` is 0).
         """
+        e_query, e_answer = _unit(self._embed(query)), _unit(self._embed(answer))
         m = self._memory
-        n = min(int(m["count"]), m["query"].shape[0])
-        if n == 0:
-            return None
-        nearest = int(np.argmax(m["query"][:n] @ _unit(self._embed(query))))
-        return float(m["answer"][nearest] @ _unit(self._embed(answer)))
+        with self._shared:
+            n = min(int(m["count"]), m["query"].shape[0])
+            if n == 0:
+                return None
+            nearest = int(np.argmax(m["query"][:n] @ e_query))
+            return float(m["answer"][nearest] @ e_answer)
 
     def _prompt_ids(self, query: str) -> list[int]:
         g = self.config.generator
@@ -572,26 +609,57 @@ class TeacherProxyLearner:
         """Tokens of ``text`` (as an answer) in the generator's vocabulary."""
         return len(self._codec.encode(" " + text.strip()))
 
-    def generate_local(self, query: str) -> str:
-        """The generator's greedy answer to ``query`` (no routing, no learning).
+    def token_ends(self, text: str) -> list[int]:
+        """The end character offset in ``text`` of each of its generator tokens."""
+        return self._codec.token_ends(text)
 
-        Greedy decoding is a function of the query and the adapters, so answers
-        are cached until the next generator update.
+    def generate_local(
+        self,
+        query: str,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        key: jax.Array | None = None,
+    ) -> str:
+        """The generator's answer to ``query`` (no routing, no learning).
+
+        Greedy by default: a function of the query and the adapters, so answers
+        are cached until the next generator update. With ``temperature > 0`` the
+        answer is sampled (``top_p``, ``top_k`` truncate the distribution) with
+        ``key``, and not cached.
         """
-        cached = self._answers.get(query)
-        if cached is not None:
-            return cached
+        sampled = temperature is not None and temperature > 0
+        # The cache first, then the adapters: a publication in between only
+        # costs this answer its cache entry (see _publish).
+        answers = self._answers
+        if not sampled:
+            cached = answers.get(query)
+            if cached is not None:
+                return cached
         g = self.config.generator
-        model = nnx.merge(self._graphdef, self._base, self._states["generator"].params)
+        params = self._published["generator"].params
+        model = nnx.merge(self._graphdef, self._base, params)
         (ids,) = generate(
             model,
             [self._prompt_ids(query)],
             max_new_tokens=g.max_new_tokens,
             eos_token_id=self._codec.eos,
+            **(
+                dict(
+                    temperature=float(temperature),
+                    top_p=1.0 if top_p is None else float(top_p),
+                    top_k=0 if top_k is None else int(top_k),
+                    key=jax.random.key(0) if key is None else key,
+                )
+                if sampled
+                else {}
+            ),
         )
         self._counters["generated"] += 1
         answer = self._codec.decode(ids).strip()
-        self._answers[query] = answer
+        if not sampled:
+            answers[query] = answer
         return answer
 
     # ------------------------------------------------------------ policy
@@ -606,7 +674,15 @@ class TeacherProxyLearner:
     def _uniform(self, n: int) -> float:
         return float(jax.random.uniform(jax.random.fold_in(self._policy_key, n)))
 
-    def answer(self, query: str, teacher: Teacher) -> ProxyDecision:
+    def answer(
+        self,
+        query: str,
+        teacher: Teacher,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+    ) -> ProxyDecision:
         """Routes ``query`` and returns the decision with the answer to serve.
 
         Nothing is learned here (see :meth:`learn`).
@@ -614,6 +690,10 @@ class TeacherProxyLearner:
         Args:
           query: a non-empty query.
           teacher: called when the query is forwarded.
+          temperature: a local answer is sampled at this temperature when > 0
+            (then validated like a greedy one); ``None`` or 0: greedy.
+          top_p: nucleus mass of a sampled local answer.
+          top_k: most probable tokens kept when sampling a local answer.
 
         Returns:
           A :class:`ProxyDecision`.
@@ -627,6 +707,7 @@ class TeacherProxyLearner:
             raise ValueError(f"query must be a non-empty string, got {query!r}")
         start = _now_ms()
         p = self.config.policy
+        published = self._published  # one version of the heads for this answer
         n = self._counters["queries"]
         conservative = n < p.conservative_until
         route_ms = 0.0
@@ -636,15 +717,24 @@ class TeacherProxyLearner:
         else:
             t0 = _now_ms()
             e_q = self._embed(query)
-            router_prob = float(head_prob(self._states["router"].params, e_q))
+            router_prob = float(head_prob(published["router"].params, e_q))
             route_ms += _now_ms() - t0
             threshold = (
                 p.router_threshold_conservative if conservative else p.router_threshold
             )
             if router_prob < threshold:
                 reason = "router"
-            else:
+            elif temperature is None or temperature <= 0:
                 local = self.generate_local(query)
+            else:
+                local = self.generate_local(
+                    query,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    # A key of its own per query, apart from the sampling draw's.
+                    key=jax.random.fold_in(jax.random.fold_in(self._policy_key, n), 1),
+                )
             if local == "":
                 # An empty answer is never served; the validator learns it is bad.
                 reason = "validator"
@@ -652,7 +742,7 @@ class TeacherProxyLearner:
                 t0 = _now_ms()
                 features = pair_features(e_q, self._embed(local))
                 validator_prob = float(
-                    head_prob(self._states["validator"].params, features)
+                    head_prob(published["validator"].params, features)
                 )
                 memory_similarity = self.memory_agreement(query, local)
                 route_ms += _now_ms() - t0
@@ -792,7 +882,6 @@ class TeacherProxyLearner:
             buffer, drawn.indices, metrics["aux"]["ce"][1:]
         )
         self._counters["updates_generator"] += 1
-        self._answers.clear()
         return metrics
 
     def learn(self, decision: ProxyDecision) -> dict[str, Any]:
@@ -871,7 +960,86 @@ class TeacherProxyLearner:
         self._last_teacher = (teacher_answer, e_t)
         for name in _MODELS:
             self._update_ms[name].append(out[name]["ms"])
+        self._publish()
         return out
+
+    def warmup(self, *, sampling: bool = True) -> float:
+        """Compiles what answering and learning run, leaving the learner as it was.
+
+        Runs greedy (and, with ``sampling``, sampled) generation for every
+        prompt bucket, the encoder for the token buckets of short and long
+        texts, both heads, and one :meth:`learn` on a made-up decision, then
+        restores every state, buffer, cache and counter. Nothing is logged.
+
+        Returns:
+          The seconds it took.
+        """
+        start = time.perf_counter()
+        g = self.config.generator
+        # Shallow copies: learn() replaces entries of these dicts in place.
+        kept = (
+            dict(self._states),
+            self._published,
+            dict(self._buffers),
+            self._answers,
+            {
+                k: v.copy() if isinstance(v, np.ndarray) else v
+                for k, v in self._memory.items()
+            },
+            dict(self._counters),
+            self._last_teacher,
+            {name: list(ms) for name, ms in self._update_ms.items()},
+            dict(self._embeddings),
+        )
+        self._answers = {}
+        model = nnx.merge(
+            self._graphdef, self._base, self._published["generator"].params
+        )
+        # Prompts are cut to max_length - max_new_tokens ids: every bucket up
+        # to that length, greedy and sampled.
+        longest = g.max_length - g.max_new_tokens
+        buckets = sorted({prompt_bucket(n) for n in range(1, longest + 1)})
+        for bucket in buckets:
+            for temperature in (0.0, 1.0) if sampling else (0.0,):
+                generate(
+                    model,
+                    [[self._codec.eos] * min(bucket, longest)],
+                    max_new_tokens=g.max_new_tokens,
+                    eos_token_id=self._codec.eos,
+                    temperature=temperature,
+                    key=jax.random.key(0),
+                )
+        e = self._embed("warm up")
+        for words in (8, 24, 56, 120):
+            self._embed(" ".join(["warm"] * words))
+        head_prob(self._published["router"].params, e)
+        head_prob(self._published["validator"].params, pair_features(e, e))
+        self.learn(
+            ProxyDecision(
+                query="warm up",
+                answer="warm up answer",
+                route="forward",
+                reason="sampling",
+                teacher_answer="warm up answer",
+                local_answer="warm up local",
+                similarity=0.0,
+                route_validate_ms=0.0,
+                latency_ms=0.0,
+                cost_saved=0.0,
+            )
+        )
+        (
+            self._states,
+            self._published,
+            self._buffers,
+            self._answers,
+            self._memory,
+            self._counters,
+            self._last_teacher,
+            self._update_ms,
+            self._embeddings,
+        ) = kept
+        return time.perf_counter() - start
 
     def handle(self, query: str, teacher: Teacher) -> ProxyDecision:
         """:meth:`answer` then :meth:`learn`; returns the decision."""
@@ -1067,6 +1235,7 @@ class TeacherProxyLearner:
             name: s._replace(key=jax.random.wrap_key_data(s.key))
             for name, s in restored["states"].items()
         }
+        learner._publish()
         learner._buffers = restored["buffers"]
         learner._policy_key = jax.random.wrap_key_data(restored["policy_key"])
         if "memory" in restored:

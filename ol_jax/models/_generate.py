@@ -54,18 +54,22 @@ def sample_logits(
     key: jax.Array,
     temperature: jax.typing.ArrayLike = 1.0,
     top_p: jax.typing.ArrayLike = 1.0,
+    top_k: jax.typing.ArrayLike = 0,
 ) -> jax.Array:
-    """Draws one token per row from temperature-scaled, top-p-truncated logits.
+    """Draws one token per row from temperature-scaled, top-k/top-p-truncated logits.
 
     The nucleus keeps the most probable tokens whose probabilities, sorted in
     decreasing order, have a cumulative sum before them below ``top_p`` (so the
-    most probable token is always kept); the rest get probability zero.
+    most probable token is always kept), and at most the ``top_k`` most probable
+    of them; the rest get probability zero.
 
     Args:
         logits: ``[..., V]`` float logits.
         key: PRNG key.
         temperature: > 0; divides the logits.
         top_p: in (0, 1]; 1 keeps every token.
+        top_k: tokens kept at most; 0 keeps every token (a traced value: a new
+            ``top_k`` does not recompile).
 
     Returns:
         int32 token ids ``logits.shape[:-1]``.
@@ -77,16 +81,21 @@ def sample_logits(
     ordered = -jnp.sort(-scaled, axis=-1)
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs
-    kept = jnp.where(before < top_p, ordered, jnp.float32(jnp.inf))
+    rank = jnp.broadcast_to(jnp.arange(ordered.shape[-1]), ordered.shape)
+    top_k = jnp.asarray(top_k, jnp.int32)
+    in_k = (top_k <= 0) | (rank < top_k)
+    kept = jnp.where((before < top_p) & in_k, ordered, jnp.float32(jnp.inf))
     threshold = jnp.min(kept, axis=-1, keepdims=True)
     masked = jnp.where(scaled >= threshold, scaled, -jnp.inf)
     return jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
 
 
-def _pick(logits, key, temperature, top_p, greedy: bool):
+def _pick(logits, key, temperature, top_p, top_k, greedy: bool):
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return sample_logits(logits, key=key, temperature=temperature, top_p=top_p)
+    return sample_logits(
+        logits, key=key, temperature=temperature, top_p=top_p, top_k=top_k
+    )
 
 
 def _generate_impl(
@@ -99,6 +108,7 @@ def _generate_impl(
     temperature,
     top_p,
     key,
+    top_k=0,
     *,
     max_new_tokens: int,
     greedy: bool,
@@ -132,7 +142,7 @@ def _generate_impl(
         last_only=True,
     )
     key, sub = jax.random.split(key)
-    tok = _pick(logits[:, 0, :], sub, temperature, top_p, greedy)
+    tok = _pick(logits[:, 0, :], sub, temperature, top_p, top_k, greedy)
     out = jnp.full((B, N), pad_id, jnp.int32)
     out = out.at[:, 0].set(tok)
     done = jnp.isin(tok, eos_ids)
@@ -161,7 +171,7 @@ def _generate_impl(
             cache_index=slot,
         )
         key, sub = jax.random.split(key)
-        tok = _pick(logits[:, 0, :], sub, temperature, top_p, greedy)
+        tok = _pick(logits[:, 0, :], sub, temperature, top_p, top_k, greedy)
         tok = jnp.where(done, pad_id, tok)
         out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
         done = done | jnp.isin(tok, eos_ids)
@@ -201,6 +211,7 @@ def generate(
     key: jax.Array | None = None,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    top_k: int = 0,
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     use_lora: bool = True,
@@ -218,6 +229,7 @@ def generate(
         key: PRNG key, required when ``temperature > 0``.
         temperature: 0 for greedy decoding, > 0 to sample.
         top_p: nucleus mass in (0, 1] when sampling.
+        top_k: most probable tokens kept when sampling; 0 keeps all.
         eos_token_id: id or ids that end a row; defaults to the config's.
         pad_token_id: id used for left padding (default: the first EOS id or 0).
         use_lora: decode with the adapters (``False``: the base model).
@@ -231,6 +243,8 @@ def generate(
             temperature, ``top_p`` outside (0, 1], or sampling without a key.
     """
     greedy = _check_generation_args(prompts, max_new_tokens, temperature, top_p, key)
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
     if eos_token_id is None:
         eos = model.config.eos_token_ids
     elif isinstance(eos_token_id, int):
@@ -257,6 +271,7 @@ def generate(
         jnp.float32(temperature),
         jnp.float32(top_p),
         jax.random.key(0) if key is None else key,
+        jnp.int32(top_k),
         max_new_tokens=int(max_new_tokens),
         greedy=greedy,
         use_lora=use_lora,

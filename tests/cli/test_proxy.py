@@ -1,15 +1,9 @@
 """``ol-jax proxy`` end to end: the official ``anthropic`` SDK as the client, a
 loopback fake Messages API as the upstream teacher, tiny random models."""
 
-import http.client
 import json
 import os
-import queue
-import signal
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -31,79 +25,13 @@ TINY = {
     "policy": {"cold_start": 2, "conservative_until": 4},
     "encoder": {"name": "tiny"},
     "generator": {"name": "tiny", "max_new_tokens": 16, "max_length": 48},
-    "proxy": {"models": [MODEL, "claude-test"], "simulated_families": 4},
+    "proxy": {
+        "models": [MODEL, "claude-test"],
+        "simulated_families": 4,
+        # Exact matching: no MiniLM to load for the offline teacher.
+        "simulated_encoder": None,
+    },
 }
-
-
-class Proxy:
-    """``ol-jax proxy`` in a subprocess; ``url`` once it serves."""
-
-    def __init__(self, tmp, *args, env=None, config=None):
-        path = tmp / "config.yaml"
-        path.write_text(yaml.safe_dump(config or TINY))
-        extra = os.environ.get("PYTHONPATH", "")
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": REPO + (os.pathsep + extra if extra else ""),
-            "JAX_PLATFORMS": "cpu",
-            **(env or {}),
-        }
-        command = [sys.executable, "-m", "ol_jax.cli._main", "proxy", "--port", "0"]
-        command += ["--root", str(tmp / "networks"), "--config", str(path), *args]
-        self.process = subprocess.Popen(
-            command,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.output = []
-        deadline = time.monotonic() + 240
-        while True:
-            line = self.lines.get(timeout=max(1.0, deadline - time.monotonic()))
-            if line is None:
-                raise RuntimeError("proxy exited:\n" + "".join(self.output))
-            self.output.append(line)
-            if "serving http://" in line:
-                self.url = line.split("serving ")[1].split()[0]
-                self.run_dir = line.rsplit("run folder ", 1)[1].strip()
-                break
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def client(self, **kwargs):
-        kwargs = {"max_retries": 0, "timeout": 60.0, **kwargs}
-        return anthropic.Anthropic(base_url=self.url, api_key="test", **kwargs)
-
-    def stats(self):
-        with urllib.request.urlopen(self.url + "/stats", timeout=60) as reply:
-            return json.load(reply)
-
-    def post(self, body, *, path="/v1/messages", headers=None):
-        """Raw POST; returns (status, parsed JSON body)."""
-        host, port = self.url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        conn.request("POST", path, body=data, headers=headers or {})
-        reply = conn.getresponse()
-        status, payload = reply.status, json.loads(reply.read())
-        conn.close()
-        return status, payload
-
-    def stop(self):
-        """SIGTERM; returns the exit status once the learner is saved."""
-        if self.process.returncode is None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=120)
-            while (line := self.lines.get(timeout=10)) is not None:
-                self.output.append(line)
-        return self.process.returncode
 
 
 def _ask(client, text, model=MODEL):
@@ -125,14 +53,14 @@ def upstream(module_messages_api):
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory, upstream):
+def proxy(tmp_path_factory, upstream, proxy_process):
     """A proxy whose teacher is the fake API (1 s timeout, no SDK retries).
 
     Its cold start outlasts the module, so every query goes upstream; the last
     test stops it and resumes its run.
     """
     tmp = tmp_path_factory.mktemp("proxy")
-    server = Proxy(
+    server = proxy_process(
         tmp,
         "--upstream",
         upstream.base_url,
@@ -175,7 +103,9 @@ def test_sdk_client_gets_teacher_answers_and_learner_learns(proxy, upstream):
         assert headers["x-ol-jax-route"] == "forward"
         assert headers["x-ol-jax-reason"] == "cold_start"
         assert message.content[0].text == f"Teacher says: {text[::-1]}"
-        assert message.usage.output_tokens == len(message.content[0].text.split())
+        # Usage in the generator's tokens: UTF-8 bytes for the tiny test model.
+        assert message.usage.output_tokens == len(message.content[0].text.encode())
+        assert message.usage.input_tokens == len(text.encode())
     after = proxy.stats()
     assert after["learner"]["queries"] == before["learner"]["queries"] + 2
     assert after["server"]["answered"] == before["server"]["answered"] + 2
@@ -204,14 +134,14 @@ def test_content_blocks_system_and_history(proxy, upstream):
     assert _decisions(proxy.run_dir)[-1]["query"] == "Cancel my plan"
 
 
-def test_long_answer_is_cut_at_max_tokens_words(proxy):
+def test_long_answer_is_cut_at_max_tokens_tokens(proxy):
     message = proxy.client().messages.create(
         model=MODEL,
-        max_tokens=2,
+        max_tokens=7,
         messages=[{"role": "user", "content": "one two three four"}],
     )
-    assert message.content[0].text == "Teacher says:"
-    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 2
+    assert message.content[0].text == "Teacher"
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 7
     # The learner saw the whole teacher answer.
     assert _decisions(proxy.run_dir)[-1]["answer"] == "Teacher says: ruof eerht owt eno"
 
@@ -231,6 +161,93 @@ def test_concurrent_requests_are_all_served(proxy):
         t.join()
     assert len(results) == 4 and all(results)
     assert _queries(proxy) == before + 4
+
+
+def test_forwarded_answers_stream_from_the_teachers_stream(proxy, upstream):
+    client = proxy.client()
+    text = "Stream this one"
+    question = [{"role": "user", "content": text}]
+    created = client.messages.create(model=MODEL, max_tokens=64, messages=question)
+    with client.messages.stream(model=MODEL, max_tokens=64, messages=question) as s:
+        pieces = list(s.text_stream)
+        final = s.get_final_message()
+    assert upstream.requests[-1][2].get("stream") is True
+    assert "".join(pieces) == created.content[0].text == f"Teacher says: {text[::-1]}"
+    assert len(pieces) > 1  # passed on piece by piece, as the teacher sent them
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == created.usage.output_tokens
+    # The streamed answer was learned from like any other.
+    assert _decisions(proxy.run_dir)[-1]["answer"] == created.content[0].text
+
+
+def test_stop_sequences_cut_forwarded_answers(proxy):
+    client = proxy.client()
+    question = [{"role": "user", "content": "abc def"}]
+    message = client.messages.create(
+        model=MODEL, max_tokens=64, messages=question, stop_sequences=[" fed"]
+    )
+    assert message.content[0].text == "Teacher says:"
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", " fed")
+    with client.messages.stream(
+        model=MODEL, max_tokens=64, messages=question, stop_sequences=[" fed"]
+    ) as s:
+        assert "".join(s.text_stream) == "Teacher says:"
+    # The learner still learned the whole answer.
+    assert _decisions(proxy.run_dir)[-1]["answer"] == "Teacher says: fed cba"
+
+
+def test_teacher_failure_during_a_stream_is_an_error_event(proxy, upstream):
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "boom"}}
+    upstream.replies.append((529, error, 0))
+    question = [{"role": "user", "content": "Will this stream?"}]
+    with pytest.raises(anthropic.APIStatusError) as info:
+        with proxy.client().messages.stream(
+            model=MODEL, max_tokens=64, messages=question
+        ) as s:
+            list(s.text_stream)
+    body = info.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert "HTTP 529 (overloaded_error)" in body["error"]["message"]
+    assert "boom" not in json.dumps(body)
+
+
+def test_what_the_proxy_cannot_answer_goes_upstream_unchanged(proxy, upstream):
+    before = proxy.stats()
+    tools = [{"name": "lookup", "input_schema": {"type": "object"}}]
+    question = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in it?"},
+                {"type": "image", "source": {"type": "base64", "data": "AA=="}},
+            ],
+        }
+    ]
+    response = proxy.client().messages.with_raw_response.create(
+        model=MODEL, max_tokens=32, tools=tools, messages=question
+    )
+    assert response.headers["x-ol-jax-route"] == "passthrough"
+    assert response.parse().model == "claude-fake"  # the upstream's own reply
+    _, _, sent = upstream.requests[-1]
+    assert sent["tools"] == tools and sent["messages"] == question
+    assert sent["model"] == "claude-teacher" and sent["max_tokens"] == 32
+    with proxy.client().messages.stream(
+        model=MODEL, max_tokens=32, tools=tools, messages=question
+    ) as stream:
+        assert stream.get_final_message().content[0].text
+    assert upstream.requests[-1][2]["stream"] is True
+    after = proxy.stats()
+    # Nothing is learned from a passed-through request.
+    assert after["learner"]["queries"] == before["learner"]["queries"]
+    assert after["server"]["passed_through"] == before["server"]["passed_through"] + 2
+    error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}}
+    upstream.replies.append((429, error, 0))
+    with pytest.raises(anthropic.APIStatusError) as info:
+        proxy.client().messages.create(
+            model=MODEL, max_tokens=32, tools=tools, messages=question
+        )
+    assert "HTTP 429 (rate_limit_error)" in info.value.body["error"]["message"]
+    assert "slow" not in json.dumps(info.value.body)
 
 
 def test_decision_log_has_one_line_per_answer(proxy):
@@ -271,7 +288,15 @@ def test_upstream_failures_become_anthropic_errors(proxy, upstream):
     error = {"type": "error", "error": {"type": "api_error", "message": "boom"}}
     upstream.replies.append((500, error, 0))
     e = _fails_cleanly(proxy, 502, "api_error")
-    assert "HTTP 500" in e.body["error"]["message"]
+    # The upstream's status and error type, never its body (nor in /stats).
+    assert "HTTP 500 (api_error)" in e.body["error"]["message"]
+    assert "boom" not in json.dumps(e.body)
+    assert "boom" not in json.dumps(proxy.stats())
+    secret = {"type": "error", "error": {"type": "x" * 41, "message": "sk-secret"}}
+    upstream.replies.append((403, secret, 0))
+    e = _fails_cleanly(proxy, 502, "api_error")
+    assert e.body["error"]["message"].endswith("failed with HTTP 403")
+    assert "sk-secret" not in json.dumps(e.body) + json.dumps(proxy.stats())
     upstream.replies.append((200, b"{this is not json", 0))
     e = _fails_cleanly(proxy, 502, "api_error")
     assert "malformed" in e.body["error"]["message"]
@@ -290,7 +315,7 @@ def test_upstream_failures_become_anthropic_errors(proxy, upstream):
     assert after["learner"]["queries"] == before["learner"]["queries"] + 1
     assert after["server"]["learned"] == before["server"]["learned"] + 1
     errors = after["learner"]["teacher_errors"] - before["learner"]["teacher_errors"]
-    assert errors == 5
+    assert errors == 6
     assert len(_decisions(proxy.run_dir)) == after["learner"]["queries"]
 
 
@@ -345,13 +370,13 @@ BAD_REQUESTS = [
         ),
         "last message must be the user's",
     ),
-    (
-        "image block",
-        _request(messages=[{"role": "user", "content": [{"type": "image"}]}]),
-        "only 'text' content blocks",
-    ),
+    ("stream not a bool", _request(stream="yes"), "stream: expected a boolean"),
+    ("temperature too high", _request(temperature=1.5), "temperature: must be in"),
+    ("top_p zero", _request(top_p=0), "top_p: must be in (0, 1]"),
+    ("top_k zero", _request(top_k=0), "top_k: expected an integer >= 1"),
+    ("stop not a list", _request(stop_sequences="x"), "stop_sequences: expected"),
+    ("empty stop", _request(stop_sequences=[""]), "stop_sequences[0]: must be"),
     ("bad system", _request(system=5), "system: expected a string"),
-    ("streaming", _request(stream=True), "streaming is not supported"),
 ]
 
 
@@ -372,11 +397,11 @@ def test_bad_input_is_400_and_learns_nothing(proxy, body, message):
     assert after["server"]["bad_requests"] == before["server"]["bad_requests"] + 1
 
 
-def test_body_over_1_mb_is_400(proxy):
+def test_body_over_1_mb_is_413(proxy):
     before = proxy.stats()["learner"]
     big = _request(messages=[{"role": "user", "content": "x" * 1_000_001}])
     status, reply = proxy.post(big)
-    assert status == 400
+    assert status == 413 and reply["error"]["type"] == "request_too_large"
     assert "the limit is 1000000 bytes" in reply["error"]["message"]
     assert proxy.stats()["learner"] == before
 
@@ -431,7 +456,7 @@ def test_any_request_is_answered_or_refused(proxy, model, max_tokens, messages):
 # ------------------------------------------------------------------ save and resume
 
 
-def test_saves_every_n_and_on_shutdown_then_resumes(proxy):
+def test_saves_every_n_and_on_shutdown_then_resumes(proxy, proxy_process):
     # Runs last in this module: it stops the shared proxy.
     stats = proxy.stats()
     answered = stats["server"]["answered"]
@@ -442,7 +467,7 @@ def test_saves_every_n_and_on_shutdown_then_resumes(proxy):
     assert "learner saved" in "".join(proxy.output)
 
     # Resumed without --upstream: the default teacher is the offline FAQ one.
-    resumed = Proxy(proxy.tmp, "--run-id", "fake-upstream")
+    resumed = proxy_process(proxy.tmp, "--run-id", "fake-upstream", config=TINY)
     try:
         assert resumed.run_dir == proxy.run_dir
         stats = resumed.stats()["learner"]
@@ -471,6 +496,10 @@ def test_help_documents_the_options(capsys):
     for option in ("--host", "--port", "--config", "--upstream", "--run-id"):
         assert option in out
     assert "/v1/messages" in out and "/stats" in out
+    # The simulated teacher's domain, one line per family.
+    assert "matched by meaning" in out
+    for family in faq_domain(60).families:
+        assert f"  {family.name}: {family.paraphrases[0]}" in out
 
 
 def test_bad_config_is_a_clear_error(tmp_path, capsys):
@@ -482,13 +511,13 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_real_models_behind_the_proxy(tmp_path):
+def test_real_models_behind_the_proxy(tmp_path, proxy_process):
     """SmolLM2-135M generator and all-MiniLM-L6-v2 encoder (the shipped config)."""
     with open(os.path.join(REPO, "configs", "teacher_proxy.yaml")) as f:
         config = yaml.safe_load(f)
     config["policy"] = {**config["policy"], "cold_start": 2, "conservative_until": 2}
     config["proxy"] = {"models": [MODEL], "simulated_families": 4}
-    server = Proxy(tmp_path, "--run-id", "real", config=config)
+    server = proxy_process(tmp_path, "--run-id", "real", config=config)
     try:
         queries = faq_domain(4).queries
         for text in queries[:4]:

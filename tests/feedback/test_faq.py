@@ -11,6 +11,7 @@ from ol_jax.feedback import (
     SimulatedTeacher,
     Teacher,
     TeacherError,
+    describe_domain,
     faq_domain,
     normalize_query,
     zipf_stream,
@@ -118,3 +119,74 @@ def test_simulated_teacher_errors():
     assert teacher.calls == 0
     with pytest.raises(ValueError, match="unknown must be 'fallback' or 'error'"):
         SimulatedTeacher(faq_domain(5), unknown="raise")
+
+
+class BagOfWords:
+    """A stand-in sentence encoder: word counts over a fixed vocabulary."""
+
+    def __init__(self, texts):
+        words = sorted({w for t in texts for w in normalize_query(t).split()})
+        self.index = {w: i for i, w in enumerate(words)}
+
+    def embed(self, texts):
+        import numpy as np
+
+        out = np.zeros((len(texts), len(self.index) + 1), np.float32)
+        for row, text in enumerate(texts):
+            out[row, -1] = 1e-3  # no all-zero rows
+            for word in normalize_query(text).split():
+                if word in self.index:
+                    out[row, self.index[word]] += 1.0
+        return out
+
+
+def test_simulated_teacher_matches_by_meaning_above_the_threshold():
+    domain = faq_domain(12)
+    encoder = BagOfWords(domain.queries)
+    teacher = SimulatedTeacher(domain, encoder=encoder, threshold=0.6)
+    family = domain.families[0]
+    # Not a paraphrase of the domain, but close in meaning (and in words here).
+    query = family.paraphrases[0].replace("?", "").replace(".", "") + " today please"
+    assert domain.answer(query) is None
+    index, similarity = teacher.match(query)
+    assert index == 0 and similarity >= 0.6
+    assert teacher(query) == family.answer
+    # Exact paraphrases skip the encoder; unrelated text stays outside.
+    assert teacher.match(family.paraphrases[1]) == (0, None)
+    assert teacher("zebra xylophone quantum") == FALLBACK_ANSWER
+    strict = SimulatedTeacher(domain, encoder=encoder, threshold=1.0)
+    assert strict(query) == FALLBACK_ANSWER
+    assert SimulatedTeacher(domain)(query) == FALLBACK_ANSWER
+    with pytest.raises(ValueError, match="threshold must be in"):
+        SimulatedTeacher(domain, encoder=encoder, threshold=1.5)
+
+
+@given(st.integers(0, 11), st.integers(0, 3))
+def test_simulated_teacher_stream_joins_to_its_answer(family, paraphrase):
+    domain = faq_domain(12)
+    teacher = SimulatedTeacher(domain)
+    query = domain.families[family].paraphrases[paraphrase]
+    pieces = list(teacher.stream(query))
+    assert len(pieces) > 1 and "".join(pieces) == teacher(query)
+
+
+def test_describe_domain_lists_every_family():
+    domain = faq_domain(7)
+    lines = describe_domain(domain).splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == [
+        f.name for f in domain.families
+    ]
+
+
+@pytest.mark.slow
+def test_minilm_teacher_answers_natural_phrasings():
+    """The README's example and other phrasings no paraphrase spells out."""
+    from ol_jax.models import load_encoder
+
+    domain = faq_domain(60)
+    teacher = SimulatedTeacher(domain, encoder=load_encoder("all-minilm-l6-v2"))
+    by_name = {f.name: f.answer for f in domain.families}
+    assert teacher("How do I reset my password?") == by_name["change-password"]
+    assert teacher("cancel subscription") == by_name["cancel-plan"]
+    assert teacher("I'd like to delete my account") == by_name["delete-account"]
+    assert teacher("What is the capital of France?") == FALLBACK_ANSWER
