@@ -58,7 +58,9 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--facts", default=DEFAULT_FACTS, help="fact-set JSON file")
     p.add_argument("--reps", type=int, default=5, help="statements per fact")
-    p.add_argument("--limit", type=int, default=None, help="use the first N facts, None: all")
+    p.add_argument(
+        "--limit", type=int, default=None, help="use the first N facts, None: all"
+    )
     p.add_argument("--config", default=CONFIG, help="chat config YAML")
     p.add_argument(
         "--answer-tokens", type=int, default=32, help="greedy evaluation answer length"
@@ -148,7 +150,10 @@ def _print_table(r: dict, console: Console) -> None:
             f"P: {d['paraphrase_reply'][:70]!r}[/dim]"
         )
     for c in r["neighbours_changed"]:
-        console.print(f"[dim]changed: {c['question']!r}: {c['base'][:50]!r} -> {c['now'][:50]!r}[/dim]")
+        console.print(
+            f"[dim]changed: {c['question']!r}: {c['base'][:50]!r} -> "
+            f"{c['now'][:50]!r}[/dim]"
+        )
 
 
 if __name__ == "__main__":

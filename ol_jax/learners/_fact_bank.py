@@ -119,7 +119,9 @@ class FactBank:
             return [int(i) for i in index]
         like_turn = np.zeros((len(texts),), bool)
         if self._turn_keys:
-            like_turn = np.max(queries @ np.stack(self._turn_keys).T, axis=1) >= threshold
+            like_turn = (
+                np.max(queries @ np.stack(self._turn_keys).T, axis=1) >= threshold
+            )
         return [
             int(i) if i != SHARED else (SHARED if t else BASE)
             for i, t in zip(index, like_turn, strict=True)
@@ -195,7 +197,11 @@ class FactBank:
         """Stores fact ``index``'s new state; keeps the AdamW moments of only the
         ``optimizer_slots`` most recently stated facts."""
         fact = self._facts[index]
-        fact.params, fact.opt_state, fact.step = state.params, state.opt_state, state.step
+        fact.params, fact.opt_state, fact.step = (
+            state.params,
+            state.opt_state,
+            state.step,
+        )
         with_moments = [i for i, f in enumerate(self._facts) if f.opt_state is not None]
         excess = len(with_moments) - self.config.optimizer_slots
         for i in sorted(with_moments, key=lambda i: self._facts[i].last_turn)[
@@ -256,7 +262,9 @@ class FactBank:
                 _Fact(
                     statement=statement,
                     key=np.asarray(tree["keys"][i], np.float32),
-                    params=jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), tree["params"]),
+                    params=jax.tree.map(
+                        lambda x, i=i: jnp.asarray(x[i]), tree["params"]
+                    ),
                     opt_state=None,
                     step=jnp.asarray(tree["steps"][i], jnp.int32),
                     last_turn=int(turn),

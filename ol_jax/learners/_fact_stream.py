@@ -33,7 +33,9 @@ def _strings(item: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
         raise ValueError(f"{where} must be an object, got {type(item).__name__}")
     for k in keys:
         if not isinstance(item.get(k), str) or not item[k].strip():
-            raise ValueError(f"{where}.{k} must be a non-empty string, got {item.get(k)!r}")
+            raise ValueError(
+                f"{where}.{k} must be a non-empty string, got {item.get(k)!r}"
+            )
     return dict(item)
 
 
@@ -52,7 +54,9 @@ def load_fact_set(path: str | os.PathLike[str]) -> dict[str, list]:
         raise ValueError(f"{path}: not a readable JSON fact set ({e})") from None
     try:
         if not isinstance(data, Mapping):
-            raise ValueError(f"the top level must be an object, got {type(data).__name__}")
+            raise ValueError(
+                f"the top level must be an object, got {type(data).__name__}"
+            )
         for key in ("facts", "neighbours", "distractor_chat"):
             if not isinstance(data.get(key), list):
                 raise ValueError(f"{key} must be a list, got {data.get(key)!r:.60}")
@@ -60,7 +64,9 @@ def load_fact_set(path: str | os.PathLike[str]) -> dict[str, list]:
             raise ValueError("facts must hold at least one fact, got []")
         if not data["distractor_chat"]:
             raise ValueError("distractor_chat must hold at least one line, got []")
-        facts = [_strings(f, _FACT_KEYS, f"facts[{i}]") for i, f in enumerate(data["facts"])]
+        facts = [
+            _strings(f, _FACT_KEYS, f"facts[{i}]") for i, f in enumerate(data["facts"])
+        ]
         neighbours = [
             _strings(n, ("question", "answer"), f"neighbours[{i}]")
             for i, n in enumerate(data["neighbours"])
@@ -181,7 +187,9 @@ def run_fact_stream(
         ],
         "neighbours_changed": [
             {"question": q, "base": b, "now": n}
-            for q, b, n in zip(neighbours, base_answers, edits["neighbour_replies"])
+            for q, b, n in zip(
+                neighbours, base_answers, edits["neighbour_replies"], strict=True
+            )
             if b.strip() != n.strip()
         ],
     }

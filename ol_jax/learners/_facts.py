@@ -215,8 +215,11 @@ def _verb_index(words: list[str], lowered: list[str]) -> int | None:
         i = 1
         while i < len(words) and (
             words[i][:1].isupper()
-            or (lowered[i] in _NAME_PARTICLES and i + 1 < len(words)
-                and words[i + 1][:1].isupper())
+            or (
+                lowered[i] in _NAME_PARTICLES
+                and i + 1 < len(words)
+                and words[i + 1][:1].isupper()
+            )
             or lowered[i] in ("'s", "’s")
         ):
             i += 1
@@ -225,8 +228,12 @@ def _verb_index(words: list[str], lowered: list[str]) -> int | None:
         w = lowered[i]
         if words[i][:1].isupper() or w in _PREPOSITIONS:
             continue
-        if w in _COPULAS or w.endswith("n't") or (
-            len(w) > 3 and w.endswith(("s", "ed")) and "'" not in w and "’" not in w
+        if (
+            w in _COPULAS
+            or w.endswith("n't")
+            or (
+                len(w) > 3 and w.endswith(("s", "ed")) and "'" not in w and "’" not in w
+            )
         ):
             return i
     lower = [i for i in range(1, len(words)) if not words[i][:1].isupper()]
@@ -234,8 +241,7 @@ def _verb_index(words: list[str], lowered: list[str]) -> int | None:
 
 
 _PREPOSITIONS = frozenset(
-    "in at on for with from to by into near since during after before about "
-    "as".split()
+    "in at on for with from to by into near since during after before about as".split()
 )
 
 
@@ -283,8 +289,7 @@ class StatementDetectionConfig(ConfigSection):
     def _word_range(self) -> StatementDetectionConfig:
         if self.max_words < self.min_words:
             raise ValueError(
-                f"max_words must be >= min_words={self.min_words}, got "
-                f"{self.max_words}"
+                f"max_words must be >= min_words={self.min_words}, got {self.max_words}"
             )
         return self
 
@@ -644,7 +649,8 @@ _PERSON = {
     "i'd": "you'd", "i'll": "you'll", "we're": "you're", "we've": "you've",
 }  # fmt: skip
 _PERSON_RE = re.compile(
-    r"(?<![\w'’])(?:" + "|".join(sorted(map(re.escape, _PERSON), key=len)[::-1])
+    r"(?<![\w'’])(?:"
+    + "|".join(sorted(map(re.escape, _PERSON), key=len)[::-1])
     + r")(?![\w'’])",
     re.IGNORECASE,
 )

@@ -583,7 +583,10 @@ class ChatLearner:
             )
             inputs = jnp.asarray(tokens[:, :-1])
             base = llama_apply(
-                self._graphdef, self._state.params, inputs, frozen=self._frozen,
+                self._graphdef,
+                self._state.params,
+                inputs,
+                frozen=self._frozen,
                 use_lora=False,
             )
             for route in dict.fromkeys(chunk_routes):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import secrets
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -368,4 +367,6 @@ def chat_token_ids(
     Raises:
         ValueError: when the tokenizer has no chat template.
     """
-    return chat_encode(tokenizer, messages, add_generation_prompt=add_generation_prompt)[0]
+    return chat_encode(
+        tokenizer, messages, add_generation_prompt=add_generation_prompt
+    )[0]

@@ -89,7 +89,9 @@ def answers_unchanged(base: Sequence[str], replies: Sequence[str]) -> np.ndarray
     bad = [type(x).__name__ for x in (*base, *replies) if not isinstance(x, str)]
     if bad:
         raise ValueError(f"replies must be str, got {bad[0]}")
-    return np.array([b.strip() == r.strip() for b, r in zip(base, replies)], bool)
+    return np.array(
+        [b.strip() == r.strip() for b, r in zip(base, replies, strict=True)], bool
+    )
 
 
 def neighbour_kl(
