@@ -216,10 +216,10 @@ class ProxySection(ConfigSection):
     upstream_max_retries: Annotated[Count, Field(le=10)] = Field(default=2, ge=0)
     save_every: Count = Field(default=100, ge=1)
     api_keys: tuple[str, ...] = ()
-    max_body_bytes: Annotated[Chars, Field(le=1 << 30)] = Field(
-        default=MAX_BODY_BYTES, ge=1
+    max_body_bytes: Chars = Field(default=MAX_BODY_BYTES, ge=1)
+    max_json_depth: Annotated[Count, Field(le=500)] = Field(
+        default=MAX_JSON_DEPTH, ge=4
     )
-    max_json_depth: Annotated[Count, Field(le=500)] = Field(default=MAX_JSON_DEPTH, ge=4)
     max_tokens_limit: Annotated[Count, Field(le=1 << 20)] = Field(default=65536, ge=1)
     header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     body_timeout_s: float = Field(default=30.0, gt=0, le=3600)

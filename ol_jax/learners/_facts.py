@@ -194,7 +194,8 @@ _DEFAULT_CHITCHAT: tuple[str, ...] = (
 _STATEMENT_STARTERS = frozenset(
     "the a an this that these those it he she they we you i there here today "
     "yesterday tomorrow tonight yes no well so but and or oh hey also then now "
-    "our my his her their its your".split()
+    "our my his her their its your one two three some any each every all both "
+    "many few more most much none another other such what which who".split()
 )
 _COPULAS = frozenset(
     "is are was were am has have had will would can could does did 's be been "

@@ -3,11 +3,15 @@
 shared adapter untouched by facts, save / resume, and the edit metrics."""
 
 import json
+import pathlib
+import sys
 
 import jax
 import numpy as np
 import pytest
-from test_chat import (  # noqa: F401  # noqa: F401  (fixtures)
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))  # the tiny-model helpers
+from test_chat import (  # noqa: F401 (model, tokenizer: fixtures)
     FACT,
     QUESTION,
     byte_tokenizer,
