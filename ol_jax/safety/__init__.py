@@ -14,13 +14,13 @@ measures an edit (:func:`edit_success`, :func:`answers_unchanged`,
 from ol_jax.safety._canary import CanaryDecision as CanaryDecision
 from ol_jax.safety._canary import canary_gate as canary_gate
 from ol_jax.safety._drift import DriftReport as DriftReport
+from ol_jax.safety._drift import drift_check as drift_check
+from ol_jax.safety._drift import output_kl as output_kl
+from ol_jax.safety._drift import param_norm_ratio as param_norm_ratio
 from ol_jax.safety._editing import answer_contains as answer_contains
 from ol_jax.safety._editing import answers_unchanged as answers_unchanged
 from ol_jax.safety._editing import edit_success as edit_success
 from ol_jax.safety._editing import neighbour_kl as neighbour_kl
-from ol_jax.safety._drift import drift_check as drift_check
-from ol_jax.safety._drift import output_kl as output_kl
-from ol_jax.safety._drift import param_norm_ratio as param_norm_ratio
 from ol_jax.safety._policy import BetweenPromptsPolicy as BetweenPromptsPolicy
 from ol_jax.safety._spike import SpikeStats as SpikeStats
 from ol_jax.safety._spike import init_spike_stats as init_spike_stats
