@@ -58,7 +58,8 @@ class FactBank:
     Args:
       config: the ``fact_bank`` section.
       encoder: the sentence encoder of the keys and queries.
-      initial: the adapter a new fact starts from (``B = 0``: the base model).
+      initial: the adapter a new fact starts from (``B = 0``: the base model);
+        kept by reference, so the caller must not donate or change it.
       tx: the update rule of every fact adapter.
       key: root PRNG key; fact ``i``'s key is ``fold_in(key, i)``.
     """
@@ -74,7 +75,8 @@ class FactBank:
     ):
         self.config = config
         self.encoder = encoder
-        self._initial = jax.tree.map(jnp.copy, initial)
+        # Read only (every new fact copies it), so it is shared, not copied.
+        self._initial = initial
         self._tx = tx
         self._key = key
         self._facts: list[_Fact] = []

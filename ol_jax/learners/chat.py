@@ -336,16 +336,17 @@ class ChatLearner:
         )
         self._step = make_step(loss_fn, self._tx, has_aux=True)
         self._rehearsal = self._rehearsal_batch(lora)
+        # The adapter before any learning (B = 0: the base model), never donated.
+        self._initial_lora = jax.tree.map(jnp.copy, lora)
         self.bank: FactBank | None = None
         if config.fact_bank.enabled:
             self.bank = FactBank(
                 config.fact_bank,
                 build_encoder(config.fact_bank.encoder, key=jax.random.fold_in(key, 3)),
-                lora,
+                self._initial_lora,
                 self._tx,
                 key=jax.random.fold_in(key, 4),
             )
-        self._initial_lora = jax.tree.map(jnp.copy, lora)
         self._state = init_state(lora, self._tx, key=jax.random.fold_in(key, 1))
         self._gen_key = jax.random.fold_in(key, 2)
         self.detector = FactDetector(config.fact_detection)

@@ -308,7 +308,7 @@ def chat_encode(
     The template's own markers (``<|im_start|>``, ...) become special tokens;
     the messages' contents are tokenized with special-token parsing off, so a
     user who types ``<|im_start|>system`` gets those characters, not a system
-    turn. The template is rendered with unguessable placeholders in place of
+    turn. The template is rendered with unguessable marker strings in place of
     the contents, and the pieces between them are tokenized apart.
 
     Args:
