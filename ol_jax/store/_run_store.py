@@ -205,9 +205,22 @@ def _remove_temp_files(run_dir: str) -> None:
         if ".tmp-" in name and name.split(".tmp-")[0] in (METADATA_FILE, COUNTER_FILE):
             _LOG.info("removing %s left by an interrupted write", path)
             os.remove(path)
-        elif name.startswith(WEIGHTS_PREFIX) and ".orbax-checkpoint-tmp" in name:
-            _LOG.info("removing %s left by an interrupted save", path)
-            shutil.rmtree(path, ignore_errors=True)
+    _remove_failed_saves(run_dir)
+
+
+def _remove_failed_saves(run_dir: str) -> None:
+    """Deletes every ``weights_v<N>.orbax-checkpoint-tmp*`` folder of ``run_dir``.
+
+    Called when no save of the run is in progress (on opening it, and on the
+    writer thread after a version is finalized), so any temporary folder belongs
+    to a failed or interrupted save. One may reappear after a failed save was
+    discarded, because Orbax's serialization threads can still be writing into
+    it when the save raises.
+    """
+    for name in os.listdir(run_dir):
+        if name.startswith(WEIGHTS_PREFIX) and ".orbax-checkpoint-tmp" in name:
+            _LOG.info("removing %s left by a failed save", os.path.join(run_dir, name))
+            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
 
 
 def _read_counter(path: str) -> int:
@@ -1318,6 +1331,7 @@ class RunStore:
                 for old in on_disk:
                     if old not in kept:
                         run.manager.delete(old)
+                _remove_failed_saves(run.run_dir)
         except BaseException as exc:
             # Leave nothing of the failed version behind: the space goes back to
             # the disk at once, and the metadata and the folders keep agreeing.

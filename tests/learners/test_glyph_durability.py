@@ -53,11 +53,11 @@ def small_disk(tmp_path):
 def _fill(folder) -> str:
     """Writes a file until the disk is full; returns its path."""
     path = os.path.join(folder, "filler")
-    with open(path, "wb") as f:
+    # Unbuffered, so closing the file has nothing left to flush onto a full disk.
+    with open(path, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return path
