@@ -34,6 +34,16 @@ class OnlineState(NamedTuple):
     extras: Extras
 
 
+def _is_prng_key(key: Any) -> bool:
+    """A typed key array, or a legacy ``uint32[2]`` key (``jax.random.PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return dtype == jnp.uint32 and getattr(key, "shape", None) == (2,)
+
+
 def init_state(
     params: Params,
     tx: optax.GradientTransformation,
@@ -51,7 +61,15 @@ def init_state(
 
     Returns:
       The state at step 0.
+
+    Raises:
+      TypeError: ``key`` is not a PRNG key.
     """
+    if not _is_prng_key(key):
+        raise TypeError(
+            "key must be a PRNG key (jax.random.key(seed) or "
+            f"jax.random.PRNGKey(seed)), got {type(key).__name__} {key!r:.60}"
+        )
     return OnlineState(
         step=jnp.zeros((), jnp.int32),
         params=params,

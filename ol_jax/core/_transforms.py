@@ -79,6 +79,14 @@ def freeze_all_but(
     prefixes = tuple(trainable)
 
     def labels(params):
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        unmatched = [q for q in prefixes if not any(_has_prefix(p, q) for p in paths)]
+        if unmatched:
+            # A prefix that selects nothing would silently train nothing.
+            raise ValueError(
+                f"trainable prefixes {unmatched} match no parameter; parameter "
+                f"paths look like {paths[:6]}"
+            )
         return path_labels(params, prefixes, match="trainable", rest="frozen")
 
     return optax.multi_transform(
@@ -199,6 +207,8 @@ def online_optimizer(
     for prefix, scale in (lr_scales or {}).items():
         if not scale > 0:
             raise ValueError(f"lr_scales[{prefix!r}] must be > 0, got {scale}")
+    if clamp is not None:
+        clamp_params(*clamp)  # validates the bounds now, not at the first update
 
     def chain(learning_rate):
         parts = []

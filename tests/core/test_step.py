@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -193,3 +194,15 @@ def test_vmap_over_networks_equals_separate_steps():
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, ref.params
         )
+
+
+@pytest.mark.parametrize("key", [0, np.uint32(7), np.zeros((3,), np.uint32), "seed"])
+def test_init_state_refuses_a_key_that_is_not_a_prng_key(key):
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        init_state({"w": jnp.ones(2)}, optax.sgd(0.1), key=key)
+
+
+@pytest.mark.parametrize("key", [jax.random.key(0), jax.random.PRNGKey(0)])
+def test_init_state_takes_typed_and_legacy_keys(key):
+    state = init_state({"w": jnp.ones(2)}, optax.sgd(0.1), key=key)
+    assert state.key is key

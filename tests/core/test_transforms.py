@@ -126,6 +126,13 @@ def test_freeze_all_but_named_layers():
     assert np.all(flat["decoder.0.kernel"] == 0.0)
     with pytest.raises(ValueError, match="non-empty"):
         freeze_all_but(optax.sgd(1.0), [])
+    with pytest.raises(ValueError, match=r"\['decoder\.12'\] match no parameter"):
+        freeze_all_but(optax.sgd(1.0), ["decoder.1", "decoder.12"]).init(params)
+
+
+def test_online_optimizer_rejects_inverted_clamp_at_construction():
+    with pytest.raises(ValueError, match="lo < hi, got lo=5"):
+        online_optimizer(0.05, clamp=(5.0, -5.0))
 
 
 def test_learning_rate_set_and_get():
