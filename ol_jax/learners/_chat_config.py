@@ -390,8 +390,9 @@ class FactBankSection(ConfigSection):
         restates it (trains the same adapter), in [``route_threshold``, 1].
       learning_rate: base AdamW rate of fact-adapter updates, times the turn's
         context multiplier (``adaptive_optimizer``).
-      question_prompts: user prompts over ``{subject}`` (the fact's subject in
-        the second person) trained to answer with the statement.
+      question_prompts: user prompts over ``{subject}`` (a topic of the fact in
+        the second person: prompt ``i`` takes topic ``i mod m`` of its subject
+        and the proper names outside it) trained to answer with the statement.
       max_facts: most facts kept; a new fact past it replaces the least
         recently stated one.
       conversation_keys: the last this many other turns (which train the shared

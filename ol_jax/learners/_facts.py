@@ -569,6 +569,18 @@ class FactDetector:
             pattern="statement",
         )
 
+    def proper_names(self, text: str) -> list[str]:
+        """The runs of capitalized words of ``text`` that are not stop words, in
+        order: ``"FYI, Clidale is where Jador Juholm lives"`` -> ``["Clidale",
+        "Jador Juholm"]`` (a leading preface word such as "FYI" is a stop word
+        only if configured as one; strip prefaces first). A capitalized first
+        word that starts sentences ("At work, ...", "The ...") is no name, and a
+        possessive ending is dropped ("Canius Sern's" -> "Canius Sern")."""
+        words = _WORD.findall(text)
+        if words and words[0].casefold() in _STATEMENT_STARTERS | _PREPOSITIONS:
+            words = ["", *words[1:]]
+        return [re.sub(r"(?:'s|’s|')$", "", name) for name in self._name_runs(words)]
+
     def _name_runs(self, words: list[str]) -> list[str]:
         """Runs of capitalized words (proper names), stop words excluded."""
         found, run = [], []

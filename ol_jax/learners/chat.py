@@ -895,14 +895,26 @@ class ChatLearner:
     def _fact_batch(self, text: str, info: FactInfo) -> dict[str, np.ndarray]:
         """A fact-bank update: the statement with ``chat.fact_response``, and each
         ``fact_bank.question_prompts`` prompt answered by the statement in the
-        second person, only the answer's tokens trained (one row each)."""
+        second person, only the answer's tokens trained (one row each).
+
+        Prompt ``i`` asks about topic ``i mod m`` of the fact's ``m`` topics: its
+        subject, then each proper name outside the subject, so "Clidale is
+        where Jador Juholm lives" is also learned as the answer about Jador
+        Juholm, at the same number of rows."""
         core = self.detector.strip_prefaces(text) or text
         answer = to_second_person(core[:1].upper() + core[1:]) + "."
-        subject = to_second_person(info.subject or core)
+        subject = info.subject or core
+        topics = [subject] + [
+            name
+            for name in self.detector.proper_names(core)
+            if name.casefold() not in subject.casefold()
+        ]
         assistant = self.config.chat.fact_response.format(text=text)
         rows = [self._weighted_ids(text, assistant, info, fact=text)]
-        for template in self.config.fact_bank.question_prompts:
-            question = template.format(subject=subject)
+        for i, template in enumerate(self.config.fact_bank.question_prompts):
+            question = template.format(
+                subject=to_second_person(topics[i % len(topics)])
+            )
             ids, weights = self._weighted_ids(question, answer, info, fact=answer)
             weights = weights.copy()
             weights[: self._format.answer_start(question)] = 0.0

@@ -410,3 +410,24 @@ def test_fact_info_is_frozen():
     assert isinstance(info, FactInfo)
     with pytest.raises(AttributeError):
         info.relation = "x"
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("Clidale is where Jador Juholm lives", ["Clidale", "Jador Juholm"]),
+        ("At work, my deputy is Weth Flund.", ["Weth Flund"]),
+        ("Talvaen is Canius Sern's dog.", ["Talvaen", "Canius Sern"]),
+        ("The Varn Institute was founded in 1887.", ["Varn Institute"]),
+        ("my cat sleeps a lot", []),
+    ],
+)
+def test_proper_names(text, names):
+    assert DETECTOR.proper_names(text) == names
+
+
+@given(st.lists(st.sampled_from(["Ana", "Bo", "the", "lives", "in", "Tel", "my"])))
+def test_proper_names_are_capitalized_runs_of_the_text(words):
+    text = " ".join(words)
+    for name in DETECTOR.proper_names(text):
+        assert name in text and name[:1].isupper()
