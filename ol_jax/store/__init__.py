@@ -30,6 +30,8 @@ from ol_jax.store._config import load_network_config as load_network_config
 from ol_jax.store._config import validate_config as validate_config
 from ol_jax.store._journal import FeedbackJournal as FeedbackJournal
 from ol_jax.store._journal import JournalWriteError as JournalWriteError
+from ol_jax.store._metadata_log import CorruptMetadataError as CorruptMetadataError
+from ol_jax.store._metadata_log import MetadataLog as MetadataLog
 from ol_jax.store._run_store import CheckpointWriteError as CheckpointWriteError
 from ol_jax.store._run_store import CorruptVersionError as CorruptVersionError
 from ol_jax.store._run_store import MissingMetadataError as MissingMetadataError
@@ -56,9 +58,11 @@ __all__ = [
     "CheckpointWriter",
     "ConfigError",
     "ConfigSection",
+    "CorruptMetadataError",
     "CorruptVersionError",
     "FeedbackJournal",
     "JournalWriteError",
+    "MetadataLog",
     "MissingMetadataError",
     "Count",
     "Dim",
