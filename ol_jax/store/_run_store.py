@@ -86,6 +86,7 @@ __all__ = [
     "MissingMetadataError",
     "RunStore",
     "new_run_id",
+    "read_run_metadata",
 ]
 
 METADATA_FILE = "run_metadata.json"
@@ -409,6 +410,17 @@ def _check_run_id(run_id: Any) -> str:
     return run_id
 
 
+def _check_position(journal_position: Any) -> None:
+    if journal_position is not None and (
+        isinstance(journal_position, bool)
+        or not isinstance(journal_position, int)
+        or journal_position < 0
+    ):
+        raise ValueError(
+            f"journal_position must be an int >= 0, got {journal_position!r}"
+        )
+
+
 def _entry_ratings(entry: Mapping[str, Any]) -> list[float]:
     """Ratings recorded in a metadata entry under ``rating`` or ``ratings``."""
     found: list[float] = []
@@ -557,6 +569,21 @@ def _read_metadata(
     meta.update(current_version=None, versions=[], updated_at=None, entries=[])
     apply_records(meta, records)
     return meta, log
+
+
+def read_run_metadata(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of the run in ``run_dir``, read without opening the run.
+
+    The same dict as :meth:`RunStore.metadata`; a format-1 folder is read as it
+    is (not migrated), and a torn last record (a writer killed, or still
+    writing) is left out. Nothing in the folder changes.
+
+    Raises:
+      FileNotFoundError: the folder has no ``run_metadata.json``.
+      MissingMetadataError: it has no ``run_metadata.records`` (format 2).
+      CorruptMetadataError: the record file is damaged before its last record.
+    """
+    return _read_metadata(os.fspath(run_dir))[0]
 
 
 class RunStore:
@@ -867,14 +894,7 @@ class RunStore:
         """
         run = self._require_run()
         self._raise_write_error(run)
-        if journal_position is not None and (
-            isinstance(journal_position, bool)
-            or not isinstance(journal_position, int)
-            or journal_position < 0
-        ):
-            raise ValueError(
-                f"journal_position must be an int >= 0, got {journal_position!r}"
-            )
+        _check_position(journal_position)
         entry = _user_entry(metadata_entry)
         entry["event"] = "save"
         tree = _host_snapshot(params)
@@ -983,7 +1003,11 @@ class RunStore:
         return versions[-1] if versions else None
 
     def rollback(
-        self, version: int, *, metadata_entry: Mapping[str, Any] | None = None
+        self,
+        version: int,
+        *,
+        metadata_entry: Mapping[str, Any] | None = None,
+        journal_position: int | None = None,
     ) -> int:
         """Makes ``version`` current again by saving a copy of it as a new version.
 
@@ -995,6 +1019,9 @@ class RunStore:
         Args:
           version: a version present on disk.
           metadata_entry: extra fields for the rollback entry (e.g. a reason).
+          journal_position: as for :meth:`save`: the journal records the caller
+            has consumed by now (rolled back or not); ``None`` keeps the highest
+            position saved so far.
 
         Returns:
           The new version number (whose weights equal ``version``'s).
@@ -1011,9 +1038,16 @@ class RunStore:
             )
         entry = _user_entry(metadata_entry)
         entry.update(event="rollback", rolled_back_to=version)
+        _check_position(journal_position)
         with run.io_lock:
             tree = self._restore_with(run.manager, run.run_id, version, None)
-        return self._enqueue(tree, version=None, entry=entry, parent=version)
+        return self._enqueue(
+            tree,
+            version=None,
+            entry=entry,
+            parent=version,
+            journal_position=journal_position,
+        )
 
     # ------------------------------------------------------------------ feedback
 
@@ -1104,7 +1138,7 @@ class RunStore:
             raise ValueError(
                 f"run {run_id!r} of network {self.network_id!r} has no {METADATA_FILE}"
             )
-        return _read_metadata(run_dir)[0]
+        return read_run_metadata(run_dir)
 
     # ------------------------------------------------------------------ internals
 

@@ -27,7 +27,7 @@ from ol_jax.learners.controller import (
     scaled_poison_bursts,
     soak_failures,
 )
-from ol_jax.store import NetworkConfig, RunStore
+from ol_jax.store import NetworkConfig, RunStore, read_run_metadata
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -133,12 +133,12 @@ def test_sigkill_resume_counts_each_event_once(full_run, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    meta = out / "networks" / "controller-soak" / "runs" / "soak" / "run_metadata.json"
+    run_dir = out / "networks" / "controller-soak" / "runs" / "soak"
     deadline = time.time() + 240
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         try:
-            entries = json.loads(meta.read_text())["entries"]
+            entries = read_run_metadata(run_dir)["entries"]
         except (OSError, ValueError, KeyError):
             entries = []
         done = [e["events_processed"] for e in entries if "events_processed" in e]
@@ -253,15 +253,15 @@ def test_existing_out_is_refused_without_resume(tmp_path, capsys):
     assert main([*argv, "--json"]) in (0, 1)
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = json.loads((out / "report.json").read_text())
-    meta = out / "networks" / "controller-soak" / "runs" / "soak" / "run_metadata.json"
-    versions = json.loads(meta.read_text())["versions"]
+    run_dir = out / "networks" / "controller-soak" / "runs" / "soak"
+    versions = read_run_metadata(run_dir)["versions"]
 
     # Again without --resume: refused, the old run and its report untouched.
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "already holds a soak run" in err and "--resume" in err
     assert "another --out" in err
-    assert json.loads(meta.read_text())["versions"] == versions
+    assert read_run_metadata(run_dir)["versions"] == versions
     assert json.loads((out / "report.json").read_text()) == report
     with pytest.raises(ValueError, match="--resume"):
         run_soak(str(config), None, out, plot=False)
@@ -372,3 +372,4 @@ def test_soak_failures_explains_a_burst_right_after_the_shift(start):
     burst = {"start_event": start, "end_event": start + 9, "majority_poisoned_kept": 1}
     (reason,) = soak_failures(_report(bursts=[burst]))
     assert f"{start - 100} events after the distribution shift" in reason
+
