@@ -173,6 +173,13 @@ def test_sigkill_resume_counts_each_event_once(full_run, tmp_path):
     assert sum(resumed["rejected_by"].values()) == resumed["rejected_updates"]
     assert resumed["updates_in_report"] == resumed["updates"]
     assert resumed["final_family_scores"] == reference["final_family_scores"]
+    # Events journaled after the last save were applied from the journal, not
+    # fed (and journaled) again.
+    net = NetworkConfig(network_id="controller-soak")
+    with RunStore(out / "networks", "controller-soak", config=net) as store:
+        records = store.feedback_records("soak")
+    assert len(records) == resumed["stream"]["accepted"]
+    assert len({r["id"] for r in records}) == len(records)
 
 
 def _learner(tmp_path, config=None):
@@ -373,3 +380,42 @@ def test_soak_failures_explains_a_burst_right_after_the_shift(start):
     (reason,) = soak_failures(_report(bursts=[burst]))
     assert f"{start - 100} events after the distribution shift" in reason
 
+
+def test_resume_applies_journaled_events_once_and_does_not_feed_them_again(tmp_path):
+    """A run stopped between saves resumes to what an unstopped run computes,
+    and the journal lists every valid event once."""
+    config = ControllerConfig.model_validate({**_TINY, "learning": {"update_every": 8}})
+    reference = run_soak(config, None, tmp_path / "ref", plot=False)
+
+    class _Stop(Exception):
+        pass
+
+    def stop_between_saves(pos, n, learner):
+        # Saves are due every 22 events (turns of 8): the one at 24 is the last
+        # before the stop, the events of 32 and 40 are journaled after it.
+        if pos == 40:
+            learner.store.close()  # (a crash would leave the run locked)
+            raise _Stop
+
+    out = tmp_path / "stopped"
+    with pytest.raises(_Stop):
+        run_soak(config, None, out, plot=False, on_progress=stop_between_saves)
+    meta = read_run_metadata(out / "networks" / "controller-soak" / "runs" / "soak")
+    (saved,) = [
+        e["journal_position"]
+        for e in meta["entries"]
+        if e["version"] == meta["current_version"]
+    ]
+    net = NetworkConfig(network_id="controller-soak")
+    with RunStore(out / "networks", "controller-soak", config=net) as store:
+        journaled = len(store.feedback_records("soak"))
+    assert journaled > saved  # some events were acknowledged after the save
+    resumed = run_soak(config, None, out, plot=False, resume=True)
+    assert resumed["events_this_process"] == reference["events"] - 40
+    for key in ("stream", "updates", "rejected_by", "rollbacks", "bursts"):
+        assert resumed[key] == reference[key], key
+    assert resumed["final_family_scores"] == reference["final_family_scores"]
+    with RunStore(out / "networks", "controller-soak", config=net) as store:
+        records = store.feedback_records("soak")
+    assert len(records) == resumed["stream"]["accepted"]
+    assert len({r["id"] for r in records}) == len(records)
