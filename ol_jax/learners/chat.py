@@ -26,7 +26,8 @@ so the step compiles once per bucket. After every turn one row of metrics
 (stability, plasticity, forgetting) is appended to ``metrics.jsonl`` in the run
 folder, and every ``checkpoint.save_every`` turns the adapter, optimizer state,
 fact memory and counters are saved to the run store, from which a new learner
-resumes exactly.
+resumes exactly; turns journaled after the last save are learned again from the
+run's feedback journal when it resumes.
 
 References:
     Hu et al., `LoRA: Low-Rank Adaptation of Large Language Models
