@@ -26,7 +26,8 @@ so the step compiles once per bucket. After every turn one row of metrics
 (stability, plasticity, forgetting) is appended to ``metrics.jsonl`` in the run
 folder, and every ``checkpoint.save_every`` turns the adapter, optimizer state,
 fact memory and counters are saved to the run store, from which a new learner
-resumes exactly.
+resumes exactly; turns journaled after the last save are learned again from the
+run's feedback journal when it resumes.
 
 References:
     Hu et al., `LoRA: Low-Rank Adaptation of Large Language Models
@@ -260,6 +261,7 @@ class TurnUndo(NamedTuple):
     tracker: dict[str, Any]
     since_save: int
     bank: Any = None
+    journal_next: int = 0
 
 
 class ChatLearner:
@@ -358,6 +360,9 @@ class ChatLearner:
         self.store = RunStore(root, config.network_id, config=config)
         resumed = run_id is not None and run_id in self.store.runs()
         self.run_id = self.store.start_run(run_id)
+        # The journal position after the last turn learned from: a version
+        # saved now reflects every journal record before it.
+        self._journal_next = 0
         self.run_dir = self.store.run_dir
         self.metrics_path = os.path.join(self.run_dir, config.metrics.metrics_file)
         if resumed and self.store.latest_version() is not None:
@@ -365,6 +370,8 @@ class ChatLearner:
         else:
             self._tracker.set_baseline(self._anchor_scores())
         self._probe_base = self._base_answers(config.metrics.probe_questions)
+        if resumed:
+            self._replay_journal()
 
     # ------------------------------------------------------------------ setup
 
@@ -781,6 +788,7 @@ class ChatLearner:
         *,
         _truncated: bool = False,
         _gen_ms: float = float("nan"),
+        _journaled: bool = False,
     ) -> dict[str, Any]:
         """The update part of a turn: detect, train, remember, replay, measure.
 
@@ -795,9 +803,12 @@ class ChatLearner:
           ``update_ms``, stability / plasticity / forgetting figures, and for
           facts ``fact_confidence`` and ``fact_repetition``.
         """
-        # The turn is durable before it is learned from (store.durability).
-        record = {"kind": "turn", "id": f"turn-{self.turn + 1}", "user": text}
-        self.store.journal.append(record | {"reply": reply})
+        # The turn is durable before it is learned from (store.durability); a
+        # turn replayed from the journal is there already.
+        if not _journaled:
+            record = {"kind": "turn", "id": f"turn-{self.turn + 1}", "user": text}
+            seq = self.store.journal.append(record | {"reply": reply})
+            self._journal_next = seq + 1
         t0 = time.perf_counter()
         turn = self.prepare_turn(text, reply)
         info = turn.info
@@ -1105,7 +1116,9 @@ class ChatLearner:
             entry["fact_bank"] = self.bank.entry()
             if len(self.bank):
                 tree["fact_bank"] = self.bank.tree()
-        version = self.store.save(tree, metadata_entry=entry)
+        version = self.store.save(
+            tree, metadata_entry=entry, journal_position=self._journal_next
+        )
         self._since_save = 0
         return version
 
@@ -1137,6 +1150,21 @@ class ChatLearner:
             entry["tracker"], window=self.config.metrics.window_size
         )
         self._drop_rows_after(self.turn)
+        self._journal_next = self.store.journal_position(version)
+
+    def _replay_journal(self) -> None:
+        """Learns, once each and in order, the journaled turns no saved version
+        reflects (a process stopped after journaling them, before its next
+        save), skipping turns whose update was undone (:meth:`undo_to`)."""
+        records = self.store.journal.records(start=self._journal_next)
+        undone = set()
+        for record in records:
+            if record.get("kind") == "undo":
+                undone.update(range(int(record["from_seq"]), record["seq"]))
+        for record in records:
+            self._journal_next = record["seq"] + 1
+            if record.get("kind") == "turn" and record["seq"] not in undone:
+                self.learn(record["user"], record["reply"], _journaled=True)
 
     def _drop_rows_after(self, turn: int) -> None:
         # Rows written after the last checkpoint belong to turns that are redone.
@@ -1172,14 +1200,25 @@ class ChatLearner:
             tracker=json.loads(json.dumps(self._tracker.state_dict())),
             since_save=self._since_save,
             bank=None if self.bank is None else self.bank.snapshot(),
+            journal_next=self._journal_next,
         )
 
     def undo_to(self, point: TurnUndo) -> None:
         """Puts back the state of :meth:`undo_point` and drops later metric rows.
 
         Versions saved since stay in the store; call :meth:`save` to make the
-        restored state the latest one.
+        restored state the latest one. The journal records that the turns
+        since ``point`` are undone, so a resumed run does not learn them.
         """
+        if self._journal_next > point.journal_next:
+            seq = self.store.journal.append(
+                {
+                    "kind": "undo",
+                    "id": f"undo-{point.journal_next}",
+                    "from_seq": point.journal_next,
+                }
+            )
+            self._journal_next = seq + 1
         self._state = jax.tree.map(jnp.copy, point.state)
         self.turn = point.turn
         self.memory = FactMemory.from_state_dict(self.config.fact_memory, point.memory)

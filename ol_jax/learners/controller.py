@@ -56,6 +56,7 @@ from ol_jax.learners._controller_env import (
 from ol_jax.learners._stream import (
     REJECT_REASONS,
     FeedbackProcessor,
+    FeedbackSignal,
     StreamProcessor,
 )
 from ol_jax.memory import prioritized_replay
@@ -425,6 +426,12 @@ class OnlineLearner:
         self.events_processed = 0
         self.history: list[dict[str, Any]] = []
         self._since_save: list[dict[str, Any]] = []
+        # The journal position after the last record this learner has observed:
+        # a version saved now reflects every record before it (applied, queued
+        # in its entry's `pending`, or rolled back).
+        self._journal_next = (
+            store.journal.next_seq if store is not None and store.run_id else 0
+        )
 
     # ------------------------------------------------------------ pure pieces
 
@@ -584,7 +591,9 @@ class OnlineLearner:
 
         With a store, the valid events are first appended to the run's feedback
         journal as one commit (``store.durability: sync``: on disk when this
-        returns; listed by ``store.feedback_records()``).
+        returns; listed by ``store.feedback_records()``). The commit's last
+        record also carries the event count and stream counters after this call
+        (``observed``), so :meth:`replay_journal` can redo the call exactly.
         """
         signals = []
         for event in events:
@@ -593,7 +602,13 @@ class OnlineLearner:
             if signal is not None:
                 signals.append(signal)
         if self.store is not None and signals:
-            self.store.journal.append_many([_signal_record(s) for s in signals])
+            records = [_signal_record(s) for s in signals]
+            records[-1]["observed"] = {
+                "events": self.events_processed,
+                "stream": self.stream.counters(),
+            }
+            seqs = self.store.journal.append_many(records)
+            self._journal_next = seqs[-1] + 1
         for signal in signals:
             self.policy.submit(self.feedback.to_example(signal))
         return len(signals)
@@ -713,7 +728,11 @@ class OnlineLearner:
         if self.store is None:
             return None
         tree = self._tree_to_save()
-        version = self.store.save(tree, metadata_entry=self._metadata(**extra))
+        version = self.store.save(
+            tree,
+            metadata_entry=self._metadata(**extra),
+            journal_position=self._journal_next,
+        )
         self.good_version = version
         self.good_controller = jax.tree.map(jnp.array, self.controller)
         self._since_save = []
@@ -732,15 +751,26 @@ class OnlineLearner:
             record["rolled_back"] = True
         self._since_save = []
         version = self.store.rollback(
-            self.good_version, metadata_entry=self._metadata(reason=reason)
+            self.good_version,
+            metadata_entry=self._metadata(reason=reason),
+            journal_position=self._journal_next,
         )
         tree = self.store.restore(version)
         self._load_tree(tree)
         self.good_version = version
         return version
 
-    def resume(self) -> dict[str, Any]:
-        """Loads the store's latest version and its counters (after a crash)."""
+    def resume(self, *, replay: bool = True) -> dict[str, Any]:
+        """Loads the store's latest version and its counters (after a crash).
+
+        Args:
+          replay: then apply the journaled events that version does not
+            reflect (:meth:`replay_journal`); ``False`` leaves that to the
+            caller (who may first restore what it keeps beside the store).
+
+        Returns:
+          The version's metadata entry.
+        """
         if self.store is None:
             raise ValueError("resume needs a store, got None")
         version = self.store.latest_version()
@@ -769,7 +799,54 @@ class OnlineLearner:
         self.policy = BetweenPromptsPolicy()
         for e in entry["pending"]:
             self.policy.submit({**e, "x": np.asarray(e["x"], np.float32)})
+        self._journal_next = self.store.journal_position(version)
+        if replay:
+            self.replay_journal()
         return entry
+
+    def replay_journal(self, *, until_events: int | None = None) -> int:
+        """Applies the journaled events no saved version reflects, each once.
+
+        The records after the restored version's journal position were
+        acknowledged by :meth:`observe` in a process that stopped before its
+        next save. Each commit (one :meth:`observe` call) is redone in order:
+        its examples are queued, the event count and stream counters set to
+        what they were after that call, and :meth:`maybe_update` run, as the
+        feeding loop did then. The records are not journaled again. Records
+        after the last commit's ``observed`` marker belong to no finished call
+        and are left alone.
+
+        Args:
+          until_events: stop after the call that brought the event count to
+            this number or past it (a later call continues); ``None``: all.
+
+        Returns:
+          How many records were applied.
+        """
+        if self.store is None:
+            raise ValueError("replay_journal needs a store, got None")
+        records = self.store.journal.records(start=self._journal_next)
+        group: list[dict[str, Any]] = []
+        applied = 0
+        for record in records:
+            group.append(record)
+            observed = record.get("observed")
+            if observed is None:
+                continue
+            for item in group:
+                self.policy.submit(self.feedback.to_example(_record_signal(item)))
+            self.events_processed = int(observed["events"])
+            self.stream.load_counters(observed["stream"])
+            self._journal_next = record["seq"] + 1
+            applied += len(group)
+            group = []
+            self.maybe_update()
+            if until_events is not None and self.events_processed >= until_events:
+                return applied
+        # Records after the last `observed` are no finished commit that
+        # observe() returned from (or predate the marker): not acknowledged,
+        # not applied; the feeding loop sends those events again.
+        return applied
 
     def calibrate_spike(self, losses: Sequence[float]) -> None:
         """Seeds the loss-spike gate with trusted batch losses (e.g. warm-up)."""
@@ -938,7 +1015,22 @@ def _signal_record(signal: Any) -> dict[str, Any]:
     }
     if signal.kind == "rating":  # reward = (rating - 1) / 9
         record["rating"] = int(round(signal.reward * 9 + 1))
+    if signal.poisoned:  # simulator ground truth, for the reports
+        record["poisoned"] = True
     return record
+
+
+def _record_signal(record: Mapping[str, Any]) -> FeedbackSignal:
+    """The signal a journal record of :func:`_signal_record` was made from."""
+    return FeedbackSignal(
+        event_id=record["id"],
+        timestamp=record["time"],
+        kind=record["kind"],
+        reward=record["reward"],
+        features=np.asarray(record["features"], np.float32),
+        expert=record["expert"],
+        poisoned=bool(record.get("poisoned", False)),
+    )
 
 
 def _open_store(config: ControllerConfig, out_dir: str, run_id: str) -> RunStore:
@@ -1030,15 +1122,12 @@ def run_soak(
     pre = np.arange(config.model.num_experts) < config.model.num_experts // 2
     start_scores = env.family_scores({**env.params, "controller": controller}, eval_set)
     timeline: list[dict[str, Any]] = []
-    if resume and store.latest_version() is not None:
-        learner.resume()
-        # Evaluations and updates written after the last saved version are
-        # redone; the earlier updates' records let the report cover the run.
-        timeline = [
-            t
-            for t in _load_timeline(out_dir)
-            if t["events"] <= learner.events_processed
-        ]
+    resumed = resume and store.latest_version() is not None
+    if resumed:
+        learner.resume(replay=False)
+        # Updates written after the last saved version are redone by the
+        # journal's replay; the earlier updates' records let the report cover
+        # the run.
         learner.history = [
             r for r in _load_history(out_dir) if r["events"] <= learner.events_processed
         ]
@@ -1052,11 +1141,30 @@ def run_soak(
     turn = config.learning.update_every
     n = spec.num_events
     save_every = _save_every(config, n)
+    written = len(learner.history)
+    if resumed:
+        # Events acknowledged after that version are applied from the journal,
+        # not fed again: the loop continues after the last of them. A save the
+        # stopped process did not finish is made where it was due.
+        while True:
+            due = min((learner.events_processed // save_every + 1) * save_every, n)
+            learner.replay_journal(until_events=due)
+            if learner.events_processed < due:
+                break
+            learner.save(reason="periodic")
+            _write_history(out_dir, learner.history[written:], mode="a")
+            written = len(learner.history)
+            if due >= n:
+                break
+        timeline = [
+            t
+            for t in _load_timeline(out_dir)
+            if t["events"] <= learner.events_processed
+        ]
     next_save = (learner.events_processed // save_every + 1) * save_every
     eval_every = _eval_every(config, n)
     next_eval = (learner.events_processed // eval_every + 1) * eval_every
     pos = start_pos = learner.events_processed
-    written = len(learner.history)
     t_loop = time.perf_counter()
     while pos < n:
         stop = min(pos + turn, n)

@@ -30,11 +30,14 @@ from ol_jax.store._config import load_network_config as load_network_config
 from ol_jax.store._config import validate_config as validate_config
 from ol_jax.store._journal import FeedbackJournal as FeedbackJournal
 from ol_jax.store._journal import JournalWriteError as JournalWriteError
+from ol_jax.store._metadata_log import CorruptMetadataError as CorruptMetadataError
+from ol_jax.store._metadata_log import MetadataLog as MetadataLog
 from ol_jax.store._run_store import CheckpointWriteError as CheckpointWriteError
 from ol_jax.store._run_store import CorruptVersionError as CorruptVersionError
 from ol_jax.store._run_store import MissingMetadataError as MissingMetadataError
 from ol_jax.store._run_store import RunStore as RunStore
 from ol_jax.store._run_store import new_run_id as new_run_id
+from ol_jax.store._run_store import read_run_metadata as read_run_metadata
 from ol_jax.store._tree_file import is_pytree_checkpoint as is_pytree_checkpoint
 from ol_jax.store._tree_file import load_pytree as load_pytree
 from ol_jax.store._tree_file import save_pytree as save_pytree
@@ -56,9 +59,11 @@ __all__ = [
     "CheckpointWriter",
     "ConfigError",
     "ConfigSection",
+    "CorruptMetadataError",
     "CorruptVersionError",
     "FeedbackJournal",
     "JournalWriteError",
+    "MetadataLog",
     "MissingMetadataError",
     "Count",
     "Dim",
@@ -76,6 +81,7 @@ __all__ = [
     "load_network_config",
     "load_pytree",
     "new_run_id",
+    "read_run_metadata",
     "save_pytree",
     "validate_config",
 ]

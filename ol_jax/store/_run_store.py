@@ -3,7 +3,8 @@
 Layout on disk::
 
     networks/<network_id>/config.yaml
-    networks/<network_id>/runs/<run_id>/run_metadata.json
+    networks/<network_id>/runs/<run_id>/run_metadata.json      (header)
+    networks/<network_id>/runs/<run_id>/run_metadata.records   (one line per change)
     networks/<network_id>/runs/<run_id>/weights_v0/    (an Orbax checkpoint)
     networks/<network_id>/runs/<run_id>/weights_v1/
     ...
@@ -13,10 +14,15 @@ Guarantees:
 * A weight version is written by Orbax into a temporary folder and renamed into
   place when complete, so a process killed mid-save leaves the previous versions
   intact (the temporary folder is removed when the run is next opened).
-* ``run_metadata.json`` is replaced atomically (write, fsync, rename) and only
-  after the version it mentions is finalized; retention deletes a version only
-  after the metadata has stopped listing it. Every version the file lists can be
-  restored.
+* The metadata is a header written once (``run_metadata.json``) and an
+  append-only record file (``run_metadata.records``, see
+  :class:`~ol_jax.store.MetadataLog`): a save appends one checksummed line, so
+  it costs O(1) bytes however long the run; the file is compacted (rewritten
+  atomically) when it holds more than twice the records the state needs. A
+  version's record is appended and fsync'd only after the version is finalized;
+  retention deletes a version only after a record has stopped listing it. Every
+  version the metadata lists can be restored. A run folder with only a
+  ``run_metadata.json`` holding ``entries`` (format 1) is migrated when opened.
 * ``save`` copies the arrays to host memory in the caller (so buffers donated to
   the next step cannot change what is written) and hands the copy to a single
   background :class:`~ol_jax.store.CheckpointWriter`. When ``queue_size`` saves are
@@ -66,6 +72,12 @@ from ol_jax.store._config import (
     load_config,
 )
 from ol_jax.store._journal import FeedbackJournal
+from ol_jax.store._metadata_log import (
+    STATE_KEYS,
+    MetadataLog,
+    apply_records,
+    snapshot_records,
+)
 from ol_jax.store._writer import CheckpointWriter, WriteJob
 
 __all__ = [
@@ -74,13 +86,20 @@ __all__ = [
     "MissingMetadataError",
     "RunStore",
     "new_run_id",
+    "read_run_metadata",
 ]
 
 METADATA_FILE = "run_metadata.json"
+RECORDS_FILE = "run_metadata.records"
 JOURNAL_FILE = "feedback.journal"
 COUNTER_FILE = "version_counter.json"
 WEIGHTS_PREFIX = "weights_v"
-_FORMAT_VERSION = 1
+# 1: the whole metadata in run_metadata.json; 2: header + record file.
+_FORMAT_VERSION = 2
+# Compaction when the record file holds more than this many times the records
+# a snapshot of the state needs (plus a little slack for small runs).
+_COMPACT_RATIO = 2
+_COMPACT_SLACK = 64
 _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RESERVED_ENTRY_KEYS = ("version", "parent_version", "event", "journal_position")
 # Version numbers reserved per durable counter write: one fsync'd file write per
@@ -202,7 +221,11 @@ def _remove_temp_files(run_dir: str) -> None:
     Called with the run locked, so no writer of this run is alive."""
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
-        if ".tmp-" in name and name.split(".tmp-")[0] in (METADATA_FILE, COUNTER_FILE):
+        if ".tmp-" in name and name.split(".tmp-")[0] in (
+            METADATA_FILE,
+            RECORDS_FILE,
+            COUNTER_FILE,
+        ):
             _LOG.info("removing %s left by an interrupted write", path)
             os.remove(path)
     _remove_failed_saves(run_dir)
@@ -387,6 +410,17 @@ def _check_run_id(run_id: Any) -> str:
     return run_id
 
 
+def _check_position(journal_position: Any) -> None:
+    if journal_position is not None and (
+        isinstance(journal_position, bool)
+        or not isinstance(journal_position, int)
+        or journal_position < 0
+    ):
+        raise ValueError(
+            f"journal_position must be an int >= 0, got {journal_position!r}"
+        )
+
+
 def _entry_ratings(entry: Mapping[str, Any]) -> list[float]:
     """Ratings recorded in a metadata entry under ``rating`` or ``ratings``."""
     found: list[float] = []
@@ -447,22 +481,109 @@ class _Run:
         # Versions whose failed write may have left files behind (removed again
         # before each later write, and by Orbax at the next open).
         self.debris: set[int] = set()
-        # Serialized entries, so a metadata write encodes only the new entry.
-        self.entry_json: list[str] = []
+        # The open record file; `meta` is always its records applied in order.
+        self.records: MetadataLog | None = None
 
-    def load_metadata(self, meta: dict[str, Any]) -> None:
-        self.meta = meta
-        self.entry_json = [_dumps(e) for e in meta["entries"]]
+    @property
+    def records_path(self) -> str:
+        return os.path.join(self.run_dir, RECORDS_FILE)
 
-    def add_entry(self, entry: dict[str, Any]) -> None:
-        self.meta["entries"].append(entry)
-        self.entry_json.append(_dumps(entry))
+    def commit(self, records: list[dict[str, Any]]) -> int:
+        """Appends ``records`` durably, then applies them to ``meta`` (called with
+        ``meta_lock`` held). On a failure ``meta`` is unchanged.
 
-    def write_metadata(self) -> None:
-        """Atomically replaces ``run_metadata.json`` with ``meta``."""
-        header = {k: v for k, v in self.meta.items() if k != "entries"}
-        text = _dumps(header)[:-1] + ',"entries":[' + ",".join(self.entry_json) + "]}"
-        _atomic_write_text(self.metadata_path, text)
+        Returns:
+          The bytes written (a compaction's included).
+        """
+        written = self.records.append(records)
+        apply_records(self.meta, records)
+        return written + self.compact_if_sparse()
+
+    def compact_if_sparse(self) -> int:
+        """Compacts the record file when it holds more than ``_COMPACT_RATIO``
+        times the records a snapshot needs; returns the bytes written (0 when
+        not). Each save adds one record and one entry, so this happens only
+        after many records that add no entry (reopenings that repair the
+        metadata, warnings), and costs O(1) amortized per record."""
+        live = len(self.meta["entries"]) + len(self.meta.get("warnings", ())) + 1
+        if self.records.records > _COMPACT_RATIO * live + _COMPACT_SLACK:
+            return self.compact()
+        return 0
+
+    def compact(self) -> int:
+        """Rewrites the record file as a snapshot of ``meta``, atomically.
+
+        Returns:
+          The bytes written.
+        """
+        old = self.records
+        self.records = MetadataLog.create(
+            self.records_path, snapshot_records(self.meta)
+        )
+        if old is not None:
+            old.close()
+        return self.records.size
+
+    def write_header(self) -> None:
+        """Atomically writes ``run_metadata.json``: the metadata less its state."""
+        header = {k: v for k, v in self.meta.items() if k not in STATE_KEYS}
+        _atomic_write_text(self.metadata_path, _dumps(header))
+
+
+def _read_metadata(
+    run_dir: str, *, for_writing: bool = False
+) -> tuple[dict[str, Any], MetadataLog | None]:
+    """A run's metadata from its folder.
+
+    Args:
+      run_dir: the run folder.
+      for_writing: also open the record file for appending (which drops a torn
+        last record); without it nothing in the folder changes.
+
+    Returns:
+      ``(metadata, log)``: ``log`` is the open record file when ``for_writing``,
+      and ``None`` for a format-1 folder (the whole metadata in
+      ``run_metadata.json``), which opening the run migrates.
+
+    Raises:
+      MissingMetadataError: the header is there but the record file is not.
+      CorruptMetadataError: the record file is damaged before its last record.
+    """
+    with open(os.path.join(run_dir, METADATA_FILE), encoding="utf-8") as f:
+        meta = json.load(f)
+    if "entries" in meta:
+        meta["format_version"] = _FORMAT_VERSION
+        return meta, None
+    path = os.path.join(run_dir, RECORDS_FILE)
+    log = None
+    try:
+        if for_writing:
+            log, records = MetadataLog.open(path)
+        else:
+            records = MetadataLog.read(path)
+    except FileNotFoundError:
+        raise MissingMetadataError(
+            f"run folder {run_dir} holds {METADATA_FILE} but no {RECORDS_FILE}; "
+            f"restore the record file or move the folder away"
+        ) from None
+    meta.update(current_version=None, versions=[], updated_at=None, entries=[])
+    apply_records(meta, records)
+    return meta, log
+
+
+def read_run_metadata(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of the run in ``run_dir``, read without opening the run.
+
+    The same dict as :meth:`RunStore.metadata`; a format-1 folder is read as it
+    is (not migrated), and a torn last record (a writer killed, or still
+    writing) is left out. Nothing in the folder changes.
+
+    Raises:
+      FileNotFoundError: the folder has no ``run_metadata.json``.
+      MissingMetadataError: it has no ``run_metadata.records`` (format 2).
+      CorruptMetadataError: the record file is damaged before its last record.
+    """
+    return _read_metadata(os.fspath(run_dir))[0]
 
 
 class RunStore:
@@ -637,34 +758,39 @@ class RunStore:
             _remove_temp_files(run_dir)
             run.manager = _manager(run_dir)
             if exists:
-                with open(run.metadata_path, encoding="utf-8") as f:
-                    run.load_metadata(json.load(f))
+                run.meta, run.records = _read_metadata(run_dir, for_writing=True)
                 if run.meta.get("network_id") != self.network_id:
                     raise ValueError(
                         f"run {run_id!r} belongs to network "
                         f"{run.meta.get('network_id')!r}, not {self.network_id!r}"
                     )
             else:
-                run.load_metadata(
-                    {
-                        "format_version": _FORMAT_VERSION,
-                        "network_id": self.network_id,
-                        "run_id": run_id,
-                        "created_at": _now(),
-                        "updated_at": _now(),
-                        "started_from": None,
-                        "current_version": None,
-                        "versions": [],
-                        "entries": [],
-                    }
-                )
-            self._reconcile(run)
+                run.meta = {
+                    "format_version": _FORMAT_VERSION,
+                    "network_id": self.network_id,
+                    "run_id": run_id,
+                    "created_at": _now(),
+                    "started_from": None if source is None else source["started_from"],
+                    "updated_at": _now(),
+                    "current_version": None,
+                    "versions": [],
+                    "entries": [],
+                }
+            fixes = self._reconcile(run)
             reserved = _read_counter(run.counter_path)
             run.next_version = max(run.next_version, reserved)
             run.reserved_end = run.next_version
-            if source is not None:
-                run.meta["started_from"] = source["started_from"]
-            run.write_metadata()
+            if run.records is not None:
+                if fixes:
+                    run.commit(fixes)
+                else:
+                    run.compact_if_sparse()
+            else:
+                # A new run, or a format-1 one: the record file first, then the
+                # header, whose format 2 is what says the migration is done.
+                apply_records(run.meta, fixes)
+                run.compact()
+                run.write_header()
             store_cfg = self._config.store
             run.journal = FeedbackJournal(
                 os.path.join(run_dir, JOURNAL_FILE),
@@ -768,14 +894,7 @@ class RunStore:
         """
         run = self._require_run()
         self._raise_write_error(run)
-        if journal_position is not None and (
-            isinstance(journal_position, bool)
-            or not isinstance(journal_position, int)
-            or journal_position < 0
-        ):
-            raise ValueError(
-                f"journal_position must be an int >= 0, got {journal_position!r}"
-            )
+        _check_position(journal_position)
         entry = _user_entry(metadata_entry)
         entry["event"] = "save"
         tree = _host_snapshot(params)
@@ -860,15 +979,16 @@ class RunStore:
 
     def _warn(self, run: _Run, message: str, *, head: int | None = None) -> None:
         _LOG.warning("%s", message)
+        record: dict[str, Any] = {
+            "warning": {"timestamp": _now(), "message": message},
+            "updated_at": _now(),
+        }
+        if head is not None:
+            record["current_version"] = head
         with run.alloc_lock, run.meta_lock:
-            run.meta.setdefault("warnings", []).append(
-                {"timestamp": _now(), "message": message}
-            )
+            run.commit([record])
             if head is not None:
-                run.meta["current_version"] = head
                 run.head = head
-            run.meta["updated_at"] = _now()
-            run.write_metadata()
 
     def versions(self) -> list[int]:
         """Versions of the open run present on disk, ascending (after a flush)."""
@@ -883,7 +1003,11 @@ class RunStore:
         return versions[-1] if versions else None
 
     def rollback(
-        self, version: int, *, metadata_entry: Mapping[str, Any] | None = None
+        self,
+        version: int,
+        *,
+        metadata_entry: Mapping[str, Any] | None = None,
+        journal_position: int | None = None,
     ) -> int:
         """Makes ``version`` current again by saving a copy of it as a new version.
 
@@ -895,6 +1019,9 @@ class RunStore:
         Args:
           version: a version present on disk.
           metadata_entry: extra fields for the rollback entry (e.g. a reason).
+          journal_position: as for :meth:`save`: the journal records the caller
+            has consumed by now (rolled back or not); ``None`` keeps the highest
+            position saved so far.
 
         Returns:
           The new version number (whose weights equal ``version``'s).
@@ -911,9 +1038,16 @@ class RunStore:
             )
         entry = _user_entry(metadata_entry)
         entry.update(event="rollback", rolled_back_to=version)
+        _check_position(journal_position)
         with run.io_lock:
             tree = self._restore_with(run.manager, run.run_id, version, None)
-        return self._enqueue(tree, version=None, entry=entry, parent=version)
+        return self._enqueue(
+            tree,
+            version=None,
+            entry=entry,
+            parent=version,
+            journal_position=journal_position,
+        )
 
     # ------------------------------------------------------------------ feedback
 
@@ -981,19 +1115,30 @@ class RunStore:
             return _quality(run.meta["entries"], version)
 
     def metadata(self, run_id: str | None = None) -> dict[str, Any]:
-        """A copy of a run's ``run_metadata.json`` (the open run after a flush)."""
+        """A copy of a run's metadata (the open run after a flush).
+
+        The dict holds ``format_version``, ``network_id``, ``run_id``,
+        ``created_at``, ``started_from`` (from ``run_metadata.json``) and
+        ``updated_at``, ``current_version``, ``versions``, ``entries`` and, once
+        there is one, ``warnings`` (the records of ``run_metadata.records``
+        applied in order).
+
+        Raises:
+          ValueError: no such run.
+          MissingMetadataError: the run's record file is missing.
+          CorruptMetadataError: the record file is damaged before its last record.
+        """
         if run_id is None or (self._run is not None and run_id == self._run.run_id):
             run = self._require_run()
             self.flush()
             with run.meta_lock:
                 return copy.deepcopy(run.meta)
-        path = os.path.join(self.runs_dir, _check_run_id(run_id), METADATA_FILE)
-        if not os.path.isfile(path):
+        run_dir = os.path.join(self.runs_dir, _check_run_id(run_id))
+        if not os.path.isfile(os.path.join(run_dir, METADATA_FILE)):
             raise ValueError(
                 f"run {run_id!r} of network {self.network_id!r} has no {METADATA_FILE}"
             )
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_run_metadata(run_dir)
 
     # ------------------------------------------------------------------ internals
 
@@ -1027,6 +1172,8 @@ class RunStore:
                 if run.manager is not None:
                     run.manager.close()
         finally:
+            if run.records is not None:
+                run.records.close()
             fcntl.flock(run.lock_fd, fcntl.LOCK_UN)
             os.close(run.lock_fd)
 
@@ -1061,13 +1208,17 @@ class RunStore:
                 f"or move the folder away)"
             )
 
-    def _reconcile(self, run: _Run) -> None:
+    def _reconcile(self, run: _Run) -> list[dict[str, Any]]:
         """Brings metadata and disk into agreement after an interrupted process.
 
         A finalized version newer than any the metadata knows was saved but its
         entry was lost (killed between the two writes): it is kept with a
         ``"recovered"`` entry. An older unlisted one was awaiting retention's
-        delete: it is deleted.
+        delete: it is deleted. Sets the run's head, next version and journal
+        position; ``run.meta`` is not changed.
+
+        Returns:
+          The metadata records that make the change (none when nothing changed).
         """
         meta = run.meta
         on_disk = sorted(run.manager.all_steps())
@@ -1078,14 +1229,15 @@ class RunStore:
         listed = set(meta["versions"])
         known = [e["version"] for e in meta["entries"] if "version" in e]
         newest_known = max(known + list(listed), default=-1)
+        records: list[dict[str, Any]] = []
+        head = meta["current_version"]
         for v in on_disk:
             if v in listed:
                 continue
             if v > newest_known:
-                parent = meta["current_version"]
                 entry = {
                     "version": v,
-                    "parent_version": parent,
+                    "parent_version": head,
                     "event": "recovered",
                     "timestamp": _now(),
                     "note": "checkpoint was finalized but its metadata entry "
@@ -1103,18 +1255,23 @@ class RunStore:
                             "note": entry["note"],
                             "saved_event": saved.get("event"),
                         }
-                run.add_entry(entry)
+                records.append({"entry": entry})
                 run.position_high = max(
                     run.position_high, int(entry.get("journal_position") or 0)
                 )
-                meta["current_version"] = v
+                head = v
                 listed.add(v)
             else:
                 run.manager.delete(v)
-        meta["versions"] = sorted(v for v in listed if v in set(on_disk))
-        run.head = meta["current_version"]
+        present = set(on_disk)
+        versions = sorted(v for v in listed if v in present)
+        if records or versions != meta["versions"] or head != meta["current_version"]:
+            records.append(
+                {"versions": versions, "current_version": head, "updated_at": _now()}
+            )
+        run.head = head
         run.next_version = max([newest_known, *on_disk], default=-1) + 1
-        meta["updated_at"] = _now()
+        return records
 
     def _read_source(self, from_version: tuple[str, int | None]) -> dict[str, Any]:
         try:
@@ -1307,26 +1464,16 @@ class RunStore:
             keep = self._config.store.max_to_keep
             kept = on_disk if keep is None else on_disk[-keep:]
             with run.meta_lock:
-                previous = (
-                    run.meta["current_version"],
-                    run.meta["versions"],
-                    run.meta["updated_at"],
-                )
-                run.add_entry(entry)
-                run.meta["current_version"] = version
-                run.meta["versions"] = kept
-                run.meta["updated_at"] = _now()
-                try:
-                    run.write_metadata()
-                except BaseException:
-                    run.meta["entries"].pop()
-                    run.entry_json.pop()
-                    (
-                        run.meta["current_version"],
-                        run.meta["versions"],
-                        run.meta["updated_at"],
-                    ) = previous
-                    raise
+                listed = set(run.meta["versions"])
+                kept_set = set(kept)
+                record = {
+                    "entry": entry,
+                    "current_version": version,
+                    "add": [v for v in kept if v not in listed],
+                    "drop": [v for v in run.meta["versions"] if v not in kept_set],
+                    "updated_at": _now(),
+                }
+                run.commit([record])
             with run.io_lock:
                 for old in on_disk:
                     if old not in kept:

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ol_jax.cli._main import main
+from ol_jax.store import read_run_metadata
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -100,8 +101,7 @@ def test_scripted_chat_saves_and_resumes(tmp_path, model_folder, capsys):
     assert main([*argv, "--script", str(script)]) == 0
     out = capsys.readouterr().out
     assert "turn 3" in out and "turn 4 |" in out
-    with open(os.path.join(run_dir, "run_metadata.json")) as f:
-        entries = json.load(f)["entries"]
+    entries = read_run_metadata(run_dir)["entries"]
     assert entries[-1]["turn"] == 4
     assert len(entries[-1]["fact_memory"]["facts"]) == 1
 
@@ -237,6 +237,7 @@ _DRIVER = """
 import os, sys, time
 from ol_jax.learners.chat import ChatLearner
 from ol_jax.cli._main import main
+from ol_jax.store import read_run_metadata
 
 gate = os.environ["OL_TEST_GATE"]
 real_learn = ChatLearner.learn

@@ -12,6 +12,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from ol_jax.store import read_run_metadata
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A one-layer byte-level Llama keeps compilation short (the default model is
 # SmolLM2); `ol-jax mcp` dispatches to the same `mcp_main`.
@@ -182,7 +184,7 @@ def test_every_tool_over_stdio(tmp_path):
     # Three updates (two automatic, one forced), one checkpoint each, all written
     # by the time the server exits.
     run = next((store / "buffered-mcp" / "runs").iterdir())
-    metadata = json.loads((run / "run_metadata.json").read_text())
+    metadata = read_run_metadata(run)
     assert metadata["versions"] == [0, 1, 2]
     assert [e["update"] for e in metadata["entries"]] == [1, 2, 3]
 

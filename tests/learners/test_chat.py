@@ -362,15 +362,53 @@ def test_resume_after_20_turns_is_exact(tmp_path, model, tokenizer):
     again.close()
 
 
-def test_resume_drops_metric_rows_of_unsaved_turns(tmp_path, model, tokenizer):
+def test_resume_learns_journaled_unsaved_turns_once(tmp_path, model, tokenizer):
+    texts = [
+        "Hi.",
+        FACT,
+        "Thanks.",
+        QUESTION,
+        "Hi.",
+        FACT,
+        "Tavi Morrow owns a teal canoe.",
+    ]
+    reference = make(tmp_path / "ref", model, tokenizer, run_id="r")
+    for text in texts:
+        reference.chat_and_update(text)
+    expected = snapshot(reference)
+    reference.close()
+
     learner = make(tmp_path, model, tokenizer, run_id="r2")
-    for _ in range(7):  # saved at turn 5 only
-        learner.chat_and_update("Hi.")
-    learner.store.close()  # a crash: turns 6-7 were never saved
+    for text in texts:  # saved at turn 5 only
+        learner.chat_and_update(text)
+    learner.store.close()  # a crash: turns 6-7 were journaled, never saved
     learner.store = None
     again = make(tmp_path, model, tokenizer, run_id="r2")
-    assert again.turn == 5
-    assert [r["turn"] for r in again.read_metrics()] == [1, 2, 3, 4, 5]
+    # Turns 6-7 were learned again from the journal (replies included), once.
+    assert again.turn == 7
+    assert [r["turn"] for r in again.read_metrics()] == [1, 2, 3, 4, 5, 6, 7]
+    got = snapshot(again)
+    for x, y in zip(jax.tree.leaves(got[0]), jax.tree.leaves(expected[0]), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert got[1:3] == expected[1:3]
+    again.chat_and_update("One more.")
+    turns = [r["id"] for r in again.store.feedback_records() if r["kind"] == "turn"]
+    assert turns == [f"turn-{i}" for i in range(1, 9)]
+    again.close()
+
+
+def test_an_undone_turn_is_not_learned_at_resume(tmp_path, model, tokenizer):
+    learner = make(tmp_path, model, tokenizer, run_id="r3")
+    for _ in range(5):  # saved at turn 5
+        learner.chat_and_update("Hi.")
+    before = snapshot(learner)
+    point = learner.undo_point()
+    learner.chat_and_update(FACT)
+    learner.undo_to(point)
+    learner.store.close()  # a crash before the next save
+    learner.store = None
+    again = make(tmp_path, model, tokenizer, run_id="r3")
+    assert_same(snapshot(again), before)
     again.close()
 
 

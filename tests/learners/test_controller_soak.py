@@ -27,7 +27,7 @@ from ol_jax.learners.controller import (
     scaled_poison_bursts,
     soak_failures,
 )
-from ol_jax.store import NetworkConfig, RunStore
+from ol_jax.store import NetworkConfig, RunStore, read_run_metadata
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -133,12 +133,12 @@ def test_sigkill_resume_counts_each_event_once(full_run, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    meta = out / "networks" / "controller-soak" / "runs" / "soak" / "run_metadata.json"
+    run_dir = out / "networks" / "controller-soak" / "runs" / "soak"
     deadline = time.time() + 240
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         try:
-            entries = json.loads(meta.read_text())["entries"]
+            entries = read_run_metadata(run_dir)["entries"]
         except (OSError, ValueError, KeyError):
             entries = []
         done = [e["events_processed"] for e in entries if "events_processed" in e]
@@ -173,6 +173,13 @@ def test_sigkill_resume_counts_each_event_once(full_run, tmp_path):
     assert sum(resumed["rejected_by"].values()) == resumed["rejected_updates"]
     assert resumed["updates_in_report"] == resumed["updates"]
     assert resumed["final_family_scores"] == reference["final_family_scores"]
+    # Events journaled after the last save were applied from the journal, not
+    # fed (and journaled) again.
+    net = NetworkConfig(network_id="controller-soak")
+    with RunStore(out / "networks", "controller-soak", config=net) as store:
+        records = store.feedback_records("soak")
+    assert len(records) == resumed["stream"]["accepted"]
+    assert len({r["id"] for r in records}) == len(records)
 
 
 def _learner(tmp_path, config=None):
@@ -253,15 +260,15 @@ def test_existing_out_is_refused_without_resume(tmp_path, capsys):
     assert main([*argv, "--json"]) in (0, 1)
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = json.loads((out / "report.json").read_text())
-    meta = out / "networks" / "controller-soak" / "runs" / "soak" / "run_metadata.json"
-    versions = json.loads(meta.read_text())["versions"]
+    run_dir = out / "networks" / "controller-soak" / "runs" / "soak"
+    versions = read_run_metadata(run_dir)["versions"]
 
     # Again without --resume: refused, the old run and its report untouched.
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "already holds a soak run" in err and "--resume" in err
     assert "another --out" in err
-    assert json.loads(meta.read_text())["versions"] == versions
+    assert read_run_metadata(run_dir)["versions"] == versions
     assert json.loads((out / "report.json").read_text()) == report
     with pytest.raises(ValueError, match="--resume"):
         run_soak(str(config), None, out, plot=False)
@@ -372,3 +379,43 @@ def test_soak_failures_explains_a_burst_right_after_the_shift(start):
     burst = {"start_event": start, "end_event": start + 9, "majority_poisoned_kept": 1}
     (reason,) = soak_failures(_report(bursts=[burst]))
     assert f"{start - 100} events after the distribution shift" in reason
+
+
+def test_resume_applies_journaled_events_once_and_does_not_feed_them_again(tmp_path):
+    """A run stopped between saves resumes to what an unstopped run computes,
+    and the journal lists every valid event once."""
+    config = ControllerConfig.model_validate({**_TINY, "learning": {"update_every": 8}})
+    reference = run_soak(config, None, tmp_path / "ref", plot=False)
+
+    class _Stop(Exception):
+        pass
+
+    def stop_between_saves(pos, n, learner):
+        # Saves are due every 22 events (turns of 8): the one at 24 is the last
+        # before the stop, the events of 32 and 40 are journaled after it.
+        if pos == 40:
+            learner.store.close()  # (a crash would leave the run locked)
+            raise _Stop
+
+    out = tmp_path / "stopped"
+    with pytest.raises(_Stop):
+        run_soak(config, None, out, plot=False, on_progress=stop_between_saves)
+    meta = read_run_metadata(out / "networks" / "controller-soak" / "runs" / "soak")
+    (saved,) = [
+        e["journal_position"]
+        for e in meta["entries"]
+        if e["version"] == meta["current_version"]
+    ]
+    net = NetworkConfig(network_id="controller-soak")
+    with RunStore(out / "networks", "controller-soak", config=net) as store:
+        journaled = len(store.feedback_records("soak"))
+    assert journaled > saved  # some events were acknowledged after the save
+    resumed = run_soak(config, None, out, plot=False, resume=True)
+    assert resumed["events_this_process"] == reference["events"] - 40
+    for key in ("stream", "updates", "rejected_by", "rollbacks", "bursts"):
+        assert resumed[key] == reference[key], key
+    assert resumed["final_family_scores"] == reference["final_family_scores"]
+    with RunStore(out / "networks", "controller-soak", config=net) as store:
+        records = store.feedback_records("soak")
+    assert len(records) == resumed["stream"]["accepted"]
+    assert len({r["id"] for r in records}) == len(records)

@@ -1,6 +1,5 @@
 """Acceptance tests of the glyph learner (seed 000), on the simulated rater."""
 
-import json
 import os
 import threading
 from collections import Counter
@@ -14,7 +13,7 @@ import yaml
 from ol_jax.feedback import PERSONALITIES, SimulatedRater, match_score
 from ol_jax.learners import GlyphLearner
 from ol_jax.objectives import DEFAULT_MAX_LOG_STD
-from ol_jax.store import RunStore
+from ol_jax.store import RunStore, read_run_metadata
 
 # The demo network's settings (networks/glyph-demo/config.yaml).
 DEMO = {
@@ -230,8 +229,11 @@ def test_bad_ratings_raise_and_change_nothing(tmp_path, bad):
         for g in glyphs[:3]:
             learner.feedback(g.id, 6)
         learner.flush()
-        meta_path = os.path.join(learner.store.run_dir, "run_metadata.json")
-        before_meta = open(meta_path, "rb").read()
+        meta_paths = [
+            os.path.join(learner.store.run_dir, name)
+            for name in ("run_metadata.json", "run_metadata.records")
+        ]
+        before_meta = [open(path, "rb").read() for path in meta_paths]
         before_files = sorted(os.listdir(learner.store.run_dir))
         before = all_weights(learner)
         with pytest.raises(ValueError, match="rating"):
@@ -240,7 +242,7 @@ def test_bad_ratings_raise_and_change_nothing(tmp_path, bad):
             learner.feedback("g999999-000", 5)
         learner.flush()
         np.testing.assert_array_equal(all_weights(learner), before)
-        assert open(meta_path, "rb").read() == before_meta
+        assert [open(path, "rb").read() for path in meta_paths] == before_meta
         assert sorted(os.listdir(learner.store.run_dir)) == before_files
 
 
@@ -274,7 +276,5 @@ def test_new_run_from_earlier_version_and_resume(tmp_path):
         )
         assert int(resumed.state.step) == int(state.step)
         assert resumed.ratings_seen == seen
-    meta = json.load(
-        open(os.path.join(tmp_path, "g", "runs", second_run, "run_metadata.json"))
-    )
+    meta = read_run_metadata(os.path.join(tmp_path, "g", "runs", second_run))
     assert meta["started_from"]["run_id"] == first_run

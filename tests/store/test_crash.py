@@ -1,6 +1,5 @@
 """Crash safety: SIGKILL a process that is saving; the store must stay consistent."""
 
-import json
 import os
 import pathlib
 import subprocess
@@ -21,21 +20,22 @@ RUN = "crash-run"
 _TMP = "orbax-checkpoint-tmp"
 
 
-def _listed(meta_path: pathlib.Path) -> list[int]:
+def _listed(reader: RunStore) -> list[int]:
+    """The versions the run's metadata lists, read as another process would."""
     try:
-        with open(meta_path) as f:
-            return json.load(f)["versions"]
-    except FileNotFoundError:
+        return reader.metadata(RUN)["versions"]
+    except ValueError:  # no metadata yet
         return []
 
 
 def _run_child_and_kill(
-    root: pathlib.Path, meta_path: pathlib.Path, *, extra: int, mid_save: bool
+    root: pathlib.Path, reader: RunStore, *, extra: int, mid_save: bool
 ):
     """Starts the child, waits until `extra` more versions are listed, SIGKILLs it."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    target = len(_listed(meta_path)) + extra
+    run_dir = root / NETWORK / "runs" / RUN
+    target = len(_listed(reader)) + extra
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "crash_child.py"), str(root), NETWORK, RUN],
         env=env,
@@ -44,13 +44,12 @@ def _run_child_and_kill(
     )
     try:
         deadline = time.monotonic() + 120
-        while len(_listed(meta_path)) < target:
+        while len(_listed(reader)) < target:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "child saved too slowly"
             time.sleep(0.005)
         if mid_save:
             # Kill while Orbax is writing the next version's temporary folder.
-            run_dir = meta_path.parent
             while not any(_TMP in n for n in os.listdir(run_dir)):
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.001)
@@ -77,18 +76,18 @@ def _assert_tree_equal(actual, expected):
 def test_sigkill_during_saves_keeps_store_consistent(tmp_path, make_network):
     root = make_network(tmp_path, NETWORK, queue_size=2)
     run_dir = root / NETWORK / "runs" / RUN
-    meta_path = run_dir / "run_metadata.json"
+    reader = RunStore(root, NETWORK)
     last = -1
     handed_out: dict[int, int] = {}  # version -> content, over every process
     for mid_save in (True, False):
         for version, content in _run_child_and_kill(
-            root, meta_path, extra=3, mid_save=mid_save
+            root, reader, extra=3, mid_save=mid_save
         ):
             assert version not in handed_out, f"version {version} handed out twice"
             handed_out[version] = content
-        # What the killed process left: valid JSON listing restorable versions.
-        with open(meta_path) as f:
-            meta = json.load(f)
+        # What the killed process left: intact metadata listing restorable
+        # versions (a torn last record is dropped by the reader).
+        meta = reader.metadata(RUN)
         listed = meta["versions"]
         assert listed == sorted(listed) and listed[-1] > last
         assert meta["current_version"] == listed[-1]
@@ -96,14 +95,11 @@ def test_sigkill_during_saves_keeps_store_consistent(tmp_path, make_network):
         assert set(listed) <= set(entry_versions)
         assert entry_versions == sorted(entry_versions)
         content = {e["version"]: e.get("content") for e in meta["entries"]}
-        with RunStore(root, NETWORK) as reader:
-            # Read-only access (no reconciliation): every listed version restores
-            # bit-exactly to what the child saved under that number.
-            for v in listed:
-                assert handed_out.get(v, content[v]) == content[v]
-                _assert_tree_equal(
-                    reader.restore(v, run_id=RUN), expected_tree(content[v])
-                )
+        # Read-only access (no reconciliation): every listed version restores
+        # bit-exactly to what the child saved under that number.
+        for v in listed:
+            assert handed_out.get(v, content[v]) == content[v]
+            _assert_tree_equal(reader.restore(v, run_id=RUN), expected_tree(content[v]))
 
         # Reopening the run cleans up and continues the numbering.
         with RunStore(root, NETWORK) as store:
@@ -118,6 +114,7 @@ def test_sigkill_during_saves_keeps_store_consistent(tmp_path, make_network):
             _assert_tree_equal(store.restore(), expected_tree(content[latest]))
             assert not [n for n in os.listdir(run_dir) if _TMP in n]
             last = latest
+    reader.close()
 
 
 def test_exit_without_close_finishes_queued_writes(tmp_path, make_network):

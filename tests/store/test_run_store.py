@@ -1,6 +1,5 @@
 """Tests for RunStore: versions, round trips, rollback, runs, retention, metadata."""
 
-import json
 import os
 import shutil
 import threading
@@ -17,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 from ol_jax.store import (
     BaseNetworkConfig,
     ConfigError,
+    MetadataLog,
     NetworkConfig,
     RunStore,
     new_run_id,
@@ -42,8 +42,10 @@ def _files(run_dir):
 
 
 def _metadata_file(store):
-    with open(os.path.join(store.run_dir, "run_metadata.json")) as f:
-        return json.load(f)
+    """The open run's metadata as another process reads it from the run folder."""
+    root = os.path.dirname(store.network_dir)
+    with RunStore(root, store.network_id, config=store.config) as reader:
+        return reader.metadata(store.run_id)
 
 
 def test_save_restore_round_trip(net_root, assert_tree_bit_equal):
@@ -340,12 +342,9 @@ def test_recovery_after_interrupted_writes(net_root, assert_tree_bit_equal):
     os.makedirs(os.path.join(run_dir, "weights_v4.orbax-checkpoint-tmp-1"))
     # and an old version the metadata no longer lists (retention was about to
     # delete it).
-    meta_path = os.path.join(run_dir, "run_metadata.json")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    meta["versions"] = [1, 2]
-    with open(meta_path, "w") as f:
-        json.dump(meta, f)
+    log, _ = MetadataLog.open(os.path.join(run_dir, "run_metadata.records"))
+    log.append([{"versions": [1, 2]}])
+    log.close()
     with RunStore(net_root, "net") as store:
         store.start_run(run_id)
         assert store.versions() == [1, 2, 3]
