@@ -90,6 +90,7 @@ from ol_jax.store import (
 
 __all__ = [
     "ProxyDecision",
+    "ProxyRoute",
     "TeacherProxyConfig",
     "TeacherProxyLearner",
 ]
@@ -351,6 +352,39 @@ class ProxyDecision:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class ProxyRoute:
+    """A routed query before the teacher's answer (:meth:`TeacherProxyLearner.route`).
+
+    Attributes:
+      query: the query text.
+      index: the query's number in the stream (0-based).
+      reason: as :attr:`ProxyDecision.reason`; ``"validated"`` is served locally,
+        any other reason is forwarded.
+      local_answer: the generator's answer, or ``None`` when none was made.
+      router_prob, validator_prob, memory_similarity: as in
+        :class:`ProxyDecision`.
+      route_validate_ms: time spent routing and validating so far.
+      start_ms: when routing began (``time.perf_counter()`` in ms), from which
+        the decision's latency is counted.
+    """
+
+    query: str
+    index: int
+    reason: str
+    local_answer: str | None
+    router_prob: float | None
+    validator_prob: float | None
+    memory_similarity: float | None
+    route_validate_ms: float
+    start_ms: float
+
+    @property
+    def forward(self) -> bool:
+        """Whether the query goes to the teacher."""
+        return self.reason != "validated"
+
+
 # ----------------------------------------------------------------- the learner
 
 
@@ -373,9 +407,12 @@ class TeacherProxyLearner:
 
     ``answer`` and ``learn`` may run on two threads (one each): an answer is
     made with the states published by the last finished ``learn``, while the
-    next ``learn`` trains on its own copy and publishes it when done. ``save``
-    and ``stats`` need both threads quiet. :meth:`warmup` compiles every shape
-    answers and updates use, without changing the learner.
+    next ``learn`` trains on its own copy and publishes it when done. ``answer``
+    is ``route`` (one thread), the teacher call, then ``finish``: forwarded
+    queries may wait for their teachers and be finished on threads of their
+    own, several at once. ``save`` and ``stats`` need every thread quiet.
+    :meth:`warmup` compiles every shape answers and updates use, without
+    changing the learner.
 
     Args:
       config: a :class:`TeacherProxyConfig`, or a path to its YAML.
@@ -502,6 +539,10 @@ class TeacherProxyLearner:
         # Guards the embedding cache and the answer memory, which answers and
         # updates share when they run on different threads.
         self._shared = threading.Lock()
+        # Guards the query numbers and the decision log: routes are taken on
+        # one thread, but forwarded ones are finished on the teachers' threads.
+        self._routing = threading.Lock()
+        self._next_index = 0
         self._publish()
         self._counters = {
             "queries": 0,
@@ -674,41 +715,40 @@ class TeacherProxyLearner:
     def _uniform(self, n: int) -> float:
         return float(jax.random.uniform(jax.random.fold_in(self._policy_key, n)))
 
-    def answer(
+    def route(
         self,
         query: str,
-        teacher: Teacher,
         *,
         temperature: float | None = None,
         top_p: float | None = None,
         top_k: int | None = None,
-    ) -> ProxyDecision:
-        """Routes ``query`` and returns the decision with the answer to serve.
+    ) -> ProxyRoute:
+        """The first half of :meth:`answer`: local, or forwarded and why.
 
-        Nothing is learned here (see :meth:`learn`).
+        Takes the query's number in the stream, runs the router and, when it
+        says local, the generator and the validator with the published
+        weights. A forwarded query is then finished with the teacher's answer
+        (:meth:`finish`), or :meth:`abandon`-ed when the teacher fails; several
+        may wait for their teachers at once.
 
         Args:
           query: a non-empty query.
-          teacher: called when the query is forwarded.
-          temperature: a local answer is sampled at this temperature when > 0
-            (then validated like a greedy one); ``None`` or 0: greedy.
-          top_p: nucleus mass of a sampled local answer.
-          top_k: most probable tokens kept when sampling a local answer.
+          temperature, top_p, top_k: as for :meth:`answer`.
 
         Returns:
-          A :class:`ProxyDecision`.
+          A :class:`ProxyRoute`.
 
         Raises:
           ValueError: an empty or non-string query.
-          TeacherError: the teacher failed (or answered with an empty string);
-            the query is not counted and nothing can be learned from it.
         """
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
         start = _now_ms()
         p = self.config.policy
         published = self._published  # one version of the heads for this answer
-        n = self._counters["queries"]
+        with self._routing:
+            n = self._next_index
+            self._next_index += 1
         conservative = n < p.conservative_until
         route_ms = 0.0
         local = router_prob = validator_prob = memory_similarity = None
@@ -762,42 +802,127 @@ class TeacherProxyLearner:
                     reason = "sampling"
                 else:
                     reason = "validated"
-        teacher_answer = similarity = None
-        if reason != "validated":
-            try:
-                teacher_answer = teacher(query)
-                if not isinstance(teacher_answer, str) or not teacher_answer.strip():
-                    raise TeacherError(
-                        f"teacher answer must be a non-empty string, got "
-                        f"{teacher_answer!r}"
-                    )
-            except Exception:
-                self._counters["teacher_errors"] += 1
-                raise
-            if local is not None:
-                similarity = self.similarity(local, teacher_answer)
-        served = local if reason == "validated" else teacher_answer
-        forward = reason != "validated"
-        decision = ProxyDecision(
+        return ProxyRoute(
             query=query,
-            answer=served,
-            route="forward" if forward else "local",
-            reason=reason,
-            teacher_answer=teacher_answer,
-            local_answer=local,
-            similarity=similarity,
-            route_validate_ms=route_ms,
-            latency_ms=_now_ms() - start,
-            cost_saved=0.0 if forward else p.teacher_cost_per_query,
             index=n,
+            reason=reason,
+            local_answer=local,
             router_prob=router_prob,
             validator_prob=validator_prob,
             memory_similarity=memory_similarity,
+            route_validate_ms=route_ms,
+            start_ms=start,
+        )
+
+    def finish(
+        self, route: ProxyRoute, teacher_answer: str | None = None
+    ) -> ProxyDecision:
+        """The second half of :meth:`answer`: the decision, logged.
+
+        Args:
+          route: from :meth:`route`.
+          teacher_answer: the teacher's answer to a forwarded query; ``None``
+            for a local one.
+
+        Returns:
+          A :class:`ProxyDecision` (nothing is learned: see :meth:`learn`).
+
+        Raises:
+          ValueError: a teacher answer for a local route, or none for a
+            forwarded one.
+          TeacherError: the teacher's answer is not a non-empty string; the
+            route is then abandoned.
+        """
+        if route.forward != (teacher_answer is not None):
+            raise ValueError(
+                f"teacher_answer must be given exactly when the route is forwarded "
+                f"(reason {route.reason!r}), got {teacher_answer!r:.80}"
+            )
+        if route.forward and (
+            not isinstance(teacher_answer, str) or not teacher_answer.strip()
+        ):
+            self.abandon(route)
+            raise TeacherError(
+                f"teacher answer must be a non-empty string, got {teacher_answer!r}"
+            )
+        local = route.local_answer
+        similarity = None
+        if route.forward and local is not None:
+            similarity = self.similarity(local, teacher_answer)
+        p = self.config.policy
+        decision = ProxyDecision(
+            query=route.query,
+            answer=teacher_answer if route.forward else local,
+            route="forward" if route.forward else "local",
+            reason=route.reason,
+            teacher_answer=teacher_answer,
+            local_answer=local,
+            similarity=similarity,
+            route_validate_ms=route.route_validate_ms,
+            latency_ms=_now_ms() - route.start_ms,
+            cost_saved=0.0 if route.forward else p.teacher_cost_per_query,
+            index=route.index,
+            router_prob=route.router_prob,
+            validator_prob=route.validator_prob,
+            memory_similarity=route.memory_similarity,
         )
         self._record(decision)
         return decision
 
+    def abandon(self, route: ProxyRoute) -> None:
+        """Drops a forwarded route whose teacher failed: counted as a teacher
+        error, never as a query. Its number is given to the next query unless
+        a later one has been routed meanwhile (then the log skips it)."""
+        with self._routing:
+            self._counters["teacher_errors"] += 1
+            if route.index == self._next_index - 1:
+                self._next_index -= 1
+
+    def answer(
+        self,
+        query: str,
+        teacher: Teacher,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+    ) -> ProxyDecision:
+        """Routes ``query`` and returns the decision with the answer to serve.
+
+        :meth:`route`, the teacher's answer when forwarded, then :meth:`finish`.
+        Nothing is learned here (see :meth:`learn`).
+
+        Args:
+          query: a non-empty query.
+          teacher: called when the query is forwarded.
+          temperature: a local answer is sampled at this temperature when > 0
+            (then validated like a greedy one); ``None`` or 0: greedy.
+          top_p: nucleus mass of a sampled local answer.
+          top_k: most probable tokens kept when sampling a local answer.
+
+        Returns:
+          A :class:`ProxyDecision`.
+
+        Raises:
+          ValueError: an empty or non-string query.
+          TeacherError: the teacher failed (or answered with an empty string);
+            the query is not counted and nothing can be learned from it.
+        """
+        routed = self.route(query, temperature=temperature, top_p=top_p, top_k=top_k)
+        if not routed.forward:
+            return self.finish(routed)
+        try:
+            teacher_answer = teacher(query)
+        except Exception:
+            self.abandon(routed)
+            raise
+        return self.finish(routed, teacher_answer)
+
     def _record(self, d: ProxyDecision) -> None:
+        with self._routing:  # finished on several threads at once
+            self._record_locked(d)
+
+    def _record_locked(self, d: ProxyDecision) -> None:
         c = self._counters
         c["queries"] += 1
         c["forwarded" if d.route == "forward" else "local"] += 1
@@ -1177,6 +1302,8 @@ class TeacherProxyLearner:
         meta = {
             "config": self.config.model_dump(mode="json"),
             "counters": self._counters,
+            # Past queries when a failed teacher left a gap in the numbering.
+            "next_index": self._next_index,
             "routes": self._routes,
             "audits": self._audits,
             "reasons": self._reasons,
@@ -1241,6 +1368,9 @@ class TeacherProxyLearner:
         if "memory" in restored:
             learner._memory = {k: np.array(v) for k, v in restored["memory"].items()}
         learner._counters = {k: int(v) for k, v in meta["counters"].items()}
+        learner._next_index = max(
+            int(meta.get("next_index", 0)), learner._counters["queries"]
+        )
         learner._routes = [int(x) for x in meta["routes"]]
         learner._audits = [(int(i), int(m)) for i, m in meta["audits"]]
         learner._reasons = {k: int(v) for k, v in meta["reasons"].items()}
