@@ -96,6 +96,9 @@ __all__ = [
 ]
 
 _STATE_DIR = "state"
+# The reason of a route the router would answer locally, before its answer is
+# generated and validated.
+_CANDIDATE = "local_candidate"
 _META_FILE = "learner.json"
 _MODELS = ("router", "validator", "generator")
 
@@ -360,6 +363,7 @@ class ProxyRoute:
       query: the query text.
       index: the query's number in the stream (0-based).
       reason: as :attr:`ProxyDecision.reason`; ``"validated"`` is served locally,
+        ``"local_candidate"`` awaits :meth:`TeacherProxyLearner.validate_local`,
         any other reason is forwarded.
       local_answer: the generator's answer, or ``None`` when none was made.
       router_prob, validator_prob, memory_similarity: as in
@@ -381,8 +385,8 @@ class ProxyRoute:
 
     @property
     def forward(self) -> bool:
-        """Whether the query goes to the teacher."""
-        return self.reason != "validated"
+        """Whether the query goes to the teacher (``False`` for a candidate)."""
+        return self.reason not in ("validated", _CANDIDATE)
 
 
 # ----------------------------------------------------------------- the learner
@@ -725,11 +729,12 @@ class TeacherProxyLearner:
     ) -> ProxyRoute:
         """The first half of :meth:`answer`: local, or forwarded and why.
 
-        Takes the query's number in the stream, runs the router and, when it
-        says local, the generator and the validator with the published
-        weights. A forwarded query is then finished with the teacher's answer
-        (:meth:`finish`), or :meth:`abandon`-ed when the teacher fails; several
-        may wait for their teachers at once.
+        :meth:`triage` (the query's number and the router), then, for a query
+        the router would answer locally, :meth:`validate_local` (the generator
+        and the validator), all with the published weights. A forwarded query
+        is then finished with the teacher's answer (:meth:`finish`), or
+        :meth:`abandon`-ed when the teacher fails; several may wait for their
+        teachers at once.
 
         Args:
           query: a non-empty query.
@@ -741,77 +746,128 @@ class TeacherProxyLearner:
         Raises:
           ValueError: an empty or non-string query.
         """
+        routed = self.triage(query)
+        if routed.reason != _CANDIDATE:
+            return routed
+        return self.validate_local(
+            routed, temperature=temperature, top_p=top_p, top_k=top_k
+        )
+
+    def triage(self, query: str) -> ProxyRoute:
+        """Takes the query's number and asks the router (no generation).
+
+        Returns:
+          A :class:`ProxyRoute`: forwarded (``"cold_start"``, ``"router"``), or
+          with reason ``"local_candidate"``, to be decided by
+          :meth:`validate_local`.
+
+        Raises:
+          ValueError: an empty or non-string query.
+        """
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
         start = _now_ms()
         p = self.config.policy
-        published = self._published  # one version of the heads for this answer
         with self._routing:
             n = self._next_index
             self._next_index += 1
-        conservative = n < p.conservative_until
         route_ms = 0.0
-        local = router_prob = validator_prob = memory_similarity = None
+        router_prob = None
         if n < p.cold_start:
             reason = "cold_start"
         else:
             t0 = _now_ms()
             e_q = self._embed(query)
-            router_prob = float(head_prob(published["router"].params, e_q))
+            router_prob = float(head_prob(self._published["router"].params, e_q))
             route_ms += _now_ms() - t0
             threshold = (
-                p.router_threshold_conservative if conservative else p.router_threshold
+                p.router_threshold_conservative
+                if n < p.conservative_until
+                else p.router_threshold
             )
-            if router_prob < threshold:
-                reason = "router"
-            elif temperature is None or temperature <= 0:
-                local = self.generate_local(query)
-            else:
-                local = self.generate_local(
-                    query,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    # A key of its own per query, apart from the sampling draw's.
-                    key=jax.random.fold_in(jax.random.fold_in(self._policy_key, n), 1),
-                )
-            if local == "":
-                # An empty answer is never served; the validator learns it is bad.
-                reason = "validator"
-            elif local is not None:
-                t0 = _now_ms()
-                features = pair_features(e_q, self._embed(local))
-                validator_prob = float(
-                    head_prob(published["validator"].params, features)
-                )
-                memory_similarity = self.memory_agreement(query, local)
-                route_ms += _now_ms() - t0
-                threshold = (
-                    p.validator_threshold_conservative
-                    if conservative
-                    else p.validator_threshold
-                )
-                if validator_prob < threshold:
-                    reason = "validator"
-                elif (
-                    memory_similarity is not None
-                    and memory_similarity < p.similarity_threshold
-                ):
-                    reason = "memory"
-                elif self._uniform(n) < self._sampling_rate(n):
-                    reason = "sampling"
-                else:
-                    reason = "validated"
+            reason = "router" if router_prob < threshold else _CANDIDATE
         return ProxyRoute(
             query=query,
             index=n,
             reason=reason,
-            local_answer=local,
+            local_answer=None,
             router_prob=router_prob,
+            validator_prob=None,
+            memory_similarity=None,
+            route_validate_ms=route_ms,
+            start_ms=start,
+        )
+
+    def validate_local(
+        self,
+        routed: ProxyRoute,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+    ) -> ProxyRoute:
+        """Generates the local answer of a ``"local_candidate"`` and checks it.
+
+        Returns:
+          ``routed`` with the local answer and the final reason:
+          ``"validated"`` (served locally), or forwarded for ``"validator"``,
+          ``"memory"`` or ``"sampling"``.
+
+        Raises:
+          ValueError: ``routed`` is not a local candidate.
+        """
+        if routed.reason != _CANDIDATE:
+            raise ValueError(
+                f"routed must be a {_CANDIDATE!r} route, got reason {routed.reason!r}"
+            )
+        p = self.config.policy
+        published = self._published  # one version of the heads for this answer
+        query, n = routed.query, routed.index
+        if temperature is None or temperature <= 0:
+            local = self.generate_local(query)
+        else:
+            local = self.generate_local(
+                query,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                # A key of its own per query, apart from the sampling draw's.
+                key=jax.random.fold_in(jax.random.fold_in(self._policy_key, n), 1),
+            )
+        route_ms = routed.route_validate_ms
+        validator_prob = memory_similarity = None
+        if local == "":
+            # An empty answer is never served; the validator learns it is bad.
+            reason = "validator"
+        else:
+            t0 = _now_ms()
+            features = pair_features(self._embed(query), self._embed(local))
+            validator_prob = float(head_prob(published["validator"].params, features))
+            memory_similarity = self.memory_agreement(query, local)
+            route_ms += _now_ms() - t0
+            threshold = (
+                p.validator_threshold_conservative
+                if n < p.conservative_until
+                else p.validator_threshold
+            )
+            if validator_prob < threshold:
+                reason = "validator"
+            elif (
+                memory_similarity is not None
+                and memory_similarity < p.similarity_threshold
+            ):
+                reason = "memory"
+            elif self._uniform(n) < self._sampling_rate(n):
+                reason = "sampling"
+            else:
+                reason = "validated"
+        return dataclasses.replace(
+            routed,
+            reason=reason,
+            local_answer=local,
             validator_prob=validator_prob,
             memory_similarity=memory_similarity,
             route_validate_ms=route_ms,
-            start_ms=start,
         )
 
     def finish(
@@ -828,11 +884,15 @@ class TeacherProxyLearner:
           A :class:`ProxyDecision` (nothing is learned: see :meth:`learn`).
 
         Raises:
-          ValueError: a teacher answer for a local route, or none for a
-            forwarded one.
+          ValueError: an undecided route, a teacher answer for a local route,
+            or none for a forwarded one.
           TeacherError: the teacher's answer is not a non-empty string; the
             route is then abandoned.
         """
+        if route.reason == _CANDIDATE:
+            raise ValueError(
+                "route must be decided: validate_local a 'local_candidate' first"
+            )
         if route.forward != (teacher_answer is not None):
             raise ValueError(
                 f"teacher_answer must be given exactly when the route is forwarded "
