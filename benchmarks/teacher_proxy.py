@@ -196,6 +196,11 @@ def serve_clients(args: argparse.Namespace) -> dict:
         "warmup_s": warmup_s,
         "wall_s": wall_s,
         "learned": stats["server"]["learned"],
+        "learn_dropped": stats["server"]["learn_dropped"],
+        # The learner's own figures over this (short) stream.
+        "forward_rate_window": stats["learner"]["forward_rate_window"],
+        "local_accuracy_audited": stats["learner"]["local_accuracy"],
+        "route_validate_ms": stats["learner"]["route_validate_ms"],
         # Median update time of each model: not in any reply's latency above.
         "update_ms": stats["learner"]["update_ms"],
     }

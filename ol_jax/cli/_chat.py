@@ -1,9 +1,9 @@
 """``ol-jax chat``: a terminal chat whose model learns after every turn.
 
 Each turn has two parts: the reply, generated with the adapter as it is and
-printed as soon as it is ready, then the update, which trains the LoRA adapter on
-the turn while a status line says what it is doing; the next message is read when
-the update is done. Ctrl-C during a turn cancels it: the update finishes in the
+printed as it is generated (piece by piece in a terminal, whole in a script or a
+pipe), then the update, which trains the LoRA adapter on the turn while a status
+line says what it is doing; the next message is read when the update is done. Ctrl-C during a turn cancels it: the update finishes in the
 background (a compiled step cannot be stopped half-way), then everything it
 changed is put back and saved, so the model is as it was before the turn; a second
 Ctrl-C quits. Lines starting with ``/`` are commands (``/help`` lists them); an
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import queue
 import re
 import signal
 import sys
@@ -126,9 +127,14 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 class _Output:
-    """Rich panels and a status spinner, or plain lines (for scripts and pipes)."""
+    """Rich panels and a status spinner, or plain lines (for scripts and pipes).
 
-    def __init__(self, plain: bool):
+    With ``stream`` the reply is printed piece by piece as it is generated
+    (:meth:`reply_piece`), a spinner only until its first piece.
+    """
+
+    def __init__(self, plain: bool, *, stream: bool = False):
+        self.stream = stream
         self.console = None
         if not plain:
             from rich.console import Console
@@ -151,6 +157,24 @@ class _Output:
         from rich.text import Text
 
         self.console.print(Panel(Text(text or "(empty reply)"), title="assistant"))
+
+    def reply_start(self) -> None:
+        if self.console is None:
+            print("assistant: ", end="", flush=True)
+        else:
+            self.console.print("[bold blue]assistant:[/bold blue] ", end="")
+
+    def reply_piece(self, text: str) -> None:
+        if self.console is None:
+            print(text, end="", flush=True)
+        else:
+            self.console.print(text, end="", markup=False, highlight=False)
+
+    def reply_end(self, empty: bool) -> None:
+        if self.console is None:
+            print("(empty reply)" if empty else "", flush=True)
+        else:
+            self.console.print("[dim](empty reply)[/dim]" if empty else "")
 
     def metrics(self, metrics: dict[str, Any]) -> None:
         if self.console is None:
@@ -246,6 +270,74 @@ def _wait_for(fn: Callable[[], Any], update: Callable[[str], None], label: str):
     return box["value"]
 
 
+_END = object()  # the end of a streamed reply
+
+
+def _stream_reply(
+    learner: Any, text: str, out: _Output, interrupts: _Interrupts
+) -> str | None:
+    """Prints the reply piece by piece as it is generated; returns it, or
+    ``None`` when a Ctrl-C stopped the generation.
+
+    The generation runs in a worker thread and hands each piece to the main
+    thread, which prints it and keeps handling signals; after a Ctrl-C the
+    worker stops pulling tokens, which stops the decoding at the next one. A
+    spinner shows until the first piece (the prompt's prefill, a first compile).
+
+    Raises:
+      ValueError: the message was refused; nothing was printed.
+    """
+    pieces: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def target() -> None:
+        try:
+            for piece in learner.respond_stream(text):
+                pieces.put(piece)
+                if stop.is_set():
+                    break
+        except BaseException as e:  # re-raised in the main thread
+            pieces.put(e)
+        finally:
+            pieces.put(_END)
+
+    def next_piece(update: Callable[[str], None]) -> Any:
+        while True:
+            if interrupts.count:
+                stop.set()
+            try:
+                return pieces.get(timeout=0.1)
+            except queue.Empty:
+                update(f"generating the reply ({time.monotonic() - start:.0f} s)")
+
+    worker = threading.Thread(target=target, name="ol_jax-chat-reply", daemon=True)
+    start = time.monotonic()
+    worker.start()
+    with out.status("generating the reply") as update:
+        item = next_piece(update)
+    shown: list[str] = []
+    try:
+        while item is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            if not stop.is_set():
+                if not shown:
+                    out.reply_start()
+                out.reply_piece(item)
+                shown.append(item)
+            item = next_piece(lambda _text: None)
+    finally:
+        worker.join()
+        if shown:
+            out.reply_end(empty=False)
+    if stop.is_set():
+        return None
+    if not shown:
+        out.reply_start()
+        out.reply_end(empty=True)
+    return "".join(shown)
+
+
 def _turn(learner: Any, text: str, out: _Output) -> tuple[str, bool]:
     """One turn; returns ``(outcome, quit)``, outcome ``done``/``cancelled``/``error``.
 
@@ -255,15 +347,19 @@ def _turn(learner: Any, text: str, out: _Output) -> tuple[str, bool]:
     undo = learner.undo_point()
     with _Interrupts(out) as interrupts:
         t0 = time.perf_counter()
-        with out.status("generating the reply") as update:
-            reply = _wait_for(
-                lambda: learner.respond(text), update, "generating the reply"
-            )
+        if out.stream:
+            reply = _stream_reply(learner, text, out, interrupts)
+        else:
+            with out.status("generating the reply") as update:
+                reply = _wait_for(
+                    lambda: learner.respond(text), update, "generating the reply"
+                )
         generate_ms = (time.perf_counter() - t0) * 1e3
         if interrupts.count:
-            out.info("turn cancelled before the reply; nothing was learned")
+            out.info("turn cancelled before its update; nothing was learned")
             return "cancelled", interrupts.count > 1
-        out.reply(reply)
+        if not out.stream:
+            out.reply(reply)
         label = f"learning from turn {learner.turn + 1}: updating the adapter"
         with out.status(label) as update:
             metrics = _wait_for(
@@ -303,6 +399,7 @@ def run_chat(
     lines: Iterable[str] | None = None,
     plain: bool = False,
     learner: Any = None,
+    stream: bool | None = None,
 ) -> dict[str, Any]:
     """Runs a chat (scripted when ``lines`` is given) and saves on exit.
 
@@ -314,6 +411,8 @@ def run_chat(
         from the terminal.
       plain: plain text output.
       learner: an already built ``ChatLearner`` to use instead (tests).
+      stream: print each reply as it is generated; ``None``: when reading from
+        the terminal and writing to one.
 
     Returns:
       ``{"run_id", "run_dir", "turns", "errors", "cancelled", "unknown_commands"}``.
@@ -321,7 +420,9 @@ def run_chat(
     from ol_jax.core import enable_compilation_cache
     from ol_jax.learners.chat import ChatLearner
 
-    out = _Output(plain)
+    if stream is None:
+        stream = lines is None and sys.stdout.isatty()
+    out = _Output(plain, stream=stream)
     if learner is None:
         enable_compilation_cache()
         learner = ChatLearner(config, root=root, run_id=run_id)

@@ -234,10 +234,24 @@ def _request_id() -> str:
 class ProxyServer:
     """The proxy's server around one learner, a teacher and a run folder.
 
+    A request's answer has two halves. Its route (local or forwarded, and the
+    local answer) is taken on one answer thread, in arrival order, with the
+    published weights. A local answer is then served at once; a forwarded
+    query asks the teacher on a thread of its own (up to
+    ``max_teacher_calls`` at once), so a slow teacher holds up only its own
+    request. Learning follows every decision in arrival order: each routed
+    request puts a learning job in a FIFO queue that the learning thread
+    consumes one at a time, waiting for the job's teacher answer if it is not
+    there yet. The queue holds at most ``max_learning_backlog`` jobs; a request
+    routed while it is full is still answered, but not learned from (counted in
+    ``learn_dropped``, with ``last_error`` saying so): replies never wait for
+    learning.
+
     Args:
       learner: a :class:`~ol_jax.learners.TeacherProxyLearner` (anything with
-        ``answer(query, teacher, ...)``, ``learn(decision)``, ``stats()``,
-        ``save(path)`` and ``token_ends(text)``); it logs its own decisions.
+        ``route(query, ...)``, ``finish(route, teacher_answer)``,
+        ``abandon(route)``, ``learn(decision)``, ``stats()``, ``save(path)``
+        and ``token_ends(text)``); it logs its own decisions.
       teacher: the :class:`~ol_jax.feedback.Teacher` forwarded queries go to;
         one with a ``stream(query)`` method of text pieces is streamed from.
       models: the model names clients may request.
@@ -247,6 +261,9 @@ class ProxyServer:
       port: the port (0 picks a free one).
       limits: timeouts and size limits (:class:`ProxyLimits`).
       api_keys: client keys; when any, every request must carry one.
+      max_teacher_calls: forwarded queries waiting for the teacher at once;
+        more wait for a free slot.
+      max_learning_backlog: learning jobs queued at most (see above).
 
     The socket is bound here; :meth:`serve_forever` serves, and :meth:`close`
     (after it returns) saves the learner.
@@ -264,6 +281,8 @@ class ProxyServer:
         port: int = 0,
         limits: ProxyLimits | None = None,
         api_keys: Sequence[str] = (),
+        max_teacher_calls: int = 32,
+        max_learning_backlog: int = 1024,
     ):
         import uvicorn
 
@@ -273,6 +292,13 @@ class ProxyServer:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         if any(not isinstance(k, str) or not k for k in api_keys):
             raise ValueError("api_keys must be non-empty strings")
+        for name, value in (
+            ("max_teacher_calls", max_teacher_calls),
+            ("max_learning_backlog", max_learning_backlog),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.max_learning_backlog = max_learning_backlog
         self.learner = learner
         self.teacher = teacher
         self.models = tuple(models)
@@ -284,16 +310,22 @@ class ProxyServer:
         self._forwards = callable(getattr(teacher, "forward", None))
         self._forwards_streams = callable(getattr(teacher, "forward_stream", None))
         os.makedirs(self.run_dir, exist_ok=True)
-        # One thread answers (routing, generation, the teacher call) with the
-        # published weights; one learns from each decision, in arrival order,
-        # and publishes the result; replies never wait for learning.
+        # One thread routes (router, generation, validator) with the published
+        # weights; forwarded queries wait for the teacher on threads of their
+        # own; one thread learns from each decision, in arrival order, and
+        # publishes the result; replies never wait for learning.
         self._answerer = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ol-jax-answer"
+        )
+        self._teachers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_teacher_calls, thread_name_prefix="ol-jax-teacher"
         )
         self._trainer = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ol-jax-learn"
         )
         self._lock = threading.Lock()
+        self._backlog = 0  # learning jobs queued and not yet done
+        self._calls: set[concurrent.futures.Future] = set()  # teacher calls
         self._started = time.monotonic()
         self._since_save = 0
         self._save_queued = False
@@ -311,6 +343,7 @@ class ProxyServer:
             "upstream_errors": 0,
             "internal_errors": 0,
             "learned": 0,
+            "learn_dropped": 0,
             "saves": 0,
             "save_errors": 0,
         }
@@ -377,6 +410,7 @@ class ProxyServer:
             self._answerer.submit(self._quiet, self._save).result()  # a last save
         finally:
             self._answerer.shutdown(wait=True)
+            self._teachers.shutdown(wait=True)
             self._trainer.shutdown(wait=True)
 
     # ------------------------------------------------------------------ learner
@@ -388,9 +422,13 @@ class ProxyServer:
     def _quiet(self, fn: Callable[[], Any] = lambda: None) -> Any:
         """``fn()`` once every queued update is done and a due save is made.
 
-        Runs on the answer thread, so no answer or update runs meanwhile: the
+        Runs on the answer thread, so no query is routed meanwhile; waits for
+        the teacher calls in flight and then for the learning queue: the
         learner is saved, and its stats read, in a consistent state.
         """
+        with self._lock:
+            calls = list(self._calls)
+        concurrent.futures.wait(calls)
         self._trainer.submit(lambda: None).result()
         if self._since_save >= self.save_every:
             try:
@@ -416,15 +454,16 @@ class ProxyServer:
         request: MessagesRequest,
         on_piece: Callable[[str], None] | None = None,
     ) -> concurrent.futures.Future:
-        """Queues a request on the answer thread; the future holds its decision.
+        """Queues a request for routing; the future holds its decision.
 
-        The future is resolved as soon as the answer is known; its update is
-        queued on the learning thread and runs while later requests are
-        answered with the weights published before it.
+        The future is resolved as soon as the answer is known: at once for a
+        local answer, when the teacher has answered for a forwarded one. Its
+        learning job is queued in arrival order and runs while later requests
+        are answered with the weights published before it.
 
         Args:
           request: the validated request.
-          on_piece: called (on the answer thread) with each piece of a
+          on_piece: called (on the teacher's thread) with each piece of a
             forwarded answer as the teacher's stream delivers it.
         """
         reply: concurrent.futures.Future = concurrent.futures.Future()
@@ -446,30 +485,95 @@ class ProxyServer:
         return streamed
 
     def _serve(self, request, reply, on_piece) -> None:
+        """Routes a request (on the answer thread) and serves or forwards it."""
         if not reply.set_running_or_notify_cancel():
             return
         try:
-            decision = self.learner.answer(
+            routed = self.learner.route(
                 request.query,
-                self._teacher_for(on_piece),
                 temperature=request.temperature,
                 top_p=request.top_p,
                 top_k=request.top_k,
             )
-        except Exception as e:
-            # A failed teacher answer (or a bug) is the client's error reply;
-            # nothing is learned, and the learner thread lives on.
-            if isinstance(e, TeacherError):
-                self._failed("upstream_errors", upstream_failure(e)[2])
-            else:
-                self._failed("internal_errors", f"{type(e).__name__}: {e}")
+        except Exception as e:  # a bug: the client's error, the thread lives on
+            self._failed("internal_errors", f"{type(e).__name__}: {e}")
             reply.set_exception(e)
             return
-        reply.set_result(decision)
+        job = self._queue_learning(routed.forward)
+        if not routed.forward:
+            self._finish(routed, None, reply, job)
+            return
+        call = self._teachers.submit(
+            self._ask_teacher, routed, self._teacher_for(on_piece), reply, job
+        )
+        with self._lock:
+            self._calls.add(call)
+        call.add_done_callback(self._call_done)
+
+    def _call_done(self, call: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._calls.discard(call)
+
+    def _ask_teacher(self, routed, teacher, reply, job) -> None:
+        """A forwarded query's teacher call, on a teacher thread."""
+        try:
+            teacher_answer = teacher(routed.query)
+        except Exception as e:
+            self.learner.abandon(routed)
+            self._fail_reply(e, reply, job)
+            return
+        self._finish(routed, teacher_answer, reply, job)
+
+    def _finish(self, routed, teacher_answer, reply, job) -> None:
+        try:
+            decision = self.learner.finish(routed, teacher_answer)
+        except Exception as e:  # an unusable teacher answer (abandoned), or a bug
+            self._fail_reply(e, reply, job)
+            return
         with self._lock:
             self.counters["answered"] += 1
             self.counters["local" if decision.route == "local" else "forwarded"] += 1
-        self._trainer.submit(self._learn, decision)
+        reply.set_result(decision)
+        if job is not None:
+            job.set_result(decision)
+
+    def _fail_reply(self, error: Exception, reply, job) -> None:
+        # A failed teacher answer (or a bug) is the client's error reply;
+        # nothing is learned, and the threads live on.
+        if isinstance(error, TeacherError):
+            self._failed("upstream_errors", upstream_failure(error)[2])
+        else:
+            self._failed("internal_errors", f"{type(error).__name__}: {error}")
+        reply.set_exception(error)
+        if job is not None:
+            job.set_result(None)
+
+    def _queue_learning(self, forward: bool) -> concurrent.futures.Future | None:
+        """A learning job in the FIFO queue, resolved with its decision (or
+        ``None``: nothing to learn); ``None`` when the queue is full."""
+        with self._lock:
+            if self._backlog >= self.max_learning_backlog:
+                if forward:  # a local answer teaches nothing: nothing is lost
+                    self.counters["learn_dropped"] += 1
+                    self.last_error = (
+                        f"learning is {self._backlog} answers behind (the most "
+                        "queued): a forwarded answer was served but not learned"
+                    )
+                return None
+            self._backlog += 1
+        job: concurrent.futures.Future = concurrent.futures.Future()
+        self._trainer.submit(self._learn_when_answered, job)
+        return job
+
+    def _learn_when_answered(self, job: concurrent.futures.Future) -> None:
+        """On the learning thread: waits for the job's decision, learns from it."""
+        try:
+            decision = job.result()
+            if decision is not None:
+                self._learn(decision)
+        finally:
+            with self._lock:
+                self._backlog -= 1
 
     def _learn(self, decision: Any) -> None:
         try:

@@ -51,6 +51,7 @@ from ol_jax.learners.glyph import Glyph as Glyph
 from ol_jax.learners.glyph import GlyphLearner as GlyphLearner
 from ol_jax.learners.multi_glyph import MultiGlyphLearner as MultiGlyphLearner
 from ol_jax.learners.teacher import ProxyDecision as ProxyDecision
+from ol_jax.learners.teacher import ProxyRoute as ProxyRoute
 from ol_jax.learners.teacher import TeacherProxyConfig as TeacherProxyConfig
 from ol_jax.learners.teacher import TeacherProxyLearner as TeacherProxyLearner
 
@@ -90,6 +91,7 @@ __all__ = [
     "LearningStats",
     "OnlineLearner",
     "ProxyDecision",
+    "ProxyRoute",
     "TeacherProxyConfig",
     "TeacherProxyLearner",
     "Glyph",

@@ -47,7 +47,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -91,9 +91,11 @@ from ol_jax.models import (
     chat_encode,
     chat_token_ids,
     generate,
+    generate_stream,
     llama_apply,
     load_llama,
     split_lora,
+    text_deltas,
 )
 from ol_jax.safety import answers_unchanged, edit_success, neighbour_kl
 from ol_jax.store import RunStore, load_config
@@ -472,6 +474,29 @@ class ChatLearner:
         text, _ = self._clean(text)
         return self._generate([text], greedy=greedy)[0]
 
+    def respond_stream(self, text: str, *, greedy: bool = False) -> Iterator[str]:
+        """:meth:`respond` in pieces, each yielded as soon as its tokens are made.
+
+        The same adapter, key and decoding arguments as :meth:`respond`, one
+        compiled decode step per token (:func:`~ol_jax.models.generate_stream`);
+        the pieces are :func:`~ol_jax.models.text_deltas` of the tokens, so
+        their concatenation is the reply :meth:`respond` gives in the same
+        state (up to floating-point differences between the two compiled
+        loops). Closing the iterator stops the generation.
+
+        Args:
+          text: the user message.
+          greedy: decode greedily whatever ``generation.temperature`` says.
+
+        Raises:
+          ValueError: for bad ``text`` (see :meth:`chat_and_update`), before
+            anything is yielded.
+        """
+        text, _ = self._clean(text)
+        model, kwargs = self._decoder(self.route([text])[0], greedy=greedy)
+        ids = generate_stream(model, self._prompt(text), **kwargs)
+        return text_deltas(ids, self._format.decode)
+
     def route(self, texts: Sequence[str]) -> list[int]:
         """Which adapter answers each message: a fact's index in :attr:`bank`,
         ``-1`` for the shared adapter (always, without a fact bank) or ``-2`` for
@@ -510,6 +535,21 @@ class ChatLearner:
             return self._initial_lora
         return self.bank.params(route)
 
+    def _decoder(
+        self, route: int, *, greedy: bool, max_new_tokens: int | None = None
+    ) -> tuple[Llama, dict[str, Any]]:
+        """The model with ``route``'s adapter and the decoding arguments of a turn."""
+        gc = self.config.generation
+        model = nnx.merge(self._graphdef, self._frozen, self._adapter(route))
+        return model, dict(
+            max_new_tokens=max_new_tokens or gc.max_new_tokens,
+            key=jax.random.fold_in(self._gen_key, self.turn),
+            temperature=0.0 if greedy else gc.temperature,
+            top_p=gc.top_p,
+            eos_token_id=list(self._eos) if gc.stop_at_eos else [],
+            pad_token_id=self._format.pad_id,
+        )
+
     def _generate(
         self,
         texts: list[str],
@@ -519,22 +559,14 @@ class ChatLearner:
     ) -> list[str]:
         """Replies to cleaned messages, each from the adapter it is routed to
         (one batched ``generate`` per adapter)."""
-        gc = self.config.generation
-        temperature = 0.0 if greedy else gc.temperature
         routes = self.route(texts)
         replies: list[str] = [""] * len(texts)
         for route in dict.fromkeys(routes):
             rows = [i for i, r in enumerate(routes) if r == route]
-            out = generate(
-                nnx.merge(self._graphdef, self._frozen, self._adapter(route)),
-                [self._prompt(texts[i]) for i in rows],
-                max_new_tokens=max_new_tokens or gc.max_new_tokens,
-                key=jax.random.fold_in(self._gen_key, self.turn),
-                temperature=temperature,
-                top_p=gc.top_p,
-                eos_token_id=list(self._eos) if gc.stop_at_eos else [],
-                pad_token_id=self._format.pad_id,
+            model, kwargs = self._decoder(
+                route, greedy=greedy, max_new_tokens=max_new_tokens
             )
+            out = generate(model, [self._prompt(texts[i]) for i in rows], **kwargs)
             for i, ids in zip(rows, out, strict=True):
                 replies[i] = self._format.decode(ids)
         return replies

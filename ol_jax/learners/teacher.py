@@ -90,11 +90,15 @@ from ol_jax.store import (
 
 __all__ = [
     "ProxyDecision",
+    "ProxyRoute",
     "TeacherProxyConfig",
     "TeacherProxyLearner",
 ]
 
 _STATE_DIR = "state"
+# The reason of a route the router would answer locally, before its answer is
+# generated and validated.
+_CANDIDATE = "local_candidate"
 _META_FILE = "learner.json"
 _MODELS = ("router", "validator", "generator")
 
@@ -351,6 +355,40 @@ class ProxyDecision:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class ProxyRoute:
+    """A routed query before the teacher's answer (:meth:`TeacherProxyLearner.route`).
+
+    Attributes:
+      query: the query text.
+      index: the query's number in the stream (0-based).
+      reason: as :attr:`ProxyDecision.reason`; ``"validated"`` is served locally,
+        ``"local_candidate"`` awaits :meth:`TeacherProxyLearner.validate_local`,
+        any other reason is forwarded.
+      local_answer: the generator's answer, or ``None`` when none was made.
+      router_prob, validator_prob, memory_similarity: as in
+        :class:`ProxyDecision`.
+      route_validate_ms: time spent routing and validating so far.
+      start_ms: when routing began (``time.perf_counter()`` in ms), from which
+        the decision's latency is counted.
+    """
+
+    query: str
+    index: int
+    reason: str
+    local_answer: str | None
+    router_prob: float | None
+    validator_prob: float | None
+    memory_similarity: float | None
+    route_validate_ms: float
+    start_ms: float
+
+    @property
+    def forward(self) -> bool:
+        """Whether the query goes to the teacher (``False`` for a candidate)."""
+        return self.reason not in ("validated", _CANDIDATE)
+
+
 # ----------------------------------------------------------------- the learner
 
 
@@ -373,9 +411,12 @@ class TeacherProxyLearner:
 
     ``answer`` and ``learn`` may run on two threads (one each): an answer is
     made with the states published by the last finished ``learn``, while the
-    next ``learn`` trains on its own copy and publishes it when done. ``save``
-    and ``stats`` need both threads quiet. :meth:`warmup` compiles every shape
-    answers and updates use, without changing the learner.
+    next ``learn`` trains on its own copy and publishes it when done. ``answer``
+    is ``route`` (one thread), the teacher call, then ``finish``: forwarded
+    queries may wait for their teachers and be finished on threads of their
+    own, several at once. ``save`` and ``stats`` need every thread quiet.
+    :meth:`warmup` compiles every shape answers and updates use, without
+    changing the learner.
 
     Args:
       config: a :class:`TeacherProxyConfig`, or a path to its YAML.
@@ -502,6 +543,10 @@ class TeacherProxyLearner:
         # Guards the embedding cache and the answer memory, which answers and
         # updates share when they run on different threads.
         self._shared = threading.Lock()
+        # Guards the query numbers and the decision log: routes are taken on
+        # one thread, but forwarded ones are finished on the teachers' threads.
+        self._routing = threading.Lock()
+        self._next_index = 0
         self._publish()
         self._counters = {
             "queries": 0,
@@ -674,6 +719,225 @@ class TeacherProxyLearner:
     def _uniform(self, n: int) -> float:
         return float(jax.random.uniform(jax.random.fold_in(self._policy_key, n)))
 
+    def route(
+        self,
+        query: str,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+    ) -> ProxyRoute:
+        """The first half of :meth:`answer`: local, or forwarded and why.
+
+        :meth:`triage` (the query's number and the router), then, for a query
+        the router would answer locally, :meth:`validate_local` (the generator
+        and the validator), all with the published weights. A forwarded query
+        is then finished with the teacher's answer (:meth:`finish`), or
+        :meth:`abandon`-ed when the teacher fails; several may wait for their
+        teachers at once.
+
+        Args:
+          query: a non-empty query.
+          temperature, top_p, top_k: as for :meth:`answer`.
+
+        Returns:
+          A :class:`ProxyRoute`.
+
+        Raises:
+          ValueError: an empty or non-string query.
+        """
+        routed = self.triage(query)
+        if routed.reason != _CANDIDATE:
+            return routed
+        return self.validate_local(
+            routed, temperature=temperature, top_p=top_p, top_k=top_k
+        )
+
+    def triage(self, query: str) -> ProxyRoute:
+        """Takes the query's number and asks the router (no generation).
+
+        Returns:
+          A :class:`ProxyRoute`: forwarded (``"cold_start"``, ``"router"``), or
+          with reason ``"local_candidate"``, to be decided by
+          :meth:`validate_local`.
+
+        Raises:
+          ValueError: an empty or non-string query.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query must be a non-empty string, got {query!r}")
+        start = _now_ms()
+        p = self.config.policy
+        with self._routing:
+            n = self._next_index
+            self._next_index += 1
+        route_ms = 0.0
+        router_prob = None
+        if n < p.cold_start:
+            reason = "cold_start"
+        else:
+            t0 = _now_ms()
+            e_q = self._embed(query)
+            router_prob = float(head_prob(self._published["router"].params, e_q))
+            route_ms += _now_ms() - t0
+            threshold = (
+                p.router_threshold_conservative
+                if n < p.conservative_until
+                else p.router_threshold
+            )
+            reason = "router" if router_prob < threshold else _CANDIDATE
+        return ProxyRoute(
+            query=query,
+            index=n,
+            reason=reason,
+            local_answer=None,
+            router_prob=router_prob,
+            validator_prob=None,
+            memory_similarity=None,
+            route_validate_ms=route_ms,
+            start_ms=start,
+        )
+
+    def validate_local(
+        self,
+        routed: ProxyRoute,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+    ) -> ProxyRoute:
+        """Generates the local answer of a ``"local_candidate"`` and checks it.
+
+        Returns:
+          ``routed`` with the local answer and the final reason:
+          ``"validated"`` (served locally), or forwarded for ``"validator"``,
+          ``"memory"`` or ``"sampling"``.
+
+        Raises:
+          ValueError: ``routed`` is not a local candidate.
+        """
+        if routed.reason != _CANDIDATE:
+            raise ValueError(
+                f"routed must be a {_CANDIDATE!r} route, got reason {routed.reason!r}"
+            )
+        p = self.config.policy
+        published = self._published  # one version of the heads for this answer
+        query, n = routed.query, routed.index
+        if temperature is None or temperature <= 0:
+            local = self.generate_local(query)
+        else:
+            local = self.generate_local(
+                query,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                # A key of its own per query, apart from the sampling draw's.
+                key=jax.random.fold_in(jax.random.fold_in(self._policy_key, n), 1),
+            )
+        route_ms = routed.route_validate_ms
+        validator_prob = memory_similarity = None
+        if local == "":
+            # An empty answer is never served; the validator learns it is bad.
+            reason = "validator"
+        else:
+            t0 = _now_ms()
+            features = pair_features(self._embed(query), self._embed(local))
+            validator_prob = float(head_prob(published["validator"].params, features))
+            memory_similarity = self.memory_agreement(query, local)
+            route_ms += _now_ms() - t0
+            threshold = (
+                p.validator_threshold_conservative
+                if n < p.conservative_until
+                else p.validator_threshold
+            )
+            if validator_prob < threshold:
+                reason = "validator"
+            elif (
+                memory_similarity is not None
+                and memory_similarity < p.similarity_threshold
+            ):
+                reason = "memory"
+            elif self._uniform(n) < self._sampling_rate(n):
+                reason = "sampling"
+            else:
+                reason = "validated"
+        return dataclasses.replace(
+            routed,
+            reason=reason,
+            local_answer=local,
+            validator_prob=validator_prob,
+            memory_similarity=memory_similarity,
+            route_validate_ms=route_ms,
+        )
+
+    def finish(
+        self, route: ProxyRoute, teacher_answer: str | None = None
+    ) -> ProxyDecision:
+        """The second half of :meth:`answer`: the decision, logged.
+
+        Args:
+          route: from :meth:`route`.
+          teacher_answer: the teacher's answer to a forwarded query; ``None``
+            for a local one.
+
+        Returns:
+          A :class:`ProxyDecision` (nothing is learned: see :meth:`learn`).
+
+        Raises:
+          ValueError: an undecided route, a teacher answer for a local route,
+            or none for a forwarded one.
+          TeacherError: the teacher's answer is not a non-empty string; the
+            route is then abandoned.
+        """
+        if route.reason == _CANDIDATE:
+            raise ValueError(
+                "route must be decided: validate_local a 'local_candidate' first"
+            )
+        if route.forward != (teacher_answer is not None):
+            raise ValueError(
+                f"teacher_answer must be given exactly when the route is forwarded "
+                f"(reason {route.reason!r}), got {teacher_answer!r:.80}"
+            )
+        if route.forward and (
+            not isinstance(teacher_answer, str) or not teacher_answer.strip()
+        ):
+            self.abandon(route)
+            raise TeacherError(
+                f"teacher answer must be a non-empty string, got {teacher_answer!r}"
+            )
+        local = route.local_answer
+        similarity = None
+        if route.forward and local is not None:
+            similarity = self.similarity(local, teacher_answer)
+        p = self.config.policy
+        decision = ProxyDecision(
+            query=route.query,
+            answer=teacher_answer if route.forward else local,
+            route="forward" if route.forward else "local",
+            reason=route.reason,
+            teacher_answer=teacher_answer,
+            local_answer=local,
+            similarity=similarity,
+            route_validate_ms=route.route_validate_ms,
+            latency_ms=_now_ms() - route.start_ms,
+            cost_saved=0.0 if route.forward else p.teacher_cost_per_query,
+            index=route.index,
+            router_prob=route.router_prob,
+            validator_prob=route.validator_prob,
+            memory_similarity=route.memory_similarity,
+        )
+        self._record(decision)
+        return decision
+
+    def abandon(self, route: ProxyRoute) -> None:
+        """Drops a forwarded route whose teacher failed: counted as a teacher
+        error, never as a query. Its number is given to the next query unless
+        a later one has been routed meanwhile (then the log skips it)."""
+        with self._routing:
+            self._counters["teacher_errors"] += 1
+            if route.index == self._next_index - 1:
+                self._next_index -= 1
+
     def answer(
         self,
         query: str,
@@ -685,6 +949,7 @@ class TeacherProxyLearner:
     ) -> ProxyDecision:
         """Routes ``query`` and returns the decision with the answer to serve.
 
+        :meth:`route`, the teacher's answer when forwarded, then :meth:`finish`.
         Nothing is learned here (see :meth:`learn`).
 
         Args:
@@ -703,101 +968,21 @@ class TeacherProxyLearner:
           TeacherError: the teacher failed (or answered with an empty string);
             the query is not counted and nothing can be learned from it.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query must be a non-empty string, got {query!r}")
-        start = _now_ms()
-        p = self.config.policy
-        published = self._published  # one version of the heads for this answer
-        n = self._counters["queries"]
-        conservative = n < p.conservative_until
-        route_ms = 0.0
-        local = router_prob = validator_prob = memory_similarity = None
-        if n < p.cold_start:
-            reason = "cold_start"
-        else:
-            t0 = _now_ms()
-            e_q = self._embed(query)
-            router_prob = float(head_prob(published["router"].params, e_q))
-            route_ms += _now_ms() - t0
-            threshold = (
-                p.router_threshold_conservative if conservative else p.router_threshold
-            )
-            if router_prob < threshold:
-                reason = "router"
-            elif temperature is None or temperature <= 0:
-                local = self.generate_local(query)
-            else:
-                local = self.generate_local(
-                    query,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    # A key of its own per query, apart from the sampling draw's.
-                    key=jax.random.fold_in(jax.random.fold_in(self._policy_key, n), 1),
-                )
-            if local == "":
-                # An empty answer is never served; the validator learns it is bad.
-                reason = "validator"
-            elif local is not None:
-                t0 = _now_ms()
-                features = pair_features(e_q, self._embed(local))
-                validator_prob = float(
-                    head_prob(published["validator"].params, features)
-                )
-                memory_similarity = self.memory_agreement(query, local)
-                route_ms += _now_ms() - t0
-                threshold = (
-                    p.validator_threshold_conservative
-                    if conservative
-                    else p.validator_threshold
-                )
-                if validator_prob < threshold:
-                    reason = "validator"
-                elif (
-                    memory_similarity is not None
-                    and memory_similarity < p.similarity_threshold
-                ):
-                    reason = "memory"
-                elif self._uniform(n) < self._sampling_rate(n):
-                    reason = "sampling"
-                else:
-                    reason = "validated"
-        teacher_answer = similarity = None
-        if reason != "validated":
-            try:
-                teacher_answer = teacher(query)
-                if not isinstance(teacher_answer, str) or not teacher_answer.strip():
-                    raise TeacherError(
-                        f"teacher answer must be a non-empty string, got "
-                        f"{teacher_answer!r}"
-                    )
-            except Exception:
-                self._counters["teacher_errors"] += 1
-                raise
-            if local is not None:
-                similarity = self.similarity(local, teacher_answer)
-        served = local if reason == "validated" else teacher_answer
-        forward = reason != "validated"
-        decision = ProxyDecision(
-            query=query,
-            answer=served,
-            route="forward" if forward else "local",
-            reason=reason,
-            teacher_answer=teacher_answer,
-            local_answer=local,
-            similarity=similarity,
-            route_validate_ms=route_ms,
-            latency_ms=_now_ms() - start,
-            cost_saved=0.0 if forward else p.teacher_cost_per_query,
-            index=n,
-            router_prob=router_prob,
-            validator_prob=validator_prob,
-            memory_similarity=memory_similarity,
-        )
-        self._record(decision)
-        return decision
+        routed = self.route(query, temperature=temperature, top_p=top_p, top_k=top_k)
+        if not routed.forward:
+            return self.finish(routed)
+        try:
+            teacher_answer = teacher(query)
+        except Exception:
+            self.abandon(routed)
+            raise
+        return self.finish(routed, teacher_answer)
 
     def _record(self, d: ProxyDecision) -> None:
+        with self._routing:  # finished on several threads at once
+            self._record_locked(d)
+
+    def _record_locked(self, d: ProxyDecision) -> None:
         c = self._counters
         c["queries"] += 1
         c["forwarded" if d.route == "forward" else "local"] += 1
@@ -1177,6 +1362,8 @@ class TeacherProxyLearner:
         meta = {
             "config": self.config.model_dump(mode="json"),
             "counters": self._counters,
+            # Past queries when a failed teacher left a gap in the numbering.
+            "next_index": self._next_index,
             "routes": self._routes,
             "audits": self._audits,
             "reasons": self._reasons,
@@ -1241,6 +1428,9 @@ class TeacherProxyLearner:
         if "memory" in restored:
             learner._memory = {k: np.array(v) for k, v in restored["memory"].items()}
         learner._counters = {k: int(v) for k, v in meta["counters"].items()}
+        learner._next_index = max(
+            int(meta.get("next_index", 0)), learner._counters["queries"]
+        )
         learner._routes = [int(x) for x in meta["routes"]]
         learner._audits = [(int(i), int(m)) for i, m in meta["audits"]]
         learner._reasons = {k: int(v) for k, v in meta["reasons"].items()}

@@ -21,8 +21,10 @@ from ol_jax.models._formats import weight_formats as weight_formats
 from ol_jax.models._generate import chat_encode as chat_encode
 from ol_jax.models._generate import chat_token_ids as chat_token_ids
 from ol_jax.models._generate import generate as generate
+from ol_jax.models._generate import generate_stream as generate_stream
 from ol_jax.models._generate import prompt_bucket as prompt_bucket
 from ol_jax.models._generate import sample_logits as sample_logits
+from ol_jax.models._generate import text_deltas as text_deltas
 from ol_jax.models._gguf import GGUF_ARCHITECTURES as GGUF_ARCHITECTURES
 from ol_jax.models._gguf import GGUF_QUANT_TYPES as GGUF_QUANT_TYPES
 from ol_jax.models._gguf import reverse_permute_qk as reverse_permute_qk
@@ -120,6 +122,7 @@ __all__ = [
     "decode_glyph_from",
     "expected_tensor_names",
     "generate",
+    "generate_stream",
     "generate_glyphs",
     "generate_multi_lora",
     "glyph_stage",
@@ -147,6 +150,7 @@ __all__ = [
     "resolve_in_root",
     "reverse_permute_qk",
     "sample_logits",
+    "text_deltas",
     "sample_style_z",
     "save_adapter",
     "save_peft_adapter",

@@ -6,7 +6,10 @@ padding keys are masked, so its logits equal the unpadded ones. The prompt is ru
 once (prefill) to fill the cache ``[L, B, P + N, KV, hd]``; then one token per
 step is decoded inside a ``jax.lax.while_loop`` that ends after ``N`` tokens or
 when every row has produced an end-of-sequence id. Sampling is greedy, or from
-``softmax(logits / temperature)`` restricted to the top-p nucleus.
+``softmax(logits / temperature)`` restricted to the top-p nucleus. A streamed
+generation runs the same prefill and step as a Python loop of compiled steps,
+so each token reaches the host as it is made; :func:`text_deltas` turns those
+tokens into text pieces that never change once shown.
 
 References:
     Holtzman et al., `The Curious Case of Neural Text Degeneration
@@ -17,10 +20,11 @@ References:
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +33,14 @@ from flax import nnx
 
 from ol_jax.models._llama import Llama, _base_arrays, _forward, _lora_arrays
 
-__all__ = ["generate", "sample_logits", "prompt_bucket", "chat_token_ids"]
+__all__ = [
+    "chat_token_ids",
+    "generate",
+    "generate_stream",
+    "prompt_bucket",
+    "sample_logits",
+    "text_deltas",
+]
 
 
 def prompt_bucket(length: int, *, min_bucket: int = 16) -> int:
@@ -97,7 +108,27 @@ def _pick(logits, key, temperature, top_p, top_k, greedy: bool):
     )
 
 
-def _generate_impl(
+class _Decoding(NamedTuple):
+    """The decode loop's carry: the next step ``i`` (tokens ``out[:, :i]`` are
+    made), the KV cache, which cache slots hold keys, the tokens, which rows are
+    done, the PRNG key and each row's prompt length."""
+
+    i: jax.Array
+    cache: tuple[jax.Array, jax.Array]
+    kv_valid: jax.Array
+    out: jax.Array
+    done: jax.Array
+    key: jax.Array
+    lengths: jax.Array
+
+
+def _arrays(graphdef, state, use_lora: bool):
+    model = nnx.merge(graphdef, state)
+    lora = _lora_arrays(model) if use_lora else {}
+    return model.config, model.lora_config, _base_arrays(model), lora
+
+
+def _prefill(
     graphdef,
     state,
     tokens,
@@ -112,11 +143,9 @@ def _generate_impl(
     max_new_tokens: int,
     greedy: bool,
     use_lora: bool,
-):
-    model = nnx.merge(graphdef, state)
-    config, lora_config = model.config, model.lora_config
-    params = _base_arrays(model)
-    lora = _lora_arrays(model) if use_lora else {}
+) -> _Decoding:
+    """Runs the prompt, fills the cache and picks the first new token."""
+    config, lora_config, params, lora = _arrays(graphdef, state, use_lora)
     B, P = tokens.shape
     N = max_new_tokens
     L, KV, hd = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
@@ -145,44 +174,115 @@ def _generate_impl(
     out = jnp.full((B, N), pad_id, jnp.int32)
     out = out.at[:, 0].set(tok)
     done = jnp.isin(tok, eos_ids)
+    return _Decoding(jnp.ones((), jnp.int32), cache, kv_valid, out, done, key, lengths)
+
+
+def _decode_step(
+    graphdef,
+    state,
+    carry: _Decoding,
+    eos_ids,
+    pad_id,
+    temperature,
+    top_p,
+    top_k,
+    *,
+    greedy: bool,
+    use_lora: bool,
+) -> _Decoding:
+    """Feeds token ``i - 1`` of every row and writes token ``i`` (pad once done)."""
+    config, lora_config, params, lora = _arrays(graphdef, state, use_lora)
+    i, cache, kv_valid, out, done, key, lengths = carry
+    B = out.shape[0]
+    P = kv_valid.shape[1] - out.shape[1]
+    prev = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)  # [B, 1]
+    slot = P + i - 1
+    kv_valid = jax.lax.dynamic_update_slice_in_dim(
+        kv_valid, jnp.ones((B, 1), jnp.bool_), slot, axis=1
+    )
+    pos = (lengths + i - 1)[:, None]
+    logits, cache = _forward(
+        config,
+        lora_config,
+        params,
+        lora,
+        prev,
+        pos,
+        kv_valid,
+        cache=cache,
+        cache_index=slot,
+    )
+    key, sub = jax.random.split(key)
+    tok = _pick(logits[:, 0, :], sub, temperature, top_p, top_k, greedy)
+    tok = jnp.where(done, pad_id, tok)
+    out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
+    done = done | jnp.isin(tok, eos_ids)
+    return _Decoding(i + 1, cache, kv_valid, out, done, key, lengths)
+
+
+def _generate_impl(
+    graphdef,
+    state,
+    tokens,
+    mask,
+    eos_ids,
+    pad_id,
+    temperature,
+    top_p,
+    key,
+    top_k=0,
+    *,
+    max_new_tokens: int,
+    greedy: bool,
+    use_lora: bool,
+):
+    carry = _prefill(
+        graphdef,
+        state,
+        tokens,
+        mask,
+        eos_ids,
+        pad_id,
+        temperature,
+        top_p,
+        key,
+        top_k,
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        use_lora=use_lora,
+    )
 
     def cond(carry):
-        i, _, _, _, done, _ = carry
-        return (i < N) & ~jnp.all(done)
+        return (carry.i < max_new_tokens) & ~jnp.all(carry.done)
 
     def body(carry):
-        i, cache, kv_valid, out, done, key = carry
-        prev = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)  # [B, 1]
-        slot = P + i - 1
-        kv_valid = jax.lax.dynamic_update_slice_in_dim(
-            kv_valid, jnp.ones((B, 1), jnp.bool_), slot, axis=1
+        return _decode_step(
+            graphdef,
+            state,
+            carry,
+            eos_ids,
+            pad_id,
+            temperature,
+            top_p,
+            top_k,
+            greedy=greedy,
+            use_lora=use_lora,
         )
-        pos = (lengths + i - 1)[:, None]
-        logits, cache = _forward(
-            config,
-            lora_config,
-            params,
-            lora,
-            prev,
-            pos,
-            kv_valid,
-            cache=cache,
-            cache_index=slot,
-        )
-        key, sub = jax.random.split(key)
-        tok = _pick(logits[:, 0, :], sub, temperature, top_p, top_k, greedy)
-        tok = jnp.where(done, pad_id, tok)
-        out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
-        done = done | jnp.isin(tok, eos_ids)
-        return i + 1, cache, kv_valid, out, done, key
 
-    init = (jnp.ones((), jnp.int32), cache, kv_valid, out, done, key)
-    _, _, _, out, done, _ = jax.lax.while_loop(cond, body, init)
-    return out
+    return jax.lax.while_loop(cond, body, carry).out
 
 
 _generate_jit = jax.jit(
     _generate_impl, static_argnames=("max_new_tokens", "greedy", "use_lora")
+)
+# The streaming path: the same prefill and step, one call per token, so each
+# token reaches the host as soon as it is made. The carry (the cache above all)
+# is donated: a step updates it in place instead of copying it.
+_prefill_jit = jax.jit(
+    _prefill, static_argnames=("max_new_tokens", "greedy", "use_lora")
+)
+_decode_step_jit = jax.jit(
+    _decode_step, static_argnames=("greedy", "use_lora"), donate_argnums=(2,)
 )
 
 
@@ -200,6 +300,66 @@ def _check_generation_args(prompts, max_new_tokens, temperature, top_p, key) -> 
     if not greedy and key is None:
         raise ValueError("key is required when temperature > 0, got None")
     return greedy
+
+
+class _Inputs(NamedTuple):
+    """``generate``'s arguments as the compiled programs take them."""
+
+    eos: tuple[int, ...]
+    tokens: jax.Array
+    mask: jax.Array
+    eos_ids: jax.Array
+    pad_id: jax.Array
+    temperature: jax.Array
+    top_p: jax.Array
+    key: jax.Array
+    top_k: jax.Array
+    greedy: bool
+
+
+def _inputs(
+    model,
+    prompts,
+    max_new_tokens,
+    key,
+    temperature,
+    top_p,
+    top_k,
+    eos_token_id,
+    pad_token_id,
+    min_bucket,
+) -> _Inputs:
+    """Checks the arguments and left-pads the prompts to their bucket."""
+    greedy = _check_generation_args(prompts, max_new_tokens, temperature, top_p, key)
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if eos_token_id is None:
+        eos = model.config.eos_token_ids
+    elif isinstance(eos_token_id, int):
+        eos = (eos_token_id,)
+    else:
+        eos = tuple(int(e) for e in eos_token_id)
+    if pad_token_id is None:
+        pad_token_id = eos[0] if eos else 0
+    bucket = prompt_bucket(max(len(p) for p in prompts), min_bucket=min_bucket)
+    B = len(prompts)
+    tokens = np.full((B, bucket), pad_token_id, np.int32)
+    mask = np.zeros((B, bucket), np.bool_)
+    for row, prompt in enumerate(prompts):
+        tokens[row, bucket - len(prompt) :] = np.asarray(prompt, np.int32)
+        mask[row, bucket - len(prompt) :] = True
+    return _Inputs(
+        eos=tuple(eos),
+        tokens=jnp.asarray(tokens),
+        mask=jnp.asarray(mask),
+        eos_ids=jnp.asarray(eos if eos else (-1,), jnp.int32),
+        pad_id=jnp.int32(pad_token_id),
+        temperature=jnp.float32(temperature),
+        top_p=jnp.float32(top_p),
+        key=jax.random.key(0) if key is None else key,
+        top_k=jnp.int32(top_k),
+        greedy=greedy,
+    )
 
 
 def generate(
@@ -220,6 +380,8 @@ def generate(
 
     One compiled program per (batch size, prompt bucket, ``max_new_tokens``,
     greedy or sampling, LoRA on or off); temperature and top-p are traced values.
+    The whole decode loop is one ``while_loop`` on the device; for the tokens
+    as they are made, see :func:`generate_stream`.
 
     Args:
         model: a ``Llama`` (with or without adapters).
@@ -241,38 +403,32 @@ def generate(
         ValueError: for empty prompts, ``max_new_tokens < 1``, a negative
             temperature, ``top_p`` outside (0, 1], or sampling without a key.
     """
-    greedy = _check_generation_args(prompts, max_new_tokens, temperature, top_p, key)
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if eos_token_id is None:
-        eos = model.config.eos_token_ids
-    elif isinstance(eos_token_id, int):
-        eos = (eos_token_id,)
-    else:
-        eos = tuple(int(e) for e in eos_token_id)
-    if pad_token_id is None:
-        pad_token_id = eos[0] if eos else 0
-    bucket = prompt_bucket(max(len(p) for p in prompts), min_bucket=min_bucket)
-    B = len(prompts)
-    tokens = np.full((B, bucket), pad_token_id, np.int32)
-    mask = np.zeros((B, bucket), np.bool_)
-    for row, prompt in enumerate(prompts):
-        tokens[row, bucket - len(prompt) :] = np.asarray(prompt, np.int32)
-        mask[row, bucket - len(prompt) :] = True
+    x = _inputs(
+        model,
+        prompts,
+        max_new_tokens,
+        key,
+        temperature,
+        top_p,
+        top_k,
+        eos_token_id,
+        pad_token_id,
+        min_bucket,
+    )
     graphdef, state = nnx.split(model)
     out = _generate_jit(
         graphdef,
         state,
-        jnp.asarray(tokens),
-        jnp.asarray(mask),
-        jnp.asarray(eos if eos else (-1,), jnp.int32),
-        jnp.int32(pad_token_id),
-        jnp.float32(temperature),
-        jnp.float32(top_p),
-        jax.random.key(0) if key is None else key,
-        jnp.int32(top_k),
+        x.tokens,
+        x.mask,
+        x.eos_ids,
+        x.pad_id,
+        x.temperature,
+        x.top_p,
+        x.key,
+        x.top_k,
         max_new_tokens=int(max_new_tokens),
-        greedy=greedy,
+        greedy=x.greedy,
         use_lora=use_lora,
     )
     out = np.asarray(out)
@@ -280,11 +436,138 @@ def generate(
     for row in out:
         ids = [int(t) for t in row]
         for j, t in enumerate(ids):
-            if t in eos:
+            if t in x.eos:
                 ids = ids[: j + 1]
                 break
         results.append(ids)
     return results
+
+
+def generate_stream(
+    model: Llama,
+    prompt: Sequence[int],
+    *,
+    max_new_tokens: int,
+    key: jax.Array | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    use_lora: bool = True,
+    min_bucket: int = 16,
+) -> Iterator[int]:
+    """:func:`generate` of one prompt, yielding each new token as it is made.
+
+    The same compiled prefill and decode step as :func:`generate`, with the
+    same key splits, so the tokens equal ``generate(model, [prompt], ...)[0]``
+    (up to floating-point reassociation between the two programs); but the
+    loop runs in Python, one jit-compiled step per token, and each token is
+    read back to the host before the next step starts. Stopping the iteration
+    early (``close()`` or ``break``) stops the decoding.
+
+    Args:
+        model: a ``Llama`` (with or without adapters).
+        prompt: the prompt's token ids (non-empty).
+        max_new_tokens, key, temperature, top_p, top_k, eos_token_id,
+        pad_token_id, use_lora, min_bucket: as for :func:`generate`.
+
+    Yields:
+        The new token ids, up to and including the first EOS id.
+
+    Raises:
+        ValueError: as :func:`generate` (on the first ``next``).
+    """
+    x = _inputs(
+        model,
+        [prompt],
+        max_new_tokens,
+        key,
+        temperature,
+        top_p,
+        top_k,
+        eos_token_id,
+        pad_token_id,
+        min_bucket,
+    )
+    graphdef, state = nnx.split(model)
+    carry = _prefill_jit(
+        graphdef,
+        state,
+        x.tokens,
+        x.mask,
+        x.eos_ids,
+        x.pad_id,
+        x.temperature,
+        x.top_p,
+        x.key,
+        x.top_k,
+        max_new_tokens=int(max_new_tokens),
+        greedy=x.greedy,
+        use_lora=use_lora,
+    )
+    tok = int(carry.out[0, 0])
+    for i in range(1, int(max_new_tokens) + 1):
+        yield tok
+        if tok in x.eos or i == max_new_tokens:
+            return
+        carry = _decode_step_jit(
+            graphdef,
+            state,
+            carry,
+            x.eos_ids,
+            x.pad_id,
+            x.temperature,
+            x.top_p,
+            x.top_k,
+            greedy=x.greedy,
+            use_lora=use_lora,
+        )
+        tok = int(carry.out[0, i])
+
+
+# Text that may still change when more tokens come: a trailing partial UTF-8
+# character (decoded as U+FFFD) and trailing whitespace (which a stripped
+# reply drops, or the next token may follow).
+_UNSTABLE_TAIL = re.compile(r"[\s\ufffd]+\Z")
+
+
+def text_deltas(
+    ids: Iterable[int], decode: Callable[[Sequence[int]], str]
+) -> Iterator[str]:
+    """The text of a token stream in pieces, each piece final once yielded.
+
+    After each token the prefix so far is decoded whole, and what it adds to
+    the text already yielded is yielded, less its unstable tail (a partial
+    multi-byte character, trailing whitespace): so a character split over
+    several byte tokens appears once it is complete, and a merge that changes
+    how the end of the text decodes is never shown half-way. At the end the
+    rest of ``decode(all ids)`` is yielded. When ``decode`` is prefix-stable
+    (decoding more tokens only appends text, as with byte-level BPE and
+    stripped output), ``"".join(text_deltas(ids, decode)) == decode(ids)``.
+    If a later token rewrites text already yielded, the pieces cannot take it
+    back: the rest of the text is then yielded from where they diverge on.
+
+    Args:
+        ids: token ids, e.g. from :func:`generate_stream`.
+        decode: the text of a list of ids (e.g. a tokenizer's ``decode`` with
+            ``skip_special_tokens`` and ``strip()``).
+
+    Yields:
+        Non-empty text pieces.
+    """
+    seen: list[int] = []
+    shown = ""
+    for token in ids:
+        seen.append(int(token))
+        stable = _UNSTABLE_TAIL.sub("", decode(seen))
+        if len(stable) > len(shown) and stable.startswith(shown):
+            yield stable[len(shown) :]
+            shown = stable
+    text = decode(seen)
+    rest = text[len(os.path.commonprefix([text, shown])) :]
+    if rest:
+        yield rest
 
 
 def _encode_plain(tokenizer: Any, text: str, *, special: bool):

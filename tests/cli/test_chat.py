@@ -4,6 +4,7 @@ import io
 import json
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -250,6 +251,34 @@ def learn(self, *args, **kwargs):
     return real_learn(self, *args, **kwargs)
 
 ChatLearner.learn = learn
+
+# With OL_TEST_PIECE set, the reply's stream is held after its first piece is
+# taken, until OL_TEST_PIECE_GATE exists; the piece, then the whole reply, are written
+# to OL_TEST_PIECE so the test knows what the screen must show.
+if "OL_TEST_PIECE" in os.environ:
+    import ol_jax.learners.chat as chat
+
+    piece_file = os.environ["OL_TEST_PIECE"]
+    piece_gate = os.environ["OL_TEST_PIECE_GATE"]
+    real_deltas = chat.text_deltas
+
+    def text_deltas(ids, decode):
+        pieces = []
+        for piece in real_deltas(ids, decode):
+            pieces.append(piece)
+            yield piece
+            if len(pieces) == 1:  # the chat asks for the next piece: held
+                with open(piece_file + ".tmp", "w", encoding="utf-8") as f:
+                    f.write(piece)
+                os.replace(piece_file + ".tmp", piece_file)
+                while not os.path.exists(piece_gate):
+                    time.sleep(0.02)
+                os.remove(piece_gate)
+        with open(piece_file + ".tmp", "w", encoding="utf-8") as f:
+            f.write("".join(pieces))
+        os.replace(piece_file + ".tmp", piece_file + ".whole")
+
+    chat.text_deltas = text_deltas
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -340,3 +369,76 @@ def test_terminal_chat_replies_first_and_ctrl_c_undoes_the_turn(tmp_path, model_
         trees[last["version"]]["params"],
         trees[first["version"]]["params"],
     )
+
+
+def _wait_for_file(path, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+    return path.read_text(encoding="utf-8")
+
+
+def test_terminal_chat_streams_the_reply_before_the_update(tmp_path, model_folder):
+    pexpect = pytest.importorskip("pexpect")
+    config = write_config(tmp_path, model_folder, generation={"max_new_tokens": 12})
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    gate, piece, piece_gate = tmp_path / "gate", tmp_path / "piece", tmp_path / "pg"
+    root = str(tmp_path / "networks")
+    env = dict(
+        os.environ,
+        PYTHONPATH=_REPO,
+        OL_TEST_GATE=str(gate),
+        OL_TEST_PIECE=str(piece),
+        OL_TEST_PIECE_GATE=str(piece_gate),
+        TERM="xterm",
+    )
+    argv = [str(driver), "chat", "--config", config, "--root", root, "--run-id", "p"]
+    child = pexpect.spawn(
+        sys.executable, argv, env=env, encoding="utf-8", timeout=300,
+        dimensions=(40, 160),
+    )  # fmt: skip
+    child.logfile_read = log = io.StringIO()
+    try:
+        child.expect("you:")
+        child.sendline("Hello there.")
+        child.expect("assistant")
+        # The first piece is on screen while the rest of the reply is not yet
+        # generated (the stream is held) and nothing has been learned.
+        first = _wait_for_file(piece)
+        child.expect_exact(first)
+        assert "[update started]" not in log.getvalue()
+        assert not (tmp_path / "piece.whole").exists()
+        piece_gate.touch()
+        child.expect(r"\[update started\]")
+        whole = _wait_for_file(tmp_path / "piece.whole")
+        assert len(whole) > len(first) and whole.startswith(first)
+        gate.touch()
+        child.expect(r"turn 1 \|")
+        child.expect("you:")
+
+        # Ctrl-C while the reply streams: the generation stops, nothing is
+        # learned, and the chat goes on.
+        piece.unlink()
+        child.sendline("One more turn.")
+        _wait_for_file(piece)
+        child.sendintr()
+        child.expect("this turn is cancelled")
+        piece_gate.touch()
+        child.expect("nothing was learned")
+        child.expect("you:")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        print(log.getvalue()[-6000:])  # the screen, in the report of a failure
+        child.close(force=True)
+    assert child.exitstatus == 0
+    assert "Traceback" not in log.getvalue()
+    # The whole reply was shown between the prompt and the update.
+    screen = log.getvalue()
+    reply_at = screen.index("assistant")
+    update_at = screen.index("[update started]")
+    assert reply_at < update_at
+    run_dir = os.path.join(root, "chat-cli", "runs", "p")
+    assert [r["turn"] for r in _rows(run_dir)] == [1]

@@ -261,7 +261,8 @@ def test_decision_log_has_one_line_per_answer(proxy):
             assert key in line
         assert line["latency_ms"] >= 0 and line["cost_saved"] >= 0
     assert lines[-1]["query"] == "Log this decision, please"
-    assert [line["index"] for line in lines] == list(range(len(lines)))
+    # Concurrent forwarded answers are logged as they finish: every number once.
+    assert sorted(line["index"] for line in lines) == list(range(len(lines)))
 
 
 # ------------------------------------------------------------------ upstream failures
@@ -479,7 +480,7 @@ def test_saves_every_n_and_on_shutdown_then_resumes(proxy, proxy_process):
         _, message = _ask(resumed.client(), query)
         assert message.content[0].text == faq_domain(4).answer(query)
         lines = _decisions(resumed.run_dir)
-        assert [line["index"] for line in lines] == list(range(len(lines)))
+        assert sorted(line["index"] for line in lines) == list(range(len(lines)))
         assert len(lines) == before["queries"] + 1
     finally:
         assert resumed.stop() == 0

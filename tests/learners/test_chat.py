@@ -672,3 +672,27 @@ def test_rehearsal_prompts_ride_along_every_update(tmp_path, model, tokenizer):
     assert "rehearsal_kl" not in m
     learner.close()
     plain.close()
+
+
+# ------------------------------------------------------------------ streaming
+
+
+def test_streamed_reply_joins_to_the_reply(tmp_path, model, tokenizer):
+    cfg = tiny_config(generation={"max_new_tokens": 12, "temperature": 0.8})
+    learner = make(tmp_path, model, tokenizer, cfg)
+    messages = ["Hello there.", FACT, QUESTION, "caf\u00e9 \u2615 and \U0001f600?"]
+    most = 0
+    for text in messages:
+        for greedy in (True, False):
+            pieces = list(learner.respond_stream(text, greedy=greedy))
+            assert "".join(pieces) == learner.respond(text, greedy=greedy)
+            assert all(pieces)
+            most = max(most, len(pieces))
+        learner.chat_and_update(text)  # the next message meets a new state
+    assert most > 1  # some reply really came in several pieces
+    # A bad message is refused before anything is generated, and nothing changes.
+    before = snapshot(learner)
+    with pytest.raises(ValueError, match="text must"):
+        learner.respond_stream("   ")
+    assert_same(before, snapshot(learner))
+    learner.close()

@@ -4,6 +4,7 @@ import threading
 
 import jax
 import numpy as np
+import pytest
 
 from ol_jax.feedback import SimulatedTeacher, faq_domain, zipf_stream
 from ol_jax.learners import TeacherProxyConfig, TeacherProxyLearner
@@ -96,3 +97,49 @@ def test_answers_and_updates_on_two_threads():
             strict=True,
         ):
             np.testing.assert_array_equal(a, b)
+
+
+def test_answer_in_halves_equals_answer():
+    """triage, validate_local, the teacher, finish: the decisions of answer()."""
+    domain = faq_domain(4, paraphrases=2)
+    teacher = SimulatedTeacher(domain)
+    whole, halves = (
+        TeacherProxyLearner(tiny_config()),
+        TeacherProxyLearner(tiny_config()),
+    )
+    reasons = set()
+    for query in zipf_stream(domain, 12, seed=3):
+        a = whole.handle(query, teacher)
+        routed = halves.triage(query)
+        if routed.reason == "local_candidate":
+            assert not routed.forward
+            with pytest.raises(ValueError, match="decided"):
+                halves.finish(routed)
+            routed = halves.validate_local(routed)
+        b = halves.finish(routed, teacher(query) if routed.forward else None)
+        halves.learn(b)
+        reasons.add(b.reason)
+        assert (a.answer, a.route, a.reason, a.index) == (
+            b.answer,
+            b.route,
+            b.reason,
+            b.index,
+        )
+    assert "cold_start" in reasons and len(reasons) > 1, reasons
+    assert whole.stats()["queries"] == halves.stats()["queries"] == 12
+
+
+def test_an_abandoned_route_is_not_counted():
+    learner = TeacherProxyLearner(tiny_config())
+    first = learner.triage("What is the first question?")
+    second = learner.triage("What is the second question?")
+    assert (first.index, second.index) == (0, 1)
+    # The latest route's number is given again; an earlier one's stays a gap.
+    learner.abandon(second)
+    assert learner.triage("What is the third question?").index == 1
+    learner.abandon(first)
+    assert learner.triage("What is the fourth question?").index == 2
+    stats = learner.stats()
+    assert stats["queries"] == 0 and stats["teacher_errors"] == 2
+    with pytest.raises(ValueError, match="exactly when"):
+        learner.finish(first)  # a forwarded route needs its teacher answer

@@ -14,10 +14,12 @@ from ol_jax.models import (
     LoRAConfig,
     chat_token_ids,
     generate,
+    generate_stream,
     merge_lora,
     prompt_bucket,
     sample_logits,
     split_lora,
+    text_deltas,
 )
 
 VOCAB = 53
@@ -170,3 +172,91 @@ def test_chat_token_ids():
         tokenizer, [{"role": "user", "content": "hello"}], add_generation_prompt=False
     )
     assert ids == [1, 3]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generate_stream_yields_the_generated_tokens(temperature):
+    model = _model()
+    key = jax.random.key(5)
+    for prompt in PROMPTS:
+        whole = generate(
+            model,
+            [prompt],
+            max_new_tokens=9,
+            temperature=temperature,
+            key=key,
+            eos_token_id=[],
+        )[0]
+        streamed = list(
+            generate_stream(
+                model,
+                prompt,
+                max_new_tokens=9,
+                temperature=temperature,
+                key=key,
+                eos_token_id=[],
+            )
+        )
+        assert streamed == whole
+        # With an EOS id: the stream ends with it, as generate's row does.
+        eos = whole[2]
+        cut = generate(
+            model,
+            [prompt],
+            max_new_tokens=9,
+            temperature=temperature,
+            key=key,
+            eos_token_id=eos,
+        )[0]
+        assert (
+            list(
+                generate_stream(
+                    model,
+                    prompt,
+                    max_new_tokens=9,
+                    temperature=temperature,
+                    key=key,
+                    eos_token_id=eos,
+                )
+            )
+            == cut
+        )
+        assert cut[-1] == eos
+
+
+def test_generate_stream_stops_when_closed_and_checks_its_arguments():
+    model = _model()
+    stream = generate_stream(model, PROMPTS[0], max_new_tokens=50, eos_token_id=[])
+    first = [next(stream) for _ in range(3)]
+    stream.close()
+    assert first == generate(model, [PROMPTS[0]], max_new_tokens=3, eos_token_id=[])[0]
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        next(generate_stream(model, PROMPTS[0], max_new_tokens=0))
+    with pytest.raises(ValueError, match="prompts"):
+        next(generate_stream(model, [], max_new_tokens=2))
+
+
+def _utf8_decode(ids):
+    """Byte tokens (id = byte value) decoded like a byte-level tokenizer: a
+    partial character is U+FFFD; then stripped, like a chat reply."""
+    return bytes(ids).decode("utf-8", errors="replace").strip()
+
+
+@given(st.text(max_size=30))
+def test_text_deltas_join_to_the_decoded_text(text):
+    ids = list((" " + text + " ").encode("utf-8"))
+    pieces = list(text_deltas(ids, _utf8_decode))
+    assert "".join(pieces) == _utf8_decode(ids)
+    assert all(pieces)
+    # A piece never ends inside a multi-byte character.
+    assert all("\ufffd" not in p for p in pieces) or "\ufffd" in text
+
+
+def test_text_deltas_wait_for_a_whole_character():
+    ids = list("é!".encode())  # two bytes for é
+    assert list(text_deltas(ids, _utf8_decode)) == ["é", "!"]
+    # A later token that rewrites the shown text: the pieces go on from where
+    # the texts diverge (the stream cannot take a shown piece back).
+    texts = {1: "ab", 2: "ax", 3: "axy"}
+    got = list(text_deltas([7, 7, 7], lambda seen: texts[len(seen)]))
+    assert got == ["ab", "xy"]
