@@ -78,13 +78,13 @@ def _grads(targets, b_values, tokens, weights, *, tied=True, dropout=0.0, plain)
         return jax.grad(loss)(lora)
 
 
-def _check(targets, b_values, tokens, weights, **kw):
+def _check(targets, b_values, tokens, weights, atol=1e-5, **kw):
     got = _grads(targets, b_values, tokens, weights, plain=False, **kw)
     want = _grads(targets, b_values, tokens, weights, plain=True, **kw)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=atol)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(got))
 
 
@@ -128,4 +128,7 @@ def test_custom_vjp_property_any_target_set(targets, b_values, tokens, weights):
         jnp.asarray(b_values),
         jnp.asarray(tokens),
         jnp.asarray(weights),
+        # Random draws reach ~1.1e-5 on single elements: float32 summation order
+        # (the reference runs eagerly, the custom path jitted).
+        atol=3e-5,
     )
