@@ -12,6 +12,16 @@ Measured side by side in one process, float32, on the same weights:
   adapted forward, backward, clip 0.1, AdamW) on LoRA(q, v, r=4, alpha=16), loss
   ``CE(adapted) + KL(base || adapted)``, and the identical step in PyTorch + PEFT
   (``update_speedup_vs_peft_{T}``: theirs / ours);
+- ``phase_{base_forward,adapted_forward,backward,optimizer}_ms_{T}``: each phase
+  of the update jitted (or, for PEFT, run) alone, the backward as forward +
+  backward minus the adapted forward (``peft_phase_*`` for PEFT;
+  ``backward_over_forward_{T}``: backward / adapted forward);
+- ``update_gflop_{T}``: the update's FLOPs by XLA's cost analysis of the lowered
+  step (layer scan unrolled for the count, since XLA counts a loop body once;
+  PEFT's by ``torch.utils.flop_counter``), ``matmul_gflop_per_s_{T}``: float32
+  ``jnp.matmul`` at the model's projection shapes for T rows, measured in the same
+  run, and ``update_mfu_{T}`` (``update_mfu`` at 64 tokens): the update's achieved
+  GFLOP/s over that rate;
 - ``lora_state_bytes``: LoRA params + optimizer state;
 - peak resident memory of each side's update loop at the longest length, each
   run alone in a child process after loading (``/proc`` VmHWM, reset after the
@@ -204,6 +214,190 @@ def _torch_update_fn(peft_model):
         if torch.is_tensor(t)
     )
     return update, params, opt_bytes
+
+
+# ---------------------------------------------------------- phases, FLOPs, MFU
+
+
+def _kl_ce(logits, base_logits, targets):
+    return token_cross_entropy(logits, targets) + token_kl(base_logits, logits)
+
+
+def _jax_phases(graphdef, base, lora, tx):
+    """Jitted phases of our update: base forward, adapted forward, forward +
+    backward (the backward is its excess over the adapted forward), optimizer."""
+
+    @jax.jit
+    def base_forward(lora, tokens):
+        return llama_apply(graphdef, lora, tokens[:-1], frozen=base, use_lora=False)
+
+    @jax.jit
+    def adapted_forward(lora, tokens):
+        return llama_apply(graphdef, lora, tokens[:-1], frozen=base)
+
+    @jax.jit
+    def forward_backward(lora, tokens, base_logits):
+        return jax.grad(
+            lambda lo: _kl_ce(
+                llama_apply(graphdef, lo, tokens[:-1], frozen=base),
+                base_logits,
+                tokens[1:],
+            )
+        )(lora)
+
+    @jax.jit
+    def optimizer(grads, opt_state, params):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return base_forward, adapted_forward, forward_backward, optimizer
+
+
+def _torch_phases(peft_model):
+    """The same four phases of the PEFT update (see ``_torch_update_fn``)."""
+    import torch
+
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR)
+
+    def base_forward(ids):
+        with torch.no_grad(), peft_model.disable_adapter():
+            return peft_model(input_ids=ids).logits[0]
+
+    def adapted_forward(ids):
+        with torch.no_grad():
+            return peft_model(input_ids=ids).logits[0]
+
+    def forward_backward(ids, targets, base):
+        import torch.nn.functional as F
+
+        logits = peft_model(input_ids=ids).logits[0]
+        kl = F.kl_div(
+            F.log_softmax(logits, -1),
+            F.log_softmax(base, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        loss = F.cross_entropy(logits, targets) + kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def optimizer():
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+
+    return base_forward, adapted_forward, forward_backward, optimizer
+
+
+def _phase_figures(figures, T, tokens, jax_side, torch_side, repeats):
+    """``phase_*_ms_{T}`` for ours and (``peft_phase_*``) PEFT's, interleaved."""
+    base_forward, adapted_forward, forward_backward, optimizer = jax_side["fns"]
+    lora, opt_state = jax_side["lora"], jax_side["opt_state"]
+    tok = jnp.asarray(tokens)
+    base_logits = base_forward(lora, tok)
+    grads = forward_backward(lora, tok, base_logits)
+    optimizer(grads, opt_state, lora)
+    ours = [
+        lambda: jax.block_until_ready(base_forward(lora, tok)),
+        lambda: jax.block_until_ready(adapted_forward(lora, tok)),
+        lambda: jax.block_until_ready(forward_backward(lora, tok, base_logits)),
+        lambda: jax.block_until_ready(optimizer(grads, opt_state, lora)),
+    ]
+    theirs = []
+    if torch_side is not None:
+        import torch
+
+        t_base, t_fwd, t_fwd_bwd, t_opt = torch_side
+        ids = torch.from_numpy(tokens[None, :-1].astype(np.int64))
+        targets = torch.from_numpy(tokens[1:].astype(np.int64))
+        t_base_logits = t_base(ids)
+        t_fwd_bwd(ids, targets, t_base_logits)
+        t_opt()
+        theirs = [
+            lambda: t_base(ids),
+            lambda: t_fwd(ids),
+            lambda: t_fwd_bwd(ids, targets, t_base_logits),
+            t_opt,
+        ]
+    times = _median_ms(*ours, *theirs, repeats=repeats)
+    for prefix, ts in (("", times[:4]), ("peft_", times[4:])):
+        if not ts:
+            continue
+        base_ms, fwd_ms, fwd_bwd_ms, opt_ms = ts
+        figures[f"{prefix}phase_base_forward_ms_{T}"] = base_ms
+        figures[f"{prefix}phase_adapted_forward_ms_{T}"] = fwd_ms
+        figures[f"{prefix}phase_backward_ms_{T}"] = max(0.0, fwd_bwd_ms - fwd_ms)
+        figures[f"{prefix}phase_optimizer_ms_{T}"] = opt_ms
+        figures[f"{prefix}backward_over_forward_{T}"] = (
+            figures[f"{prefix}phase_backward_ms_{T}"] / fwd_ms
+        )
+
+
+class _unrolled_scan:
+    """Within it ``jax.lax.scan`` unrolls fully: XLA's cost analysis counts a while
+    loop's body once, so the layer scan must be unrolled for its FLOPs to count
+    once per layer (used only to count, never to run)."""
+
+    def __enter__(self):
+        self._scan = jax.lax.scan
+        scan = self._scan
+        jax.lax.scan = lambda *a, **k: scan(*a, **{**k, "unroll": True})
+
+    def __exit__(self, *exc):
+        jax.lax.scan = self._scan
+
+
+def _flops(lowered) -> float:
+    cost = lowered.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def _jax_update_flops(step, state, batch, base) -> float:
+    """XLA's FLOP count of our whole update (every layer, recomputation included)."""
+    jax.clear_caches()  # so the inner forward is traced again, unrolled
+    with _unrolled_scan():
+        flops = _flops(step.lower(state, batch, base))
+    jax.clear_caches()
+    return flops
+
+
+def _torch_update_flops(torch_update, tokens) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        torch_update(tokens)
+    return float(counter.get_total_flops())
+
+
+def _matmul_rate(config: LlamaConfig, T: int, repeats: int) -> float:
+    """float32 GFLOP/s of ``jnp.matmul`` at this model's projection shapes for T
+    rows: one layer's seven projections and the output head, weighted as in one
+    forward (``L`` layers, one head)."""
+    shapes = _proj_shapes_of(config)
+    keys = iter(jax.random.split(jax.random.key(5), 2 * len(shapes) + 2))
+    ws = [jax.random.normal(next(keys), s, jnp.float32) for s in shapes]
+    xs = [jax.random.normal(next(keys), (T, s[0]), jnp.float32) for s in shapes]
+    head = jax.random.normal(next(keys), (config.hidden_size, config.vocab_size))
+    xh = jax.random.normal(next(keys), (T, config.hidden_size))
+    layer = jax.jit(lambda xs, ws: [x @ w for x, w in zip(xs, ws, strict=True)])
+    out_head = jax.jit(lambda x, w: x @ w)
+    jax.block_until_ready(layer(xs, ws)), jax.block_until_ready(out_head(xh, head))
+    t_layer, t_head = _median_ms(
+        lambda: jax.block_until_ready(layer(xs, ws)),
+        lambda: jax.block_until_ready(out_head(xh, head)),
+        repeats=max(repeats, 7),
+    )
+    L = config.num_hidden_layers
+    flops = 2 * T * (L * sum(a * b for a, b in shapes) + head.size)
+    return flops / ((L * t_layer + t_head) / 1e3) / 1e9
+
+
+def _proj_shapes_of(config: LlamaConfig) -> list[tuple[int, int]]:
+    d, f, hd = config.hidden_size, config.intermediate_size, config.head_dim
+    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    return [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)]
 
 
 # ---------------------------------------------------------------- peak memory
@@ -409,6 +603,35 @@ def main(argv=None) -> dict:
             figures[f"peft_update_ms_{T}"] / figures[f"update_ms_{T}"]
         )
 
+    # Where the update's time goes, its FLOPs and the rate it reaches.
+    jax_side = {
+        "fns": _jax_phases(graphdef, base, holder["state"].params, tx),
+        "lora": holder["state"].params,
+        "opt_state": holder["state"].opt_state,
+    }
+    torch_side = None if peft_model is None else _torch_phases(peft_model)
+    for T in args.lengths:
+        _phase_figures(figures, T, batches[T], jax_side, torch_side, args.repeats)
+        figures[f"matmul_gflop_per_s_{T}"] = _matmul_rate(config, T, args.repeats)
+        batch = {"tokens": jnp.asarray(batches[T])}
+        flops = _jax_update_flops(step, holder["state"], batch, base)
+        figures[f"update_gflop_{T}"] = flops / 1e9
+        achieved = flops / (figures[f"update_ms_{T}"] / 1e3) / 1e9
+        figures[f"update_gflop_per_s_{T}"] = achieved
+        figures[f"update_mfu_{T}"] = achieved / figures[f"matmul_gflop_per_s_{T}"]
+        if torch_update is not None:
+            t_flops = _torch_update_flops(torch_update, batches[T])
+            figures[f"peft_update_gflop_{T}"] = t_flops / 1e9
+            t_achieved = t_flops / (figures[f"peft_update_ms_{T}"] / 1e3) / 1e9
+            figures[f"peft_update_gflop_per_s_{T}"] = t_achieved
+            figures[f"peft_update_mfu_{T}"] = (
+                t_achieved / figures[f"matmul_gflop_per_s_{T}"]
+            )
+    mfu_T = 64 if 64 in args.lengths else max(args.lengths)
+    figures["update_mfu"] = figures[f"update_mfu_{mfu_T}"]
+    if torch_update is not None:
+        figures["peft_update_mfu"] = figures[f"peft_update_mfu_{mfu_T}"]
+
     # Prefill (time to first token) and decode throughput.
     n_new = args.decode_tokens
     prompt_list = [int(t) for t in prompt]
@@ -521,6 +744,37 @@ def _print_table(f: dict, lengths) -> None:
                 f"{f.get(f'peft_update_ms_{T}', float('nan')):.0f} ms",
                 f"speedup {f.get(f'update_speedup_vs_peft_{T}', float('nan')):.2f}"
                 + (" (>= 2)" if T == 64 else ""),
+            )
+        )
+    nan = float("nan")
+    for T in lengths:
+        for phase in ("base_forward", "adapted_forward", "backward", "optimizer"):
+            rows.append(
+                (
+                    f"  {phase.replace('_', ' ')} @{T}",
+                    f"{f.get(f'phase_{phase}_ms_{T}', nan):.0f} ms",
+                    f"{f.get(f'peft_phase_{phase}_ms_{T}', nan):.0f} ms",
+                    "",
+                )
+            )
+        rows.append(
+            (
+                f"  backward / adapted forward @{T}",
+                f"{f.get(f'backward_over_forward_{T}', nan):.2f}",
+                f"{f.get(f'peft_backward_over_forward_{T}', nan):.2f}",
+                "ours <= 1.5",
+            )
+        )
+        rows.append(
+            (
+                f"  update GFLOP, GFLOP/s, MFU @{T}",
+                f"{f.get(f'update_gflop_{T}', nan):.1f}, "
+                f"{f.get(f'update_gflop_per_s_{T}', nan):.0f}, "
+                f"{f.get(f'update_mfu_{T}', nan):.2f}",
+                f"{f.get(f'peft_update_gflop_{T}', nan):.1f}, "
+                f"{f.get(f'peft_update_gflop_per_s_{T}', nan):.0f}, "
+                f"{f.get(f'peft_update_mfu_{T}', nan):.2f}",
+                f"matmul {f.get(f'matmul_gflop_per_s_{T}', nan):.0f} GFLOP/s",
             )
         )
     rows += [
