@@ -36,6 +36,9 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+# Bound here as module names, so tests can patch this module's writes alone.
+from ol_jax.store._journal import _fsync_dir, _write_all
+
 __all__ = [
     "CorruptMetadataError",
     "MetadataLog",
@@ -181,23 +184,6 @@ def snapshot_records(state: Mapping[str, Any]) -> list[dict[str, Any]]:
     records.extend({"entry": entry} for entry in state["entries"])
     records.extend({"warning": warning} for warning in state.get("warnings", ()))
     return records
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until every byte is written (a module function so tests can
-    inject a failing disk)."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 class MetadataLog:
